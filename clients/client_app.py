@@ -1,0 +1,52 @@
+"""Flower ClientApp: every simulated client runs this; malicious ones poison (see `clients.behaviour`).
+
+The run's configuration reaches the client in each train message (`run-config`, JSON), so a client
+behaves the same under `flwr run .` and under the project's in-process simulation.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from clients.behaviour import local_update, split_for
+from fl_defense.config import resolve
+
+app = ClientApp()
+
+
+def _partition_id(context: Context) -> int:
+    return int(context.node_config["partition-id"])
+
+
+def _config(msg: Message) -> dict:
+    cfg = resolve(json.loads(str(msg.content["config"]["run-config"])))
+    torch.set_num_threads(max(1, int(cfg["num-cpus"])))
+    return cfg
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node holds, loading the data now rather than in round 1."""
+    split_for(_config(msg))
+    content = RecordDict({"client": ConfigRecord({"partition-id": _partition_id(context)})})
+    return Message(content=content, reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One round of local training on the received global model."""
+    cfg = _config(msg)
+    server_round = int(msg.content["config"]["server-round"])
+    global_state = msg.content["arrays"].to_torch_state_dict()
+    pid = _partition_id(context)
+    result = local_update(cfg, pid, server_round, global_state)
+    content = RecordDict({
+        "arrays": ArrayRecord(result.state),
+        "metrics": MetricRecord({"num-examples": result.num_examples, "train-loss": result.train_loss}),
+        "client": ConfigRecord({"partition-id": pid, "malicious": result.malicious, "attacked": result.attacked}),
+    })
+    return Message(content=content, reply_to=msg)

@@ -1,0 +1,21 @@
+"""BadNets (Gu et al. 2017): a small opaque patch, by default a checkerboard in the bottom-right corner."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from fl_defense.attacks.base import Attack, register
+from fl_defense.attacks.trigger import square_mask
+
+
+@register
+class BadNets(Attack):
+    name = "badnets"
+    default_alpha = 1.0
+
+    def default_mask(self, cfg: Mapping[str, Any], shape: tuple[int, int, int]) -> torch.Tensor:
+        size = cfg["trigger-size"] or max(3, shape[1] // 8)
+        return square_mask(shape, size, cfg["trigger-location"])

@@ -1,0 +1,37 @@
+"""What makes a client malicious beyond its poisoned data: who, when, and how its update is crafted."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fl_defense.config import schedule_rounds
+
+
+def malicious_clients(num_clients: int, fraction: float, seed: int) -> frozenset[int]:
+    """The partition ids of the malicious clients: round(fraction * n) of them, seeded, fixed for the run."""
+    k = int(round(fraction * num_clients))
+    perm = np.random.default_rng([seed, 3]).permutation(num_clients)
+    return frozenset(int(i) for i in perm[:k])
+
+
+def attacks_in_round(schedule: str, server_round: int) -> bool:
+    """Whether malicious clients attack in this (1-based) round under an attack-schedule spec."""
+    return server_round in schedule_rounds(schedule, server_round)
+
+
+def craft_update(local: dict[str, torch.Tensor], global_: dict[str, torch.Tensor], trainable: set[str],
+                 boost: float, norm_bound: float) -> dict[str, torch.Tensor]:
+    """Scale the trainable part of an update by `boost` (model replacement), then bound its L2 norm.
+
+    Only trainable parameters are scaled: scaling BatchNorm running variances could make them
+    negative. The norm is taken over the same parameters after scaling.
+    """
+    if boost == 1.0 and norm_bound <= 0:
+        return local
+    delta = {k: (local[k] - global_[k]) * boost for k in trainable}
+    if norm_bound > 0:
+        norm = torch.sqrt(sum((d.double() ** 2).sum() for d in delta.values()))
+        if norm > norm_bound:
+            delta = {k: d * (norm_bound / norm).to(d.dtype) for k, d in delta.items()}
+    return {k: (global_[k] + delta[k] if k in delta else v) for k, v in local.items()}

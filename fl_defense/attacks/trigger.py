@@ -1,0 +1,110 @@
+"""Triggers in [0, 1] pixel space: x' = (1 - alpha*m) * x + alpha*m * p.
+
+A BadNets patch is a hard mask (alpha 1) over a small square; a Blended trigger is a full-image
+mask at low alpha. Applying a trigger to images in [0, 1] keeps them in [0, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fl_defense.config import ConfigError
+
+
+class TriggerError(ConfigError):
+    """A trigger that cannot be built for this image shape (size, location, file)."""
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """Pattern p (C x H x W) and mask m (1 x H x W or C x H x W), both in [0, 1], with opacity alpha."""
+
+    pattern: torch.Tensor
+    mask: torch.Tensor
+    alpha: float = 1.0
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Stamp a batch (N x C x H x W, float in [0, 1]); returns a new tensor."""
+        m = self.mask.to(x.device, x.dtype) * self.alpha
+        return x * (1 - m) + m * self.pattern.to(x.device, x.dtype)
+
+
+def square_mask(shape: tuple[int, int, int], size: int, location: str) -> torch.Tensor:
+    """A 1 x H x W mask with a size x size square at a named corner, the centre, or 'row,col'."""
+    _, h, w = shape
+    if size < 1 or size > min(h, w):
+        raise TriggerError(f"config key 'trigger-size': {size} does not fit a {h}x{w} image; "
+                           f"allowed: 1..{min(h, w)}")
+    rows = {"top": 0, "bottom": h - size, "center": (h - size) // 2}
+    cols = {"left": 0, "right": w - size, "center": (w - size) // 2}
+    if location == "center":
+        r, c = rows["center"], cols["center"]
+    elif "," in location:
+        r, c = (int(v) for v in location.split(","))
+    else:
+        vert, horiz = location.split("-")
+        r, c = rows[vert], cols[horiz]
+    if not (0 <= r <= h - size and 0 <= c <= w - size):
+        raise TriggerError(f"config key 'trigger-location': {location!r} puts a {size}x{size} trigger outside "
+                           f"the {h}x{w} image")
+    mask = torch.zeros(1, h, w)
+    mask[:, r:r + size, c:c + size] = 1.0
+    return mask
+
+
+def named_pattern(name: str, shape: tuple[int, int, int], seed: int) -> torch.Tensor:
+    """A full-image pattern: checkerboard (BadNets' grid), white, or seeded uniform noise."""
+    c, h, w = shape
+    if name == "checkerboard":
+        grid = (torch.arange(h).view(-1, 1) + torch.arange(w).view(1, -1)) % 2 == 0
+        return grid.float().expand(c, h, w).clone()
+    if name == "white":
+        return torch.ones(c, h, w)
+    if name == "noise":
+        g = torch.Generator().manual_seed(seed)
+        return torch.rand(c, h, w, generator=g)
+    raise TriggerError(f"config key 'trigger-pattern': {name!r} is not checkerboard, white, noise, or a file")
+
+
+def load_image_file(path: str | Path, shape: tuple[int, int, int], what: str) -> torch.Tensor:
+    """Load a user-supplied pattern or mask (.npy or .png) as a float tensor in [0, 1].
+
+    Accepted layouts: H x W, H x W x C, or C x H x W; uint8 (0-255) or float in [0, 1].
+    A mask may have one channel or as many as the image.
+    """
+    p = Path(path)
+    key = f"config key '{what}'"
+    if not p.is_file():
+        raise TriggerError(f"{key}: file {str(p)!r} does not exist")
+    if p.suffix.lower() == ".npy":
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except ValueError as exc:
+            raise TriggerError(f"{key}: {str(p)!r} is not a readable .npy array ({exc})") from None
+    elif p.suffix.lower() == ".png":
+        from PIL import Image
+
+        arr = np.asarray(Image.open(p))
+    else:
+        raise TriggerError(f"{key}: {str(p)!r} must end in .npy or .png")
+    c, h, w = shape
+    if arr.ndim == 2:
+        arr = arr[None]
+    elif arr.ndim == 3 and arr.shape[-1] in (1, 3, 4) and arr.shape[0] not in (1, 3):
+        arr = arr.transpose(2, 0, 1)
+    if arr.ndim != 3 or arr.shape[1:] != (h, w):
+        raise TriggerError(f"{key}: {str(p)!r} has shape {arr.shape}; expected {h}x{w}, {h}x{w}xC or Cx{h}x{w}")
+    if arr.shape[0] == 4:
+        arr = arr[:3]
+    if arr.shape[0] not in (1, c):
+        raise TriggerError(f"{key}: {str(p)!r} has {arr.shape[0]} channels; the images have {c}")
+    t = torch.from_numpy(arr.astype(np.float32))
+    if arr.dtype == np.uint8:
+        t = t / 255.0
+    if t.min() < 0 or t.max() > 1:
+        raise TriggerError(f"{key}: {str(p)!r} has values outside [0, 1] (or 0-255 for uint8)")
+    return t

@@ -1,0 +1,242 @@
+"""Experiment configuration: one flat table of typed keys, shared by the CLI and `flwr run`.
+
+The keys are the same as Flower's run config (`[tool.flwr.app.config]` in pyproject.toml), so an
+experiment reads the same whichever way it is started. Every value is checked here, before any
+training starts, and a bad one raises `ConfigError` with one line naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A user error in the configuration; its message is one line meant for the user."""
+
+
+Check = Callable[[Any], bool]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One configuration key: its type, default, and the values it accepts."""
+
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+    check: Check | None = None
+    allowed: str = ""
+
+    @property
+    def kind(self) -> type:
+        return type(self.default)
+
+
+def _positive(v: float) -> bool:
+    return v > 0
+
+
+def _non_negative(v: float) -> bool:
+    return v >= 0
+
+
+def _unit_open(v: float) -> bool:
+    return 0 < v < 1
+
+
+def _unit_closed(v: float) -> bool:
+    return 0 <= v <= 1
+
+
+SCHEDULE_RE = re.compile(r"^(always|never|every:[1-9]\d*|window:\d+-\d+(,\d+-\d+)*)$")
+DEFENSE_SCHEDULE_RE = re.compile(r"^(end|every:[1-9]\d*)$")
+LOCATION_RE = re.compile(r"^(bottom-right|bottom-left|top-right|top-left|center|\d+,\d+)$")
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+OPTIONS: dict[str, Option] = {
+    "dataset": Option("fashion-mnist", "image dataset",
+                      choices=("fashion-mnist", "mnist", "cifar10", "gtsrb")),
+    "data-root": Option("", "torchvision-format dataset root; empty: search the defaults"),
+    "download": Option(True, "let torchvision download a dataset that is not found locally"),
+    "model": Option("auto", "network; auto: cnn for 1x28x28, resnet18 for 3x32x32",
+                    choices=("auto", "cnn", "resnet18")),
+    "num-clients": Option(10, "number of simulated clients", check=_positive, allowed="an integer >= 1"),
+    "clients-per-round": Option(10, "clients sampled for training each round", check=_positive,
+                                allowed="an integer >= 1 and <= num-clients"),
+    "rounds": Option(15, "federated rounds", check=_positive, allowed="an integer >= 1"),
+    "local-epochs": Option(1, "local epochs per round", check=_positive, allowed="an integer >= 1"),
+    "batch-size": Option(32, "local mini-batch size", check=_positive, allowed="an integer >= 1"),
+    "lr": Option(0.05, "client SGD learning rate", check=_positive, allowed="a number > 0"),
+    "momentum": Option(0.9, "client SGD momentum", check=lambda v: 0 <= v < 1, allowed="a number in [0, 1)"),
+    "weight-decay": Option(5e-4, "client SGD weight decay", check=_non_negative, allowed="a number >= 0"),
+    "partition": Option("iid", "how the training set is split across clients", choices=("iid", "dirichlet")),
+    "alpha": Option(0.5, "Dirichlet concentration for label skew (smaller: more skew)", check=_positive,
+                    allowed="a number > 0"),
+    "malicious-fraction": Option(0.2, "share of clients that are malicious (seeded, fixed for the run)",
+                                 check=_unit_closed, allowed="a number in [0, 1]"),
+    "attack": Option("badnets", "backdoor trigger planted by malicious clients",
+                     choices=("none", "badnets", "blended")),
+    "trigger-pattern": Option("auto", "trigger pattern; auto: badnets checkerboard, blended noise; "
+                              "or checkerboard, white, noise, or a .npy/.png file",
+                              check=lambda v: v in ("auto", "checkerboard", "white", "noise")
+                              or v.lower().endswith((".npy", ".png")),
+                              allowed="auto, checkerboard, white, noise, or a path ending in .npy or .png"),
+    "trigger-mask": Option("", "trigger mask file (.npy/.png); empty: derived from size and location",
+                           check=lambda v: v == "" or v.lower().endswith((".npy", ".png")),
+                           allowed="empty, or a path ending in .npy or .png"),
+    "trigger-size": Option(0, "side of the trigger square in pixels; 0: badnets 3, blended the whole image",
+                           check=_non_negative, allowed="an integer >= 0"),
+    "trigger-location": Option("bottom-right", "where the trigger square sits", check=lambda v: bool(
+        LOCATION_RE.match(v)), allowed="bottom-right, bottom-left, top-right, top-left, center, or 'row,col'"),
+    "trigger-alpha": Option(0.0, "trigger opacity; 0: badnets 1.0, blended 0.2",
+                            check=_unit_closed, allowed="a number in [0, 1]"),
+    "target-label": Option(0, "label the backdoor maps triggered inputs to", check=_non_negative,
+                           allowed="an integer in [0, num_classes)"),
+    "poison-rate": Option(0.2, "share of each malicious batch that is triggered and relabelled",
+                          check=lambda v: 0 < v <= 1, allowed="a number in (0, 1]"),
+    "boost": Option(1.0, "malicious update scale (model replacement)", check=_positive, allowed="a number > 0"),
+    "norm-bound": Option(0.0, "L2 bound on a malicious update; 0: unbounded", check=_non_negative,
+                         allowed="a number >= 0"),
+    "attack-schedule": Option("always", "rounds in which malicious clients attack",
+                              check=lambda v: bool(SCHEDULE_RE.match(v)),
+                              allowed="always, never, every:K, or window:A-B[,C-D...]"),
+    "train-fraction": Option(1.0, "share of the (non-held-out) training set given to clients, for quick runs",
+                             check=lambda v: 0 < v <= 1, allowed="a number in (0, 1]"),
+    "clean-fraction": Option(0.05, "share of the training set held out, clean, for the server",
+                             check=_unit_open, allowed="a number in (0, 1)"),
+    "aggregation": Option("fedavg", "aggregation rule (a Flower strategy)",
+                          choices=("fedavg", "fedavgm", "fedmedian", "fedtrimmedavg", "krum", "multikrum")),
+    "defense": Option("none", "server-side defense run on the aggregated model", choices=("none",)),
+    "defense-schedule": Option("end", "when the defense runs: end, or every:K rounds",
+                               check=lambda v: bool(DEFENSE_SCHEDULE_RE.match(v)), allowed="end or every:K"),
+    "seed": Option(0, "seed of every random choice of the run"),
+    "device": Option("auto", "torch device; auto: CUDA when present",
+                     check=lambda v: bool(DEVICE_RE.match(v)), allowed="auto, cpu, cuda, or cuda:N"),
+    "num-cpus": Option(1.0, "CPUs per simulated client (Ray resources; also its torch threads)",
+                       check=_positive, allowed="a number > 0"),
+    "num-gpus": Option(0.0, "GPUs per simulated client, fractions allowed", check=_non_negative,
+                       allowed="a number >= 0"),
+    "eval-batch-size": Option(1000, "batch size of the server's evaluation", check=_positive,
+                              allowed="an integer >= 1"),
+    "out-dir": Option("", "output folder; empty: runs/<dataset>-<attack>-<time>"),
+}
+
+
+def _coerce(key: str, value: Any, opt: Option) -> Any:
+    """Convert a value (from TOML, a --set string, or Flower's run config) to the key's type."""
+    kind = opt.kind
+    if isinstance(value, str) and kind is not str:
+        text = value.strip()
+        try:
+            if kind is bool:
+                lowered = text.lower()
+                if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return lowered in ("true", "1", "yes")
+            return kind(text) if kind is float else int(text)
+        except ValueError:
+            raise ConfigError(f"config key '{key}': {value!r} is not {_describe(opt)}") from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ConfigError(f"config key '{key}': {value!r} is not {_describe(opt)}")
+    return value
+
+
+def _describe(opt: Option) -> str:
+    if opt.choices:
+        return "one of " + ", ".join(opt.choices)
+    if opt.allowed:
+        return opt.allowed
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[opt.kind]
+
+
+def resolve(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Return the full, checked configuration: defaults updated by `overrides`."""
+    cfg = {k: o.default for k, o in OPTIONS.items()}
+    for key, value in (overrides or {}).items():
+        if key not in OPTIONS:
+            raise ConfigError(f"unknown config key '{key}'; known keys: {', '.join(OPTIONS)}")
+        opt = OPTIONS[key]
+        value = _coerce(key, value, opt)
+        if opt.choices and value not in opt.choices:
+            raise ConfigError(f"config key '{key}': {value!r} is not {_describe(opt)}")
+        if opt.check and not opt.check(value):
+            raise ConfigError(f"config key '{key}': {value!r} is not {_describe(opt)}")
+        cfg[key] = value
+    _check_combinations(cfg)
+    return cfg
+
+
+def _check_combinations(cfg: dict[str, Any]) -> None:
+    from fl_defense.data.datasets import SPECS
+
+    spec = SPECS[cfg["dataset"]]
+    if cfg["target-label"] >= spec.num_classes:
+        raise ConfigError(f"config key 'target-label': {cfg['target-label']} is out of range for {cfg['dataset']}; "
+                          f"allowed: 0..{spec.num_classes - 1}")
+    if cfg["trigger-size"] > spec.size:
+        raise ConfigError(f"config key 'trigger-size': {cfg['trigger-size']} is larger than the {spec.size}x"
+                          f"{spec.size} images of {cfg['dataset']}; allowed: 0..{spec.size}")
+    if cfg["clients-per-round"] > cfg["num-clients"]:
+        raise ConfigError(
+            f"config key 'clients-per-round': {cfg['clients-per-round']} is more than "
+            f"num-clients ({cfg['num-clients']}); allowed: an integer in [1, num-clients]")
+    for key in ("trigger-pattern", "trigger-mask"):
+        path = cfg[key]
+        if path.lower().endswith((".npy", ".png")) and not Path(path).is_file():
+            raise ConfigError(f"config key '{key}': file {path!r} does not exist")
+    if cfg["trigger-mask"] and cfg["attack"] == "none":
+        raise ConfigError("config key 'trigger-mask': a trigger mask needs attack badnets or blended")
+
+
+def parse_set(items: list[str]) -> dict[str, str]:
+    """Parse CLI `--set key=value` items into a dict of strings (typed later by `resolve`)."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a config file: a flat TOML table of keys, or one under `[tool.flwr.app.config]`."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
+    nested = data.get("tool", {}).get("flwr", {}).get("app", {}).get("config")
+    table = nested if isinstance(nested, dict) else data
+    for key, value in table.items():
+        if isinstance(value, dict):
+            raise ConfigError(f"config file {str(p)!r}: '{key}' is a table; keys must be flat")
+    return dict(table)
+
+
+def schedule_rounds(spec: str, rounds: int) -> list[int]:
+    """Rounds (1-based) selected by an `always|never|every:K|window:A-B,...` spec."""
+    if spec == "always":
+        return list(range(1, rounds + 1))
+    if spec == "never":
+        return []
+    kind, _, arg = spec.partition(":")
+    if kind == "every":
+        k = int(arg)
+        return [r for r in range(1, rounds + 1) if r % k == 0]
+    selected: set[int] = set()
+    for window in arg.split(","):
+        a, b = (int(x) for x in window.split("-"))
+        selected.update(range(max(a, 1), min(b, rounds) + 1))
+    return sorted(selected)

@@ -1,0 +1,36 @@
+"""Datasets (torchvision-backed, uint8 in memory) and seeded federated partitions."""
+
+from functools import lru_cache
+
+from fl_defense.data.datasets import (
+    SPECS,
+    DatasetNotFoundError,
+    DatasetSpec,
+    ImageData,
+    cache_root,
+    load_dataset,
+    prepare_debian_fashion_mnist,
+    to_float,
+)
+from fl_defense.data.partition import FederatedSplit, dirichlet, federated_split, hold_out, iid
+
+
+@lru_cache(maxsize=2)
+def cached_dataset(name: str, data_root: str, download: bool) -> ImageData:
+    """`load_dataset` once per process: client actors are reused across rounds and clients."""
+    return load_dataset(name, data_root, download)
+
+
+@lru_cache(maxsize=4)
+def cached_split(name: str, data_root: str, download: bool, num_clients: int, clean_fraction: float,
+                 partition: str, alpha: float, seed: int, train_fraction: float) -> FederatedSplit:
+    """The run's federated split, computed once per process from the seed (server and clients agree)."""
+    labels = cached_dataset(name, data_root, download).train_y.numpy()
+    return federated_split(labels, num_clients, clean_fraction, partition, alpha, seed, train_fraction)
+
+
+__all__ = [
+    "SPECS", "DatasetNotFoundError", "DatasetSpec", "FederatedSplit", "ImageData", "cache_root",
+    "cached_dataset", "cached_split", "dirichlet", "federated_split", "hold_out", "iid", "load_dataset",
+    "prepare_debian_fashion_mnist", "to_float",
+]

@@ -1,0 +1,37 @@
+"""The interface every model offers the defenses: pixels in [0, 1] in, `features` and `classify` out."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class BackdoorModel(nn.Module):
+    """A classifier split at its penultimate layer.
+
+    Inputs are images in [0, 1] pixel space (where triggers are applied); the dataset's mean/std
+    normalisation is the model's first step, held in non-persistent buffers so it never travels in
+    an update. `features(x)` is the penultimate representation (what MCL and CNP contrast) and
+    `classify(features)` the last layer.
+    """
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features of already-normalised inputs."""
+        raise NotImplementedError
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(self.normalize(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.features(x))

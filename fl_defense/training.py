@@ -1,0 +1,53 @@
+"""Local training on an index slice of a shared uint8 image tensor (no DataLoader, no copies)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fl_defense.config import ConfigError
+from fl_defense.data import to_float
+
+BatchHook = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is CUDA when present, else CPU; an explicit CUDA device without CUDA is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'device': {name!r} asked for, but CUDA is not available; allowed: auto, cpu")
+    return torch.device(name)
+
+
+def train_local(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, *,
+                epochs: int, batch_size: int, lr: float, momentum: float, weight_decay: float,
+                generator: torch.Generator, device: torch.device, batch_hook: BatchHook | None = None) -> float:
+    """SGD over `images[indices]` for `epochs`; `batch_hook` may rewrite each batch (poisoning).
+
+    Returns the mean training loss over all batches. The shuffling comes from `generator`, so the
+    same seed gives the same run.
+    """
+    model.to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    total, batches = 0.0, 0
+    for _ in range(epochs):
+        order = indices[torch.randperm(len(indices), generator=generator)]
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            if len(idx) < 2:
+                continue
+            x, y = to_float(images[idx]), labels[idx]
+            if batch_hook is not None:
+                x, y = batch_hook(x, y, generator)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item()
+            batches += 1
+    return total / max(batches, 1)

@@ -1,0 +1,108 @@
+"""Where a run's numbers go: results.json (rewritten atomically each round), TensorBoard, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from server.strategy import RoundInfo
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write JSON to a temp file and rename it, so a crash never leaves a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_jsonable))
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)
+
+
+class RunReport:
+    """Collects per-round metrics of one run and writes them to the run's output folder."""
+
+    def __init__(self, out_dir: Path, cfg: dict[str, Any]) -> None:
+        self.out_dir = out_dir
+        (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+        self.results: dict[str, Any] = {"config": cfg, "rounds": [], "defense": []}
+        self._t0 = time.perf_counter()
+
+    def log_round(self, server_round: int, ba: float, asr: float, info: RoundInfo | None,
+                  eval_seconds: float) -> dict[str, Any]:
+        row: dict[str, Any] = {"round": server_round, "ba": ba, "asr": asr, "eval_seconds": eval_seconds}
+        if info is not None:
+            row.update({
+                "train_loss": info.train_metrics.get("train-loss", float("nan")),
+                "seconds": info.seconds,
+                "sampled": info.sampled,
+                "malicious_sampled": info.malicious,
+                "attackers": info.attacked,
+                "failures": info.failures,
+            })
+        self.results["rounds"].append(row)
+        self.writer.add_scalar("BA", ba, server_round)
+        self.writer.add_scalar("ASR", asr, server_round)
+        if info is not None:
+            self.writer.add_scalar("train_loss", row["train_loss"], server_round)
+            self.writer.add_scalar("attackers", len(info.attacked), server_round)
+            self.writer.add_scalar("seconds", info.seconds, server_round)
+        self.writer.flush()
+        self.save()
+        return row
+
+    def log_defense(self, record: dict[str, Any]) -> None:
+        self.results["defense"].append(record)
+        r = record["round"]
+        for key in ("ba_before", "asr_before", "ba_after", "asr_after"):
+            if key in record:
+                self.writer.add_scalar(f"defense/{key}", record[key], r)
+        self.save()
+
+    def save_model(self, state: dict[str, torch.Tensor], server_round: int) -> None:
+        atomic_torch_save({"round": server_round, "model": state}, self.out_dir / "checkpoints" / "latest.pt")
+
+    def save(self) -> None:
+        self.results["wall_seconds"] = time.perf_counter() - self._t0
+        atomic_write_json(self.out_dir / "results.json", self.results)
+
+    def close(self, extra: dict[str, Any] | None = None) -> None:
+        self.results.update(extra or {})
+        self.save()
+        self.writer.close()
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The end-of-run summary: one line per round, then the final BA/ASR."""
+    lines = [f"{'round':>5} {'BA':>7} {'ASR':>7} {'loss':>7} {'attackers':>9} {'seconds':>8}"]
+    for row in results["rounds"]:
+        loss = row.get("train_loss")
+        lines.append(
+            f"{row['round']:>5} {row['ba']:>7.4f} {row['asr']:>7.4f} "
+            f"{'' if loss is None else f'{loss:.4f}':>7} {len(row.get('attackers', [])):>9} "
+            f"{row.get('seconds', 0.0):>8.2f}")
+    for rec in results.get("defense", []):
+        if "ba_after" in rec:
+            lines.append(
+                f"defense {rec['defense']} @ round {rec['round']}: BA {rec['ba_before']:.4f} -> {rec['ba_after']:.4f}, "
+                f"ASR {rec['asr_before']:.4f} -> {rec['asr_after']:.4f}")
+    last = results["rounds"][-1]
+    lines.append(f"final: BA {last['ba']:.4f}  ASR {last['asr']:.4f}  "
+                 f"wall {results.get('wall_seconds', 0.0):.1f} s")
+    return "\n".join(lines)

@@ -1,0 +1,121 @@
+"""Flower ServerApp: federated training with per-round BA/ASR, the defense hook, and the run's report.
+
+`app` is what `flwr run .` starts (config from the run config); `make_server_app(cfg, out_dir)`
+is what the CLI runs in-process, where Flower passes no run config.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from fl_defense.attacks import build_attack
+from fl_defense.config import resolve
+from fl_defense.data import cached_dataset
+from fl_defense.metrics import attack_success_rate, clean_accuracy
+from fl_defense.models import build_model
+from fl_defense.training import resolve_device
+from server.aggregation import build_aggregator
+from server.reporting import RunReport, format_table
+from server.strategy import DefenseStrategy
+
+NODE_WAIT_SECONDS = 300
+
+
+def default_out_dir(cfg: dict[str, Any]) -> Path:
+    """`out-dir`, or runs/<dataset>-<attack>-<timestamp> under the current folder."""
+    if cfg["out-dir"]:
+        return Path(cfg["out-dir"])
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg['dataset']}-{cfg['attack']}-{stamp}"
+
+
+def _wait_for_nodes(grid: Grid, n: int) -> list[int]:
+    deadline = time.monotonic() + NODE_WAIT_SECONDS
+    while len(nodes := list(grid.get_node_ids())) < n:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(nodes)} of {n} client nodes connected in {NODE_WAIT_SECONDS} s")
+        time.sleep(0.2)
+    return nodes
+
+
+def _node_partitions(grid: Grid, nodes: list[int], run_config: str) -> dict[int, int]:
+    """Ask every node for its partition id (node ids are random; partitions are what the seed fixes)."""
+    content = RecordDict({"config": ConfigRecord({"run-config": run_config})})
+    msgs = [Message(content=content, dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
+    mapping: dict[int, int] = {}
+    for reply in grid.send_and_receive(msgs, timeout=NODE_WAIT_SECONDS):
+        if reply.has_error():
+            raise RuntimeError(f"node {reply.metadata.src_node_id} failed to start: {reply.error.reason}")
+        mapping[reply.metadata.src_node_id] = int(reply.content["client"]["partition-id"])
+    return mapping
+
+
+def run_server(grid: Grid, cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Run the whole experiment against a Grid; returns the results that are also in results.json."""
+    torch.manual_seed(cfg["seed"])
+    device = resolve_device(cfg["device"])
+    data = cached_dataset(cfg["dataset"], cfg["data-root"], cfg["download"])
+    spec = data.spec
+    eval_attack = build_attack({**cfg, "attack": "badnets" if cfg["attack"] == "none" else cfg["attack"]},
+                               spec.shape, spec.num_classes)
+    model = build_model(cfg["model"], spec).to(device)
+    report = RunReport(out_dir, cfg)
+    run_config = json.dumps(cfg)
+
+    nodes = _wait_for_nodes(grid, cfg["num-clients"])
+    node_partition = _node_partitions(grid, nodes, run_config)
+    strategy = DefenseStrategy(build_aggregator(cfg), node_partition, cfg["seed"])
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        t = time.perf_counter()
+        state = arrays.to_torch_state_dict()
+        model.load_state_dict(state)
+        bs = cfg["eval-batch-size"]
+        ba = clean_accuracy(model, data.test_x, data.test_y, bs, device)
+        asr = attack_success_rate(model, data.test_x, data.test_y, eval_attack.trigger, eval_attack.target, bs, device)
+        row = report.log_round(server_round, ba, asr, strategy.rounds.get(server_round), time.perf_counter() - t)
+        report.save_model(state, server_round)
+        if server_round > 0:
+            print(f"[round {server_round}/{cfg['rounds']}] BA {ba:.4f}  ASR {asr:.4f}  "
+                  f"loss {row['train_loss']:.4f}  attackers {len(row['attackers'])}  {row['seconds']:.1f} s",
+                  flush=True)
+        return MetricRecord({"ba": ba, "asr": asr})
+
+    initial = ArrayRecord(model.state_dict())
+    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg["rounds"],
+                            train_config=ConfigRecord({"run-config": run_config}), evaluate_fn=evaluate)
+    torch.save({"round": cfg["rounds"], "model": result.arrays.to_torch_state_dict()},
+               out_dir / "checkpoints" / "final.pt")
+    report.close()
+    print(format_table(report.results), flush=True)
+    print(f"results: {out_dir / 'results.json'}   tensorboard --logdir {out_dir / 'tensorboard'}", flush=True)
+    return report.results
+
+
+def make_server_app(cfg: dict[str, Any], out_dir: Path) -> ServerApp:
+    """A ServerApp bound to an already-resolved config (for in-process simulation)."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:  # noqa: ARG001 - Flower's signature
+        run_server(grid, cfg, out_dir)
+
+    return server_app
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Entry point of `flwr run .`: the config is pyproject's run config with --run-config overrides."""
+    cfg = resolve(dict(context.run_config))
+    run_server(grid, cfg, default_out_dir(cfg).resolve())

@@ -1,0 +1,106 @@
+"""A strategy wrapper that makes any Flower strategy reproducible, observable and defendable.
+
+`DefenseStrategy` delegates every step to the wrapped strategy (FedAvg, Krum, ...) and adds:
+- seeded client sampling in partition order, so the same seed samples the same clients;
+- replies sorted by partition before aggregation, so floating-point sums are reproducible;
+- a record of who was sampled and who attacked, taken before the inner strategy consumes the replies;
+- a hook that may replace the aggregated model (a server-side defense) on scheduled rounds.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+AggregatedHook = Callable[[int, ArrayRecord], ArrayRecord]
+
+
+@dataclass
+class RoundInfo:
+    """What the server learned in one round's training step."""
+
+    sampled: list[int] = field(default_factory=list)
+    malicious: list[int] = field(default_factory=list)
+    attacked: list[int] = field(default_factory=list)
+    failures: int = 0
+    train_metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class _PartitionOrderedGrid:
+    """A view of a Grid whose node ids come in partition order (Flower's node ids are random per run)."""
+
+    def __init__(self, grid: Grid, order: list[int]) -> None:
+        self._grid = grid
+        self._order = order
+
+    def get_node_ids(self) -> list[int]:
+        live = set(self._grid.get_node_ids())
+        return [n for n in self._order if n in live]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+class DefenseStrategy(Strategy):
+    """Wraps a strategy; see the module docstring. `node_partition` maps node id to partition id."""
+
+    def __init__(self, inner: Strategy, node_partition: dict[int, int], seed: int,
+                 on_aggregated: AggregatedHook | None = None) -> None:
+        self.inner = inner
+        self.node_partition = node_partition
+        self.seed = seed
+        self.on_aggregated = on_aggregated
+        self.rounds: dict[int, RoundInfo] = {}
+        self._started: float = 0.0
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._started = time.perf_counter()
+        order = sorted(self.node_partition, key=self.node_partition.__getitem__)
+        random.seed(self.seed * 1_000_003 + server_round)
+        view = _PartitionOrderedGrid(grid, order)
+        return self.inner.configure_train(server_round, arrays, config, view)  # type: ignore[arg-type]
+
+    def _partition(self, msg: Message) -> int:
+        return self.node_partition.get(msg.metadata.src_node_id, -1)
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = sorted(replies, key=self._partition)
+        info = RoundInfo()
+        for msg in replies:
+            pid = self._partition(msg)
+            info.sampled.append(pid)
+            if msg.has_error():
+                info.failures += 1
+                continue
+            client = msg.content.config_records.get("client")
+            if client is not None and client.get("malicious"):
+                info.malicious.append(pid)
+                if client.get("attacked"):
+                    info.attacked.append(pid)
+        arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        info.train_metrics = {k: float(v) for k, v in (metrics or {}).items() if not isinstance(v, list)}
+        if arrays is not None and self.on_aggregated is not None:
+            arrays = self.on_aggregated(server_round, arrays)
+        info.seconds = time.perf_counter() - self._started
+        self.rounds[server_round] = info
+        return arrays, metrics
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)

@@ -1,0 +1,53 @@
+"""`fl-defense run [--config FILE.toml] [--set key=value ...] [--out DIR]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fl_defense.config import ConfigError, load_toml, parse_set, resolve
+from fl_defense.data import DatasetNotFoundError
+
+USER_ERRORS = (ConfigError, DatasetNotFoundError)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fl-defense", description="Federated backdoor attacks and defenses.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one federated experiment")
+    run.add_argument("--config", help="TOML file of config keys (flat, or under [tool.flwr.app.config])")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (repeatable)")
+    run.add_argument("--out", help="output folder (default: runs/<dataset>-<attack>-<time>)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        overrides = load_toml(args.config) if args.config else {}
+        overrides.update(parse_set(args.set))
+        if args.out:
+            overrides["out-dir"] = args.out
+        cfg = resolve(overrides)
+        from simulations.runner import quiet_flower, run_experiment
+
+        quiet_flower()
+        from server.server_app import default_out_dir
+
+        out_dir = default_out_dir(cfg).resolve()
+        cfg["out-dir"] = str(out_dir)
+        run_experiment(cfg, out_dir)
+    except USER_ERRORS as exc:
+        print(f"fl-defense: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main_entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    main_entry()

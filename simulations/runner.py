@@ -1,0 +1,66 @@
+"""Run one experiment in-process on Flower's Ray simulation backend, after checking every input."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fl_defense.attacks import build_attack
+from fl_defense.config import ConfigError
+from fl_defense.data import cached_dataset
+from fl_defense.training import resolve_device
+
+QUIET_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_LOG_LEVEL": "WARNING",
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+}
+
+
+def preflight(cfg: dict[str, Any]) -> None:
+    """Fail before any training on inputs that cannot work: data, trigger, target label, device, GPUs."""
+    spec = cached_dataset(cfg["dataset"], cfg["data-root"], cfg["download"]).spec
+    if cfg["attack"] != "none" or cfg["target-label"]:
+        build_attack({**cfg, "attack": "badnets" if cfg["attack"] == "none" else cfg["attack"]},
+                     spec.shape, spec.num_classes)
+    resolve_device(cfg["device"])
+    if cfg["num-gpus"] > 0 and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'num-gpus': {cfg['num-gpus']} asked for, but no GPU is visible; allowed: 0")
+
+
+def backend_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Ray client resources (one actor per `num-cpus` CPUs, fractional GPUs allowed) and a quiet Ray."""
+    return {
+        "client_resources": {"num_cpus": cfg["num-cpus"], "num_gpus": cfg["num-gpus"]},
+        "init_args": {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False},
+    }
+
+
+def quiet_flower() -> None:
+    """Flower reads its log level when first imported: call this before importing it."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def run_experiment(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Check inputs, run the federated simulation, and return the results written to results.json."""
+    preflight(cfg)
+    quiet_flower()
+    from flwr.simulation import run_simulation
+
+    from clients.client_app import app as client_app
+    from server.server_app import make_server_app
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_simulation(server_app=make_server_app(cfg, out_dir), client_app=client_app,
+                   num_supernodes=cfg["num-clients"], backend_config=backend_config(cfg))
+    results_file = out_dir / "results.json"
+    if not results_file.is_file():
+        raise RuntimeError(f"the simulation ended without writing {results_file}; see the log above")
+    return json.loads(results_file.read_text())

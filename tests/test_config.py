@@ -1,0 +1,103 @@
+"""Config parsing and validation: defaults, types, ranges, combinations, files, schedules."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fl_defense.config import OPTIONS, ConfigError, load_toml, parse_set, resolve, schedule_rounds
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_resolve_and_match_pyproject_run_config() -> None:
+    """`flwr run .` and the CLI must see the same defaults."""
+    cfg = resolve()
+    flwr_cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert flwr_cfg == cfg
+    assert resolve(flwr_cfg) == cfg
+
+
+def test_strings_from_set_are_typed() -> None:
+    cfg = resolve(parse_set(["rounds=7", "lr=0.1", "download=false", "attack=blended"]))
+    assert (cfg["rounds"], cfg["lr"], cfg["download"], cfg["attack"]) == (7, 0.1, False, "blended")
+
+
+@pytest.mark.parametrize(("overrides", "needle"), [
+    ({"nope": 1}, "unknown config key 'nope'"),
+    ({"rounds": "ten"}, "'rounds'"),
+    ({"rounds": 0}, "an integer >= 1"),
+    ({"attack": "trojan"}, "one of none, badnets, blended"),
+    ({"clean-fraction": 1.0}, "(0, 1)"),
+    ({"clean-fraction": 0.0}, "(0, 1)"),
+    ({"malicious-fraction": 1.5}, "[0, 1]"),
+    ({"num-clients": 5, "clients-per-round": 6}, "more than num-clients"),
+    ({"target-label": 10}, "0..9"),
+    ({"dataset": "gtsrb", "target-label": 43}, "0..42"),
+    ({"trigger-size": 29}, "larger than the 28x28"),
+    ({"trigger-pattern": "missing.png"}, "does not exist"),
+    ({"attack-schedule": "sometimes"}, "window:A-B"),
+    ({"defense-schedule": "every:0"}, "end or every:K"),
+    ({"device": "tpu"}, "auto, cpu, cuda"),
+    ({"download": "maybe"}, "true or false"),
+    ({"lr": True}, "a number > 0"),
+])
+def test_bad_values_name_the_key_and_what_is_allowed(overrides: dict, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        resolve(overrides)
+    message = str(err.value)
+    assert needle in message
+    assert "\n" not in message
+
+
+def test_set_needs_key_value() -> None:
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_set(["rounds"])
+
+
+def test_toml_flat_and_flower_layout(tmp_path: Path) -> None:
+    flat = tmp_path / "a.toml"
+    flat.write_text('rounds = 3\nattack = "blended"\n')
+    nested = tmp_path / "b.toml"
+    nested.write_text('[tool.flwr.app.config]\nrounds = 4\n')
+    assert load_toml(flat) == {"rounds": 3, "attack": "blended"}
+    assert load_toml(nested) == {"rounds": 4}
+    bad = tmp_path / "c.toml"
+    bad.write_text("rounds = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_toml(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_toml(tmp_path / "missing.toml")
+
+
+def test_shipped_default_config_file_resolves() -> None:
+    assert resolve(load_toml(ROOT / "simulations" / "configs" / "default.toml")) == resolve()
+
+
+@pytest.mark.parametrize(("spec", "rounds", "expected"), [
+    ("always", 3, [1, 2, 3]),
+    ("never", 3, []),
+    ("every:3", 10, [3, 6, 9]),
+    ("window:2-4", 10, [2, 3, 4]),
+    ("window:1-2,5-6", 10, [1, 2, 5, 6]),
+    ("window:8-20", 10, [8, 9, 10]),
+])
+def test_schedules(spec: str, rounds: int, expected: list[int]) -> None:
+    assert schedule_rounds(spec, rounds) == expected
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(sorted(OPTIONS)), st.one_of(
+    st.integers(-5, 100), st.floats(allow_nan=True), st.text(max_size=8), st.booleans()), max_size=6))
+def test_resolve_either_accepts_or_raises_config_error(overrides: dict) -> None:
+    """No input, however odd, escapes as anything but a ConfigError; accepted values keep their types."""
+    try:
+        cfg = resolve(overrides)
+    except ConfigError:
+        return
+    for key, opt in OPTIONS.items():
+        assert isinstance(cfg[key], opt.kind)

@@ -1,0 +1,130 @@
+"""BA and ASR on hand-built models whose predictions are known exactly."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from fl_defense.attacks import Trigger
+from fl_defense.metrics import attack_success_rate, clean_accuracy, predict
+
+SHAPE = (1, 4, 4)
+NUM_CLASSES = 5
+
+
+class ConstantModel(nn.Module):
+    """Predicts `label` for every input."""
+
+    def __init__(self, label: int) -> None:
+        super().__init__()
+        self.label = label
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(x.shape[0], NUM_CLASSES, device=x.device)
+        logits[:, self.label] = 1.0
+        return logits
+
+
+class LookupModel(nn.Module):
+    """Predicts the label stored for each exact image (a memorising oracle keyed by the first pixel).
+
+    It also checks that the model sees each image scaled to [0, 1] exactly as `to_float` would.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        super().__init__()
+        self.images = images.float() / 255.0
+        self.labels = labels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.dtype == torch.float32
+        idx = torch.round(x[:, 0, 0, 0] * 255).long()
+        torch.testing.assert_close(x, self.images[idx], atol=1e-6, rtol=0)
+        return nn.functional.one_hot(self.labels[idx], NUM_CLASSES).float()
+
+
+class TriggerDetector(nn.Module):
+    """Predicts `target` when the bottom-right pixel is 1 (the trigger), else class 1."""
+
+    def __init__(self, target: int) -> None:
+        super().__init__()
+        self.target = target
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hit = x[:, 0, -1, -1] == 1.0
+        pred = torch.where(hit, self.target, 1)
+        return nn.functional.one_hot(pred, NUM_CLASSES).float()
+
+
+def distinct_uint8_images(n: int) -> torch.Tensor:
+    """n uint8 images that differ from each other (each has its own first pixel), none saturated at 255."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 200, (n, *SHAPE), dtype=torch.uint8, generator=g)
+    x[:, 0, 0, 0] = torch.arange(n, dtype=torch.uint8)
+    return x
+
+
+def corner_trigger() -> Trigger:
+    """An opaque white 1x1 trigger in the bottom-right corner."""
+    mask = torch.zeros(1, *SHAPE[1:])
+    mask[0, -1, -1] = 1.0
+    return Trigger(torch.ones(SHAPE), mask, 1.0)
+
+
+def test_asr_excludes_target_class_images() -> None:
+    """A model that always answers the target: ASR 1.0, even when most test labels are the target."""
+    target = 2
+    labels = torch.tensor([target] * 90 + [0, 1, 3, 4] * 2 + [0, 1])
+    images = distinct_uint8_images(len(labels))
+    model = ConstantModel(target)
+    assert attack_success_rate(model, images, labels, corner_trigger(), target, batch_size=7) == 1.0
+    assert clean_accuracy(model, images, labels) == pytest.approx(0.9)
+
+
+def test_asr_counts_only_triggered_non_target_hits() -> None:
+    target = 0
+    labels = torch.tensor([0, 0, 1, 2, 3, 4])
+    images = distinct_uint8_images(len(labels))
+    assert attack_success_rate(TriggerDetector(target), images, labels, corner_trigger(), target) == 1.0
+    assert attack_success_rate(ConstantModel(3), images, labels, corner_trigger(), target) == 0.0
+    # the detector sees no trigger on clean images, so its clean predictions are all class 1
+    assert clean_accuracy(TriggerDetector(target), images, labels) == pytest.approx(1 / 6)
+
+
+def test_asr_is_nan_when_every_label_is_the_target() -> None:
+    labels = torch.full((5,), 3)
+    asr = attack_success_rate(ConstantModel(3), distinct_uint8_images(5), labels, corner_trigger(), 3)
+    assert math.isnan(asr)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 1000])
+def test_clean_accuracy_uint8_lookup_model_is_one(batch_size: int) -> None:
+    labels = torch.arange(40) % NUM_CLASSES
+    images = distinct_uint8_images(40)
+    model = LookupModel(images, labels)
+    assert clean_accuracy(model, images, labels, batch_size=batch_size) == 1.0
+    assert torch.equal(predict(model, images, batch_size, torch.device("cpu")), labels)
+
+
+def test_clean_accuracy_counts_mistakes() -> None:
+    labels = torch.arange(40) % NUM_CLASSES
+    images = distinct_uint8_images(40)
+    wrong = labels.clone()
+    wrong[:10] = (wrong[:10] + 1) % NUM_CLASSES
+    assert clean_accuracy(LookupModel(images, wrong), images, labels) == pytest.approx(0.75)
+
+
+def test_float_inputs_are_used_as_is() -> None:
+    """Float images are already in [0, 1] and must not be divided by 255 again."""
+    labels = torch.arange(10) % NUM_CLASSES
+    images = distinct_uint8_images(10)
+    model = LookupModel(images, labels)
+    assert clean_accuracy(model, images.float() / 255.0, labels) == 1.0
+
+
+def test_predict_empty_input() -> None:
+    out = predict(ConstantModel(0), torch.empty(0, *SHAPE, dtype=torch.uint8), 10, torch.device("cpu"))
+    assert out.shape == (0,) and out.dtype == torch.long
