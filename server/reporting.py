@@ -75,8 +75,10 @@ class RunReport:
                 self.writer.add_scalar(f"defense/{key}", record[key], r)
         self.save()
 
-    def save_model(self, state: dict[str, torch.Tensor], server_round: int) -> None:
-        atomic_torch_save({"round": server_round, "model": state}, self.out_dir / "checkpoints" / "latest.pt")
+    def save_model(self, state: dict[str, torch.Tensor], server_round: int, cfg: dict[str, Any]) -> None:
+        """The global model of the round with the run's config, so `fl-defense purify` can rebuild its setting."""
+        atomic_torch_save({"round": server_round, "model": state, "config": cfg},
+                          self.out_dir / "checkpoints" / "latest.pt")
 
     def save(self) -> None:
         self.results["wall_seconds"] = time.perf_counter() - self._t0

@@ -19,8 +19,9 @@ from flwr.serverapp import Grid, ServerApp
 from fl_defense.attacks import build_attack
 from fl_defense.config import resolve
 from fl_defense.data import cached_dataset
+from fl_defense.defense import defense_rounds, run_defense, server_clean_set
 from fl_defense.metrics import attack_success_rate, clean_accuracy
-from fl_defense.models import build_model
+from fl_defense.models import BackdoorModel, build_model
 from fl_defense.training import resolve_device
 from server.aggregation import build_aggregator
 from server.reporting import RunReport, format_table
@@ -70,19 +71,44 @@ def run_server(grid: Grid, cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]
     report = RunReport(out_dir, cfg)
     run_config = json.dumps(cfg)
 
+    bs = cfg["eval-batch-size"]
+
+    def measure(m: BackdoorModel) -> tuple[float, float]:
+        ba = clean_accuracy(m, data.test_x, data.test_y, bs, device)
+        return ba, attack_success_rate(m, data.test_x, data.test_y, eval_attack.trigger, eval_attack.target, bs, device)
+
+    clean = server_clean_set(cfg, data)
+    scheduled = set(defense_rounds(cfg))
+
+    def defend(server_round: int, arrays: ArrayRecord) -> ArrayRecord:
+        """Run the configured defense on the aggregate of a scheduled round; what it returns is broadcast next."""
+        if server_round not in scheduled:
+            return arrays
+        model.load_state_dict(arrays.to_torch_state_dict())
+        ba0, asr0 = measure(model)
+        generator = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + server_round)
+        outcome = run_defense(model, clean, spec.num_classes, cfg, device, generator)
+        ba1, asr1 = measure(outcome.model)
+        record = {"round": server_round, **outcome.record, "ba_before": ba0, "asr_before": asr0,
+                  "ba_after": ba1, "asr_after": asr1}
+        if "flagged" in record:
+            record["true_target_found"] = cfg["attack"] != "none" and record["flagged"][:1] == [cfg["target-label"]]
+        report.log_defense(record)
+        print(f"[defense {cfg['defense']} @ round {server_round}] flagged {record.get('flagged', '-')}  "
+              f"BA {ba0:.4f} -> {ba1:.4f}  ASR {asr0:.4f} -> {asr1:.4f}", flush=True)
+        return ArrayRecord(outcome.model.state_dict())
+
     nodes = _wait_for_nodes(grid, cfg["num-clients"])
     node_partition = _node_partitions(grid, nodes, run_config)
-    strategy = DefenseStrategy(build_aggregator(cfg), node_partition, cfg["seed"])
+    strategy = DefenseStrategy(build_aggregator(cfg), node_partition, cfg["seed"], on_aggregated=defend)
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         t = time.perf_counter()
         state = arrays.to_torch_state_dict()
         model.load_state_dict(state)
-        bs = cfg["eval-batch-size"]
-        ba = clean_accuracy(model, data.test_x, data.test_y, bs, device)
-        asr = attack_success_rate(model, data.test_x, data.test_y, eval_attack.trigger, eval_attack.target, bs, device)
+        ba, asr = measure(model)
         row = report.log_round(server_round, ba, asr, strategy.rounds.get(server_round), time.perf_counter() - t)
-        report.save_model(state, server_round)
+        report.save_model(state, server_round, cfg)
         if server_round > 0:
             print(f"[round {server_round}/{cfg['rounds']}] BA {ba:.4f}  ASR {asr:.4f}  "
                   f"loss {row['train_loss']:.4f}  attackers {len(row['attackers'])}  {row['seconds']:.1f} s",
@@ -92,7 +118,7 @@ def run_server(grid: Grid, cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]
     initial = ArrayRecord(model.state_dict())
     result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg["rounds"],
                             train_config=ConfigRecord({"run-config": run_config}), evaluate_fn=evaluate)
-    torch.save({"round": cfg["rounds"], "model": result.arrays.to_torch_state_dict()},
+    torch.save({"round": cfg["rounds"], "model": result.arrays.to_torch_state_dict(), "config": cfg},
                out_dir / "checkpoints" / "final.pt")
     report.close()
     print(format_table(report.results), flush=True)

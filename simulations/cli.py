@@ -19,12 +19,23 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="TOML file of config keys (flat, or under [tool.flwr.app.config])")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (repeatable)")
     run.add_argument("--out", help="output folder (default: runs/<dataset>-<attack>-<time>)")
+    pur = sub.add_parser("purify", help="run a server-side defense on a saved global model")
+    pur.add_argument("--checkpoint", required=True, help="a run's checkpoints/*.pt (or a bare state_dict)")
+    pur.add_argument("--defense", required=True, help="mcl, ft, nc-unlearn, fp or nad")
+    pur.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (repeatable)")
+    pur.add_argument("--out", help="folder for purify.json and purified.pt")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "purify":
+            from simulations.purify import purify
+
+            purify(args.checkpoint, {**parse_set(args.set), "defense": args.defense},
+                   Path(args.out) if args.out else None)
+            return 0
         overrides = load_toml(args.config) if args.config else {}
         overrides.update(parse_set(args.set))
         if args.out:

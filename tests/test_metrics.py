@@ -59,6 +59,21 @@ class TriggerDetector(nn.Module):
         return nn.functional.one_hot(pred, NUM_CLASSES).float()
 
 
+class AntiTargetModel(nn.Module):
+    """Keyed by the first pixel: the target for images whose true label is not the target, else another class.
+
+    Only an ASR that leaves target-class images out scores this model 1.0.
+    """
+
+    def __init__(self, labels: torch.Tensor, target: int) -> None:
+        super().__init__()
+        self.pred = torch.where(labels == target, (target + 1) % NUM_CLASSES, target)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        idx = torch.round(x[:, 0, 0, 0] * 255).long()
+        return nn.functional.one_hot(self.pred[idx], NUM_CLASSES).float()
+
+
 def distinct_uint8_images(n: int) -> torch.Tensor:
     """n uint8 images that differ from each other (each has its own first pixel), none saturated at 255."""
     g = torch.Generator().manual_seed(0)
@@ -82,6 +97,13 @@ def test_asr_excludes_target_class_images() -> None:
     model = ConstantModel(target)
     assert attack_success_rate(model, images, labels, corner_trigger(), target, batch_size=7) == 1.0
     assert clean_accuracy(model, images, labels) == pytest.approx(0.9)
+
+
+def test_asr_ignores_how_target_class_images_are_classified() -> None:
+    target = 2
+    labels = torch.tensor([target] * 90 + [0, 1, 3, 4] * 2 + [0, 1])
+    images = distinct_uint8_images(len(labels))
+    assert attack_success_rate(AntiTargetModel(labels, target), images, labels, corner_trigger(), target) == 1.0
 
 
 def test_asr_counts_only_triggered_non_target_hits() -> None:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fl_defense.data import DatasetNotFoundError, FederatedSplit, dirichlet, federated_split, hold_out, iid, load_dataset
+from fl_defense.data import (
+    DatasetNotFoundError,
+    FederatedSplit,
+    dirichlet,
+    federated_split,
+    hold_out,
+    iid,
+    load_dataset,
+)
 
 
 def balanced_labels(num_classes: int = 10, per_class: int = 300, seed: int = 0) -> np.ndarray:

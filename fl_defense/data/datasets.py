@@ -117,7 +117,10 @@ def _gtsrb_split(root: Path, split: str, download: bool) -> tuple[torch.Tensor, 
     ds = tvd.GTSRB(str(root), split=split, download=download, transform=to_tensor)
     xs, ys = zip(*(ds[i] for i in range(len(ds))))
     x, y = torch.stack(xs), torch.tensor(ys)
-    torch.save({"x": x, "y": y}, cache)
+    # Written aside then renamed: client actors load concurrently and must never read a partial cache.
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+    torch.save({"x": x, "y": y}, tmp)
+    tmp.replace(cache)
     return x, y
 
 

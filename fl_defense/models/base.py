@@ -12,7 +12,8 @@ class BackdoorModel(nn.Module):
     Inputs are images in [0, 1] pixel space (where triggers are applied); the dataset's mean/std
     normalisation is the model's first step, held in non-persistent buffers so it never travels in
     an update. `features(x)` is the penultimate representation (what MCL and CNP contrast) and
-    `classify(features)` the last layer.
+    `classify(features)` the last layer. `feature_maps(x)` exposes the conv stages (NAD, fine-pruning)
+    and `prune_channels` silences last-stage channels (fine-pruning).
     """
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
@@ -27,6 +28,17 @@ class BackdoorModel(nn.Module):
         """Penultimate features of already-normalised inputs."""
         raise NotImplementedError
 
+    def embed_with_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`embed` that also records each conv stage's output (N x C x H x W), in one pass.
+
+        Kept apart from `embed` so the plain forward pass stays a straight `nn.Sequential` call.
+        """
+        raise NotImplementedError
+
+    def prune_channels(self, channels: torch.Tensor) -> None:
+        """Permanently silence these channels of the last conv stage, in the weights themselves."""
+        raise NotImplementedError
+
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -35,3 +47,12 @@ class BackdoorModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(self.features(x))
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Activations of each conv stage for inputs in [0, 1], shallow to deep (the last is the last stage)."""
+        return self.embed_with_maps(self.normalize(x))[1]
+
+    def logits_and_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits and `feature_maps` from one pass (attention distillation needs both)."""
+        features, maps = self.embed_with_maps(self.normalize(x))
+        return self.classify(features), maps

@@ -14,6 +14,10 @@ class SmallCNN(BackdoorModel):
     Sized to train at about 4k images/s on one CPU thread, so a 10-client simulation fits in minutes.
     """
 
+    # Indices in `body` of the two conv-BN-ReLU outputs (before pooling) and of the last BatchNorm.
+    STAGE_ENDS = (2, 6)
+    LAST_BN = 5
+
     def __init__(self, in_channels: int, num_classes: int, size: int,
                  mean: tuple[float, ...], std: tuple[float, ...], width: int = 16) -> None:
         super().__init__(mean, std)
@@ -29,6 +33,25 @@ class SmallCNN(BackdoorModel):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
+
+    def embed_with_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        maps = []
+        for i, layer in enumerate(self.body):
+            x = layer(x)
+            if i in self.STAGE_ENDS:
+                maps.append(x)
+        return x, maps
+
+    @torch.no_grad()
+    def prune_channels(self, channels: torch.Tensor) -> None:
+        """Zero the last BatchNorm's weight and bias for `channels`.
+
+        The BN then outputs exactly 0 for them in train and eval mode alike, ReLU(0) = 0, and nothing
+        downstream sees them; being parameters, the zeros travel in the state_dict to clients.
+        """
+        bn = self.body[self.LAST_BN]
+        bn.weight[channels] = 0.0
+        bn.bias[channels] = 0.0
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features)

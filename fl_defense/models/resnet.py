@@ -45,5 +45,24 @@ class ResNet18(BackdoorModel):
         out = self.layers(self.stem(x))
         return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
 
+    def embed_with_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Records each stage's output (after blocks 1, 3, 5, 7: two BasicBlocks a stage)."""
+        out, maps = self.stem(x), []
+        for i, block in enumerate(self.layers):
+            out = block(out)
+            if i % 2 == 1:
+                maps.append(out)
+        return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1), maps
+
+    @torch.no_grad()
+    def prune_channels(self, channels: torch.Tensor) -> None:
+        """Zero the columns of `head.weight` that read `channels`.
+
+        The last stage ends in a residual sum, so zeroing a BatchNorm would not silence a channel (the
+        shortcut still carries it); the only consumer of the last stage is the head, through the
+        global-average-pooled features, so cutting those columns removes the channels' effect entirely.
+        """
+        self.head.weight[:, channels] = 0.0
+
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features)

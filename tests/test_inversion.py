@@ -1,0 +1,85 @@
+"""Neural Cleanse: the MAD statistic by hand, the target found on a backdoored CNN, nothing on a clean one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fl_defense.config import resolve
+from fl_defense.defense import defense_rounds, inversion_images, nc_settings, run_defense
+from fl_defense.inversion import NCSettings, anomaly_indices, invert, scan
+
+CPU = torch.device("cpu")
+
+
+def test_anomaly_index_by_hand() -> None:
+    norms = np.array([10.0, 50.0, 52.0, 48.0, 55.0])
+    # median 50; |x - 50| = 40, 0, 2, 2, 5 -> median 2; MAD = 1.4826 * 2
+    idx = anomaly_indices(norms)
+    assert idx[0] == pytest.approx(40 / (1.4826 * 2))
+    assert idx[4] == pytest.approx(-5 / (1.4826 * 2))
+    log_idx = anomaly_indices(norms, log=True)
+    assert np.argmax(log_idx) == 0
+
+
+def _scan(model_setting, **overrides):  # noqa: ANN001, ANN202 - fixture object
+    cfg = resolve({"nc-images": 500, **overrides})
+    g = torch.Generator().manual_seed(0)
+    return scan(model_setting.model, inversion_images(model_setting.clean, cfg, g), 10, mode=cfg["inversion-mode"],
+                settings=nc_settings(cfg), threshold=cfg["nc-threshold"], log_norms=cfg["nc-statistic"] == "log",
+                generator=g, device=CPU)
+
+
+def test_scan_flags_the_target_of_a_backdoored_model(bd) -> None:  # noqa: ANN001 - fixture
+    result = _scan(bd)
+    assert result.flagged[:1] == [bd.target], result.record()
+    trigger = result.trigger()
+    assert trigger is not None
+    assert trigger.mask.shape == (1, 28, 28) and 0 <= trigger.mask.min() and trigger.mask.max() <= 1
+    assert bd.asr(bd.model) > 0.9
+    stamped_hits = (bd.model(trigger.apply(bd.clean.x[:200])).argmax(1) == bd.target).float().mean()
+    assert stamped_hits > 0.9, "the inverted trigger sends clean images to the target"
+
+
+def test_scan_flags_nothing_on_a_clean_model(clean_model) -> None:  # noqa: ANN001 - fixture
+    result = _scan(clean_model)
+    assert result.flagged == [], result.record()
+
+
+def test_batched_equals_per_label_arithmetic(bd) -> None:  # noqa: ANN001 - fixture
+    """All labels at once is the same optimisation as one label at a time (the loss is a sum)."""
+    images = bd.clean.x[:128]
+    settings = NCSettings(epochs=3, batch_size=128, early_stop=False)  # one full batch: order-free
+    together = invert(bd.model, images, [1, 3], settings, torch.Generator().manual_seed(5), CPU)
+    alone = [invert(bd.model, images, [t], settings, torch.Generator().manual_seed(5), CPU)[0] for t in (1, 3)]
+    assert [r.label for r in together] == [1, 3]
+    for a, b in zip(together, alone, strict=True):
+        assert torch.allclose(a.mask, b.mask, atol=1e-4)
+        assert a.norm == pytest.approx(b.norm, rel=1e-4)
+
+
+def test_defense_pipeline_skips_purification_when_nothing_is_flagged(clean_model) -> None:  # noqa: ANN001
+    cfg = resolve({"defense": "mcl", "nc-images": 500})
+    outcome = run_defense(clean_model.model, clean_model.clean, 10, cfg, CPU, torch.Generator().manual_seed(0))
+    assert outcome.model is clean_model.model
+    assert outcome.record["purified"] is False and outcome.record["flagged"] == []
+
+
+def test_defense_pipeline_inverts_then_purifies(bd) -> None:  # noqa: ANN001 - fixture
+    cfg = resolve({"defense": "mcl", "nc-images": 500, "mcl-epochs": 4})
+    outcome = run_defense(bd.model, bd.clean, 10, cfg, CPU, torch.Generator().manual_seed(0))
+    assert outcome.record["purified"] is True and outcome.record["flagged"][:1] == [bd.target]
+    assert bd.asr(outcome.model) < 0.1
+    assert bd.ba(outcome.model) > bd.ba(bd.model) - 0.05
+
+
+@pytest.mark.parametrize(("defense", "schedule", "rounds", "expected"), [
+    ("none", "every:2", 6, []),
+    ("mcl", "end", 6, [6]),
+    ("mcl", "every:2", 6, [2, 4, 6]),
+    ("ft", "every:4", 10, [4, 8]),
+])
+def test_defense_schedule(defense: str, schedule: str, rounds: int, expected: list[int]) -> None:
+    cfg = resolve({"defense": defense, "defense-schedule": schedule, "rounds": rounds})
+    assert defense_rounds(cfg) == expected

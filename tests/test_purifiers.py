@@ -1,0 +1,178 @@
+"""Baseline purifiers (FT, NC unlearning, fine-pruning, NAD) on a real backdoored Fashion-MNIST CNN."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from fl_defense.attacks import Trigger, build_attack
+from fl_defense.config import ConfigError, resolve
+from fl_defense.data import SPECS, load_dataset, to_float
+from fl_defense.metrics import attack_success_rate, clean_accuracy
+from fl_defense.models import BackdoorModel, build_model
+from fl_defense.purification import PURIFIERS, CleanSet, Purifier, build_purifier
+from fl_defense.purification.base import frozen_copy
+from fl_defense.purification.fp import FinePruning
+from fl_defense.purification.nad import attention, attention_loss
+
+CPU = torch.device("cpu")
+SPEC = SPECS["fashion-mnist"]
+
+
+@dataclass
+class Backdoored:
+    """A backdoored SmallCNN with its trigger, the server's clean set, and held-out test images."""
+
+    model: BackdoorModel
+    trigger: Trigger
+    target: int
+    clean: CleanSet
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+    def ba(self, model: BackdoorModel) -> float:
+        return clean_accuracy(model, self.test_x, self.test_y, device=CPU)
+
+    def asr(self, model: BackdoorModel) -> float:
+        return attack_success_rate(model, self.test_x, self.test_y, self.trigger, self.target, device=CPU)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models train fastest on one thread, and results then do not depend on the core count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def bd(one_thread: None) -> Backdoored:
+    """2 central epochs on 3000 real images, 10% of each batch stamped with a 4x4 BadNets patch."""
+    torch.manual_seed(0)
+    data = load_dataset("fashion-mnist")
+    attack = build_attack(resolve({"trigger-size": 4, "poison-rate": 0.1}), SPEC.shape, SPEC.num_classes)
+    assert attack is not None
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(data.train_x), generator=g)
+    train, held = perm[:3000], perm[3000:3500]
+    x_train, y_train = to_float(data.train_x[train]), data.train_y[train]
+    model = build_model("cnn", SPEC).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    for _ in range(2):
+        for idx in torch.randperm(len(train), generator=g).split(32):
+            x, y = attack.poison_batch(x_train[idx], y_train[idx], g)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    out = Backdoored(model.eval(), attack.trigger, attack.target,
+                     CleanSet(to_float(data.train_x[held]), data.train_y[held]),
+                     to_float(data.test_x[:1000]), data.test_y[:1000])
+    assert out.asr(model) > 0.9 and out.ba(model) > 0.7, "precondition: the backdoor was planted"
+    return out
+
+
+def purify(bd: Backdoored, name: str, trigger: Trigger | None = None) -> tuple[Purifier, BackdoorModel]:
+    """Run a purifier by its config name (default settings) and check it left the input model untouched."""
+    purifier = build_purifier(resolve({"defense": name, "device": "cpu"}))
+    before = {k: v.clone() for k, v in bd.model.state_dict().items()}
+    out = purifier.purify(bd.model, bd.clean, trigger, CPU, torch.Generator().manual_seed(1))
+    after = bd.model.state_dict()
+    assert out is not bd.model
+    assert all(torch.equal(before[k], after[k]) for k in before), f"{name} modified its input model"
+    return purifier, out
+
+
+def test_registry_and_build() -> None:
+    assert {"ft", "nc-unlearn", "fp", "nad"} <= set(PURIFIERS)
+    assert PURIFIERS["nc-unlearn"].needs_trigger and not PURIFIERS["ft"].needs_trigger
+    for name in ("none", "no-such-defense"):
+        with pytest.raises(ConfigError, match="'defense'"):
+            build_purifier({"defense": name})
+
+
+def test_fine_tuning_keeps_accuracy(bd: Backdoored) -> None:
+    _, out = purify(bd, "ft")
+    assert bd.ba(out) >= bd.ba(bd.model) - 0.05
+
+
+def test_nc_unlearning_with_true_trigger_removes_backdoor(bd: Backdoored) -> None:
+    _, out = purify(bd, "nc-unlearn", bd.trigger)
+    assert bd.asr(out) < 0.2
+    assert bd.ba(out) >= bd.ba(bd.model) - 0.05
+
+
+def test_nc_unlearning_needs_a_trigger(bd: Backdoored) -> None:
+    with pytest.raises(ValueError, match="trigger"):
+        purify(bd, "nc-unlearn", None)
+
+
+def test_fine_pruning_prunes_and_pruned_channels_stay_silent(bd: Backdoored) -> None:
+    fp, out = purify(bd, "fp")
+    assert isinstance(fp, FinePruning)
+    channels = fp.pruned_channels
+    assert 0 < fp.pruned == len(channels) <= int(0.9 * 32)
+    assert fp.pruned % 2 == 0, "prunes in steps of 5% of 32 channels, rounded to 2"
+
+    pruned_only = frozen_copy(bd.model, CPU)
+    pruned_only.prune_channels(channels)
+    ref = clean_accuracy(bd.model, bd.clean.x, bd.clean.y)
+    assert clean_accuracy(pruned_only, bd.clean.x, bd.clean.y) >= ref - 0.05
+
+    with torch.no_grad():
+        assert torch.all(out.feature_maps(bd.test_x)[-1][:, channels] == 0), "fine-tuning revived pruned channels"
+        reloaded = build_model("cnn", SPEC)
+        reloaded.load_state_dict(out.state_dict())
+        reloaded.eval()
+        assert torch.all(reloaded.feature_maps(bd.test_x)[-1][:, channels] == 0)
+        assert torch.equal(reloaded(bd.test_x), out(bd.test_x))
+
+
+def test_nad_keeps_accuracy(bd: Backdoored) -> None:
+    _, out = purify(bd, "nad")
+    assert bd.ba(out) >= bd.ba(bd.model) - 0.05
+
+
+def test_attention_map_and_loss_by_hand() -> None:
+    # One channel with values sqrt(3), 2: a^2 = (3, 4), unit norm -> (0.6, 0.8).
+    fm = torch.tensor([3.0, 4.0]).sqrt().view(1, 1, 1, 2)
+    assert torch.allclose(attention(fm), torch.tensor([[0.6, 0.8]]))
+    # Sample 1: channel means of a^2 are (1, 0) vs (0, 2) -> (1, 0) vs (0, 1): squared distance 2.
+    # Sample 2: (1, 1) vs (9, 9) normalise alike: distance 0. MSE over 2 samples x 2 positions = 2 / 4.
+    student = torch.tensor([[[[1.0, 0.0]], [[1.0, 0.0]]], [[[1.0, 1.0]], [[1.0, 1.0]]]])
+    teacher = torch.tensor([[[[0.0, 2.0]], [[0.0, 0.0]]], [[[3.0, 3.0]], [[3.0, 3.0]]]])
+    assert attention_loss(student, teacher).item() == pytest.approx(0.5)
+    assert attention_loss(teacher, 7 * teacher).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_small_cnn_feature_maps(bd: Backdoored) -> None:
+    x = bd.test_x[:5]
+    with torch.no_grad():
+        logits, maps = bd.model.logits_and_maps(x)
+        assert [m.shape for m in maps] == [(5, 16, 28, 28), (5, 32, 14, 14)]
+        assert torch.equal(logits, bd.model(x))
+        assert all(torch.equal(a, b) for a, b in zip(maps, bd.model.feature_maps(x), strict=True))
+
+
+def test_resnet18_feature_maps_and_prune_channels() -> None:
+    torch.manual_seed(0)
+    model = build_model("resnet18", SPECS["cifar10"]).eval()
+    x = torch.rand(2, 3, 32, 32)
+    channels = torch.tensor([0, 5, 511])
+    with torch.no_grad():
+        assert [m.shape for m in model.feature_maps(x)] == [
+            (2, 64, 32, 32), (2, 128, 16, 16), (2, 256, 8, 8), (2, 512, 4, 4)]
+        head = model.head.weight.clone()
+        features = model.features(x)
+        model.prune_channels(channels)
+        keep = torch.ones(512, dtype=torch.bool)
+        keep[channels] = False
+        assert torch.all(model.head.weight[:, channels] == 0)
+        assert torch.equal(model.head.weight[:, keep], head[:, keep])
+        expected = F.linear(features * keep, head, model.head.bias)
+        assert torch.allclose(model(x), expected, atol=1e-5)
