@@ -15,7 +15,7 @@ import torch
 
 from fl_defense.config import schedule_rounds
 from fl_defense.data import ImageData, cached_split, to_float
-from fl_defense.inversion import NCSettings, scan
+from fl_defense.inversion import DetectionRule, NCSettings, ScanResult, scan, train_reference
 from fl_defense.models.base import BackdoorModel
 from fl_defense.purification import CleanSet, build_purifier
 
@@ -26,6 +26,7 @@ class DefenseOutcome:
 
     model: BackdoorModel
     record: dict[str, Any]
+    reference: torch.nn.Module | None = None
 
 
 def server_clean_set(cfg: Mapping[str, Any], data: ImageData) -> CleanSet:
@@ -59,22 +60,52 @@ def inversion_images(clean: CleanSet, cfg: Mapping[str, Any], generator: torch.G
     return clean.x[torch.randperm(len(clean.x), generator=generator)[:n]]
 
 
+def detection_rule(cfg: Mapping[str, Any]) -> DetectionRule:
+    return DetectionRule(threshold=cfg["nc-threshold"], log_norms=cfg["nc-statistic"] == "log",
+                         transfer_max=cfg["nc-transfer-max"])
+
+
+def reference_model(model: BackdoorModel, clean: CleanSet, cfg: Mapping[str, Any], device: torch.device,
+                    generator: torch.Generator) -> torch.nn.Module | None:
+    """The clean-set reference model of the scan, or None when the check is off (nc-reference-epochs 0)."""
+    if cfg["nc-reference-epochs"] == 0:
+        return None
+    return train_reference(model, clean.x, clean.y, cfg["nc-reference-epochs"], generator, device)
+
+
+def invert_and_flag(model: BackdoorModel, clean: CleanSet, num_classes: int, cfg: Mapping[str, Any],
+                    device: torch.device, generator: torch.Generator,
+                    reference: torch.nn.Module | None = None) -> tuple[ScanResult, torch.nn.Module | None]:
+    """The configured scan of every label; trains the reference model unless one is passed in."""
+    t0 = time.perf_counter()
+    if reference is None:
+        reference = reference_model(model, clean, cfg, device, generator)
+    result = scan(model, inversion_images(clean, cfg, generator), num_classes, mode=cfg["inversion-mode"],
+                  settings=nc_settings(cfg), rule=detection_rule(cfg), generator=generator, device=device,
+                  reference=reference, reference_data=(clean.x, clean.y))
+    result.seconds = time.perf_counter() - t0
+    return result, reference
+
+
 def run_defense(model: BackdoorModel, clean: CleanSet, num_classes: int, cfg: Mapping[str, Any],
-                device: torch.device, generator: torch.Generator) -> DefenseOutcome:
-    """Invert (if needed) and purify; with no flagged label an inversion-based defense leaves the model as is."""
+                device: torch.device, generator: torch.Generator,
+                reference: torch.nn.Module | None = None) -> DefenseOutcome:
+    """Invert (if needed) and purify; with no flagged label an inversion-based defense leaves the model as is.
+
+    The clean-set reference model depends only on the clean set: pass back `outcome.reference` on the
+    next call (defense every k rounds) to train it once per run.
+    """
     purifier = build_purifier(cfg)
     record: dict[str, Any] = {"defense": cfg["defense"], "purified": False, "inversion_seconds": 0.0}
     trigger = None
     if purifier.needs_trigger:
-        result = scan(model, inversion_images(clean, cfg, generator), num_classes, mode=cfg["inversion-mode"],
-                      settings=nc_settings(cfg), threshold=cfg["nc-threshold"],
-                      log_norms=cfg["nc-statistic"] == "log", generator=generator, device=device)
+        result, reference = invert_and_flag(model, clean, num_classes, cfg, device, generator, reference)
         record.update(result.record())
         trigger = result.trigger()
         if trigger is None:
             record["purify_seconds"] = 0.0
-            return DefenseOutcome(model, record)
+            return DefenseOutcome(model, record, reference)
     t0 = time.perf_counter()
     purified = purifier.purify(model, clean, trigger, device, generator)
     record.update(purified=True, purify_seconds=time.perf_counter() - t0)
-    return DefenseOutcome(purified, record)
+    return DefenseOutcome(purified, record, reference)

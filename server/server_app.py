@@ -79,6 +79,7 @@ def run_server(grid: Grid, cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]
 
     clean = server_clean_set(cfg, data)
     scheduled = set(defense_rounds(cfg))
+    reference: list[torch.nn.Module | None] = [None]  # the clean-set reference model, trained once per run
 
     def defend(server_round: int, arrays: ArrayRecord) -> ArrayRecord:
         """Run the configured defense on the aggregate of a scheduled round; what it returns is broadcast next."""
@@ -87,7 +88,8 @@ def run_server(grid: Grid, cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]
         model.load_state_dict(arrays.to_torch_state_dict())
         ba0, asr0 = measure(model)
         generator = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + server_round)
-        outcome = run_defense(model, clean, spec.num_classes, cfg, device, generator)
+        outcome = run_defense(model, clean, spec.num_classes, cfg, device, generator, reference[0])
+        reference[0] = outcome.reference
         ba1, asr1 = measure(outcome.model)
         record = {"round": server_round, **outcome.record, "ba_before": ba0, "asr_before": asr0,
                   "ba_after": ba1, "asr_after": asr1}

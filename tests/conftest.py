@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +80,15 @@ def clean_model() -> Backdoored:
     out = _train(poisoned=False)
     assert out.asr(out.model) < 0.1 and out.ba(out.model) > 0.75
     return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch thread: the same float results on any machine load (Ray actors set their own)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

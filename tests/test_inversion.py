@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from fl_defense.config import resolve
-from fl_defense.defense import defense_rounds, inversion_images, nc_settings, run_defense
-from fl_defense.inversion import NCSettings, anomaly_indices, invert, scan
+from fl_defense.defense import defense_rounds, invert_and_flag, run_defense
+from fl_defense.inversion import NCSettings, anomaly_indices, invert
 
 CPU = torch.device("cpu")
 
@@ -25,10 +25,7 @@ def test_anomaly_index_by_hand() -> None:
 
 def _scan(model_setting, **overrides):  # noqa: ANN001, ANN202 - fixture object
     cfg = resolve({"nc-images": 500, **overrides})
-    g = torch.Generator().manual_seed(0)
-    return scan(model_setting.model, inversion_images(model_setting.clean, cfg, g), 10, mode=cfg["inversion-mode"],
-                settings=nc_settings(cfg), threshold=cfg["nc-threshold"], log_norms=cfg["nc-statistic"] == "log",
-                generator=g, device=CPU)
+    return invert_and_flag(model_setting.model, model_setting.clean, 10, cfg, CPU, torch.Generator().manual_seed(0))[0]
 
 
 def test_scan_flags_the_target_of_a_backdoored_model(bd) -> None:  # noqa: ANN001 - fixture

@@ -2,79 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-
 import pytest
 import torch
+from conftest import Backdoored
 from torch.nn import functional as F
 
-from fl_defense.attacks import Trigger, build_attack
+from fl_defense.attacks import Trigger
 from fl_defense.config import ConfigError, resolve
-from fl_defense.data import SPECS, load_dataset, to_float
-from fl_defense.metrics import attack_success_rate, clean_accuracy
+from fl_defense.data import SPECS
+from fl_defense.metrics import clean_accuracy
 from fl_defense.models import BackdoorModel, build_model
-from fl_defense.purification import PURIFIERS, CleanSet, Purifier, build_purifier
+from fl_defense.purification import PURIFIERS, Purifier, build_purifier
 from fl_defense.purification.base import frozen_copy
 from fl_defense.purification.fp import FinePruning
 from fl_defense.purification.nad import attention, attention_loss
 
 CPU = torch.device("cpu")
 SPEC = SPECS["fashion-mnist"]
-
-
-@dataclass
-class Backdoored:
-    """A backdoored SmallCNN with its trigger, the server's clean set, and held-out test images."""
-
-    model: BackdoorModel
-    trigger: Trigger
-    target: int
-    clean: CleanSet
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-
-    def ba(self, model: BackdoorModel) -> float:
-        return clean_accuracy(model, self.test_x, self.test_y, device=CPU)
-
-    def asr(self, model: BackdoorModel) -> float:
-        return attack_success_rate(model, self.test_x, self.test_y, self.trigger, self.target, device=CPU)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models train fastest on one thread, and results then do not depend on the core count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def bd(one_thread: None) -> Backdoored:
-    """2 central epochs on 3000 real images, 10% of each batch stamped with a 4x4 BadNets patch."""
-    torch.manual_seed(0)
-    data = load_dataset("fashion-mnist")
-    attack = build_attack(resolve({"trigger-size": 4, "poison-rate": 0.1}), SPEC.shape, SPEC.num_classes)
-    assert attack is not None
-    g = torch.Generator().manual_seed(0)
-    perm = torch.randperm(len(data.train_x), generator=g)
-    train, held = perm[:3000], perm[3000:3500]
-    x_train, y_train = to_float(data.train_x[train]), data.train_y[train]
-    model = build_model("cnn", SPEC).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    for _ in range(2):
-        for idx in torch.randperm(len(train), generator=g).split(32):
-            x, y = attack.poison_batch(x_train[idx], y_train[idx], g)
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    out = Backdoored(model.eval(), attack.trigger, attack.target,
-                     CleanSet(to_float(data.train_x[held]), data.train_y[held]),
-                     to_float(data.test_x[:1000]), data.test_y[:1000])
-    assert out.asr(model) > 0.9 and out.ba(model) > 0.7, "precondition: the backdoor was planted"
-    return out
 
 
 def purify(bd: Backdoored, name: str, trigger: Trigger | None = None) -> tuple[Purifier, BackdoorModel]:

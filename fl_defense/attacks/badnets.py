@@ -17,5 +17,5 @@ class BadNets(Attack):
     default_alpha = 1.0
 
     def default_mask(self, cfg: Mapping[str, Any], shape: tuple[int, int, int]) -> torch.Tensor:
-        size = cfg["trigger-size"] or max(3, shape[1] // 8)
+        size = cfg["trigger-size"] or max(3, shape[1] // 7)
         return square_mask(shape, size, cfg["trigger-location"])

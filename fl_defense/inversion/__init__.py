@@ -1,6 +1,10 @@
-"""Trigger inversion: Neural Cleanse per label, and the all-label scan with MAD anomaly detection."""
+"""Trigger inversion: Neural Cleanse per label, the all-label scan, and the clean reference model."""
 
 from fl_defense.inversion.neural_cleanse import LabelInversion, NCSettings, anomaly_indices, invert
-from fl_defense.inversion.scan import ScanResult, scan
+from fl_defense.inversion.reference import fresh_copy, train_reference, transfer_rates
+from fl_defense.inversion.scan import DetectionRule, ScanResult, scan
 
-__all__ = ["LabelInversion", "NCSettings", "ScanResult", "anomaly_indices", "invert", "scan"]
+__all__ = [
+    "DetectionRule", "LabelInversion", "NCSettings", "ScanResult", "anomaly_indices", "fresh_copy", "invert",
+    "scan", "train_reference", "transfer_rates",
+]

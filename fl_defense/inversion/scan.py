@@ -1,4 +1,9 @@
-"""Scan every label with Neural Cleanse and flag the backdoor targets by their anomaly index."""
+"""Scan every label with Neural Cleanse and flag the backdoor targets.
+
+A label is flagged when its mask is anomalously small (MAD anomaly index above a threshold, on raw
+or log norms) and, when a reference model trained only on clean data is given, its inverted trigger
+does not also fool that model (natural features do; see `fl_defense.inversion.reference`).
+"""
 
 from __future__ import annotations
 
@@ -12,14 +17,30 @@ from torch import nn
 
 from fl_defense.attacks.trigger import Trigger
 from fl_defense.inversion.neural_cleanse import LabelInversion, NCSettings, anomaly_indices, invert
+from fl_defense.inversion.reference import transfer_rates
+
+
+@dataclass(frozen=True)
+class DetectionRule:
+    """How a label is flagged from its mask norm and, optionally, its transfer rate."""
+
+    threshold: float = 2.0
+    log_norms: bool = False
+    transfer_max: float = 0.2
+
+    def flag(self, indices: np.ndarray, transfer: np.ndarray | None) -> list[int]:
+        """Flagged labels, most anomalous first."""
+        return [int(t) for t in np.argsort(-indices) if indices[t] > self.threshold
+                and (transfer is None or transfer[t] <= self.transfer_max)]
 
 
 @dataclass
 class ScanResult:
-    """Per-label mask norms and anomaly indices, the flagged labels (most anomalous first), timing."""
+    """Per-label mask norms, anomaly indices, transfer rates, the flagged labels, and timing."""
 
     inversions: list[LabelInversion]
     indices: np.ndarray
+    transfer: np.ndarray | None
     flagged: list[int]
     seconds: float
     mode: str
@@ -38,21 +59,21 @@ class ScanResult:
     def record(self) -> dict[str, Any]:
         """JSON-able summary for results.json."""
         return {
-            "mode": self.mode,
+            "inversion_mode": self.mode,
             "flagged": self.flagged,
             "mask_l1": [round(v, 3) for v in self.norms],
             "anomaly_index": [round(float(v), 3) for v in self.indices],
-            "epochs": [inv.epochs for inv in self.inversions],
+            "transfer": None if self.transfer is None else [round(float(v), 3) for v in self.transfer],
+            "inversion_epochs": [inv.epochs for inv in self.inversions],
             "inversion_seconds": self.seconds,
         }
 
 
 def scan(model: nn.Module, images: torch.Tensor, num_classes: int, *, mode: str, settings: NCSettings,
-         threshold: float, log_norms: bool, generator: torch.Generator, device: torch.device) -> ScanResult:
-    """Invert every label (`loop`: one at a time; `batched`: all together) and flag anomalies.
-
-    A label is flagged when its mask norm is below the median and its anomaly index exceeds `threshold`.
-    """
+         rule: DetectionRule, generator: torch.Generator, device: torch.device,
+         reference: nn.Module | None = None, reference_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+         ) -> ScanResult:
+    """Invert every label (`loop`: one at a time; `batched`: all together) and flag the targets."""
     t0 = time.perf_counter()
     labels = list(range(num_classes))
     if mode == "batched":
@@ -61,6 +82,8 @@ def scan(model: nn.Module, images: torch.Tensor, num_classes: int, *, mode: str,
         inversions = [invert(model, images, [t], settings, generator, device)[0] for t in labels]
     else:
         raise ValueError(f"unknown inversion mode {mode!r}; allowed: loop, batched")
-    indices = anomaly_indices(np.array([inv.norm for inv in inversions]), log=log_norms)
-    flagged = [int(t) for t in np.argsort(-indices) if indices[t] > threshold]
-    return ScanResult(inversions, indices, flagged, time.perf_counter() - t0, mode)
+    indices = anomaly_indices(np.array([inv.norm for inv in inversions]), log=rule.log_norms)
+    transfer = None
+    if reference is not None and reference_data is not None:
+        transfer = transfer_rates(reference, inversions, *reference_data, device)
+    return ScanResult(inversions, indices, transfer, rule.flag(indices, transfer), time.perf_counter() - t0, mode)

@@ -1,0 +1,63 @@
+"""A reference model trained only on the server's clean set, to tell backdoors from natural features.
+
+Some labels need only a small mask in any model (on Fashion-MNIST a bag-like blob turns most
+images into "Bag"); MAD on mask norms flags them on clean models too. Such natural-feature triggers
+transfer to a model that never saw poisoned data, a backdoor trigger does not: the share of clean
+images a label's inverted trigger sends to that label on the reference model is its transfer rate.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fl_defense.inversion.neural_cleanse import LabelInversion
+
+
+def fresh_copy(model: nn.Module) -> nn.Module:
+    """The same architecture with freshly initialised weights (and BatchNorm statistics)."""
+    fresh = copy.deepcopy(model)
+    for module in fresh.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    for p in fresh.parameters():
+        p.requires_grad_(True)
+    return fresh
+
+
+def train_reference(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int,
+                    generator: torch.Generator, device: torch.device) -> nn.Module:
+    """Train a fresh copy of `model`'s architecture on the clean set (float images in [0, 1])."""
+    ref = fresh_copy(model).to(device).train()
+    opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(images), generator=generator).split(64):
+            if len(idx) < 2:
+                continue
+            loss = F.cross_entropy(ref(images[idx].to(device)), labels[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return ref.eval()
+
+
+@torch.inference_mode()
+def transfer_rates(reference: nn.Module, inversions: list[LabelInversion], images: torch.Tensor,
+                   labels: torch.Tensor, device: torch.device, batch_size: int = 500) -> np.ndarray:
+    """For each label t: the share of clean images of other labels the reference model calls t once stamped."""
+    reference = reference.to(device).eval()
+    rates = []
+    for inv in inversions:
+        keep = labels != inv.label
+        x = images[keep]
+        hits = 0
+        for start in range(0, len(x), batch_size):
+            xb = x[start:start + batch_size].to(device)
+            stamped = (1 - inv.mask.to(device)) * xb + inv.mask.to(device) * inv.pattern.to(device)
+            hits += int((reference(stamped).argmax(1) == inv.label).sum())
+        rates.append(hits / max(len(x), 1))
+    return np.array(rates)
