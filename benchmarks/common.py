@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from fl_defense.attacks import Attack, build_attack
+from fl_defense.attacks import Attack, evaluation_attack
 from fl_defense.config import resolve
 from fl_defense.data import ImageData, cached_dataset, hold_out, to_float
 from fl_defense.models import BackdoorModel, build_model
@@ -39,8 +39,7 @@ def central_model(attack: str, seed: int, target: int, n_train: int = 20000, epo
                    "device": "cpu"})
     data = cached_dataset(cfg["dataset"], "", True)
     clean_idx, rest = hold_out(len(data.train_y), cfg["clean-fraction"], seed)
-    atk = build_attack({**cfg, "attack": "badnets" if attack == "none" else attack}, data.spec.shape,
-                       data.spec.num_classes)
+    atk = evaluation_attack(cfg, data.spec.shape, data.spec.num_classes)
     model = build_model(cfg["model"], data.spec)
     path = CACHE / f"{attack}-s{seed}-t{target}-n{n_train}-e{epochs}-p{poison_rate}.pt"
     if path.is_file():

@@ -115,8 +115,11 @@ OPTIONS: dict[str, Option] = {
                       choices=("none", "mcl", "ft", "nc-unlearn", "fp", "nad")),
     "defense-schedule": Option("end", "when the defense runs: end, or every:K rounds",
                                check=lambda v: bool(DEFENSE_SCHEDULE_RE.match(v)), allowed="end or every:K"),
-    "inversion-mode": Option("loop", "trigger inversion: loop (one label at a time, best on CPU) or batched "
-                             "(all labels in one pass, for GPUs)", choices=("loop", "batched")),
+    "inversion-mode": Option("loop", "trigger inversion: loop (one label at a time, best on CPU), batched "
+                             "(all labels in one pass, for a GPU), or ray (labels as Ray tasks, for several GPUs)",
+                             choices=("loop", "batched", "ray")),
+    "inversion-num-gpus": Option(0.0, "GPU fraction of each Ray inversion task (inversion-mode=ray)",
+                                 check=_non_negative, allowed="a number >= 0"),
     "nc-budget": Option("fast", "inversion budget: fast (early-stopped, on nc-images images) or reference "
                         "(BackdoorBench's 80 passes per label over the whole clean set)", choices=("fast", "reference")),
     "nc-epochs": Option(10, "fast budget: passes per label over the inversion images", check=_positive,
@@ -125,10 +128,10 @@ OPTIONS: dict[str, Option] = {
                         allowed="an integer >= 0"),
     "nc-threshold": Option(2.0, "MAD anomaly index above which a label is flagged", check=_positive,
                            allowed="a number > 0"),
-    "nc-statistic": Option("raw", "anomaly index on raw or log mask norms", choices=("raw", "log")),
+    "nc-statistic": Option("log", "anomaly index on raw or log mask norms", choices=("raw", "log")),
     "nc-reference-epochs": Option(5, "epochs of the clean-set reference model that rejects natural-feature "
                                   "triggers (0: no reference check)", check=_non_negative, allowed="an integer >= 0"),
-    "nc-transfer-max": Option(0.2, "a label is flagged only if its inverted trigger fools the reference model on "
+    "nc-transfer-max": Option(0.1, "a label is flagged only if its inverted trigger fools the reference model on "
                               "at most this share of clean images", check=_unit_closed, allowed="a number in [0, 1]"),
     "mcl-epochs": Option(10, "MCL epochs over the clean set", check=_positive, allowed="an integer >= 1"),
     "mcl-lr": Option(0.01, "MCL SGD learning rate (step-decayed)", check=_positive, allowed="a number > 0"),

@@ -82,7 +82,7 @@ def invert_and_flag(model: BackdoorModel, clean: CleanSet, num_classes: int, cfg
         reference = reference_model(model, clean, cfg, device, generator)
     result = scan(model, inversion_images(clean, cfg, generator), num_classes, mode=cfg["inversion-mode"],
                   settings=nc_settings(cfg), rule=detection_rule(cfg), generator=generator, device=device,
-                  reference=reference, reference_data=(clean.x, clean.y))
+                  reference=reference, reference_data=(clean.x, clean.y), num_gpus=cfg["inversion-num-gpus"])
     result.seconds = time.perf_counter() - t0
     return result, reference
 

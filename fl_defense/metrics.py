@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fl_defense.attacks.base import Attack
 from fl_defense.attacks.trigger import Trigger
 from fl_defense.data import to_float
 
@@ -38,3 +39,10 @@ def attack_success_rate(model: nn.Module, images: torch.Tensor, labels: torch.Te
         return float("nan")
     pred = predict(model, images[keep], batch_size, device, trigger)
     return (pred == target).float().mean().item()
+
+
+def ba_asr(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack, batch_size: int,
+           device: torch.device) -> tuple[float, float]:
+    """BA and ASR of a model on a test set for an attack's trigger and target."""
+    return (clean_accuracy(model, images, labels, batch_size, device),
+            attack_success_rate(model, images, labels, attack.trigger, attack.target, batch_size, device))

@@ -16,11 +16,11 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fl_defense.attacks import build_attack
+from fl_defense.attacks import evaluation_attack
 from fl_defense.config import resolve
 from fl_defense.data import cached_dataset
 from fl_defense.defense import defense_rounds, run_defense, server_clean_set
-from fl_defense.metrics import attack_success_rate, clean_accuracy
+from fl_defense.metrics import ba_asr
 from fl_defense.models import BackdoorModel, build_model
 from fl_defense.training import resolve_device
 from server.aggregation import build_aggregator
@@ -65,8 +65,7 @@ def run_server(grid: Grid, cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]
     device = resolve_device(cfg["device"])
     data = cached_dataset(cfg["dataset"], cfg["data-root"], cfg["download"])
     spec = data.spec
-    eval_attack = build_attack({**cfg, "attack": "badnets" if cfg["attack"] == "none" else cfg["attack"]},
-                               spec.shape, spec.num_classes)
+    eval_attack = evaluation_attack(cfg, spec.shape, spec.num_classes)
     model = build_model(cfg["model"], spec).to(device)
     report = RunReport(out_dir, cfg)
     run_config = json.dumps(cfg)
@@ -74,8 +73,7 @@ def run_server(grid: Grid, cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]
     bs = cfg["eval-batch-size"]
 
     def measure(m: BackdoorModel) -> tuple[float, float]:
-        ba = clean_accuracy(m, data.test_x, data.test_y, bs, device)
-        return ba, attack_success_rate(m, data.test_x, data.test_y, eval_attack.trigger, eval_attack.target, bs, device)
+        return ba_asr(m, data.test_x, data.test_y, eval_attack, bs, device)
 
     clean = server_clean_set(cfg, data)
     scheduled = set(defense_rounds(cfg))

@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 
-from fl_defense.attacks import build_attack
+from fl_defense.attacks import evaluation_attack
 from fl_defense.config import ConfigError, resolve
 from fl_defense.data import cached_dataset
 from fl_defense.defense import run_defense, server_clean_set
-from fl_defense.metrics import attack_success_rate, clean_accuracy
+from fl_defense.metrics import ba_asr
 from fl_defense.models import build_model
 from fl_defense.training import resolve_device
 from server.reporting import atomic_torch_save, atomic_write_json
@@ -51,13 +51,10 @@ def purify(checkpoint: str, overrides: dict[str, Any], out_dir: Path | None) -> 
     except RuntimeError as exc:
         raise ConfigError(f"checkpoint {checkpoint!r} does not fit model {cfg['model']!r} on {cfg['dataset']!r}: "
                           f"{str(exc).splitlines()[0]}") from None
-    attack = build_attack({**cfg, "attack": "badnets" if cfg["attack"] == "none" else cfg["attack"]},
-                          data.spec.shape, data.spec.num_classes)
-    bs = cfg["eval-batch-size"]
+    attack = evaluation_attack(cfg, data.spec.shape, data.spec.num_classes)
 
     def measure(m: torch.nn.Module) -> tuple[float, float]:
-        return (clean_accuracy(m, data.test_x, data.test_y, bs, device),
-                attack_success_rate(m, data.test_x, data.test_y, attack.trigger, attack.target, bs, device))
+        return ba_asr(m, data.test_x, data.test_y, attack, cfg["eval-batch-size"], device)
 
     ba0, asr0 = measure(model)
     t0 = time.perf_counter()

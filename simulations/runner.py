@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from fl_defense.attacks import build_attack
+from fl_defense.attacks import evaluation_attack
 from fl_defense.config import ConfigError
 from fl_defense.data import cached_dataset
 from fl_defense.training import resolve_device
@@ -26,9 +26,7 @@ QUIET_ENV = {
 def preflight(cfg: dict[str, Any]) -> None:
     """Fail before any training on inputs that cannot work: data, trigger, target label, device, GPUs."""
     spec = cached_dataset(cfg["dataset"], cfg["data-root"], cfg["download"]).spec
-    if cfg["attack"] != "none" or cfg["target-label"]:
-        build_attack({**cfg, "attack": "badnets" if cfg["attack"] == "none" else cfg["attack"]},
-                     spec.shape, spec.num_classes)
+    evaluation_attack(cfg, spec.shape, spec.num_classes)
     resolve_device(cfg["device"])
     if cfg["num-gpus"] > 0 and not torch.cuda.is_available():
         raise ConfigError(f"config key 'num-gpus': {cfg['num-gpus']} asked for, but no GPU is visible; allowed: 0")

@@ -80,3 +80,22 @@ def test_defense_pipeline_inverts_then_purifies(bd) -> None:  # noqa: ANN001 - f
 def test_defense_schedule(defense: str, schedule: str, rounds: int, expected: list[int]) -> None:
     cfg = resolve({"defense": defense, "defense-schedule": schedule, "rounds": rounds})
     assert defense_rounds(cfg) == expected
+
+
+@pytest.mark.simulation
+def test_ray_mode_gives_the_loop_result(bd) -> None:  # noqa: ANN001 - fixture
+    """Labels as Ray tasks run the same per-label optimisations as the loop (Ray started and stopped here)."""
+    import ray
+
+    from fl_defense.inversion import DetectionRule, scan
+
+    settings = NCSettings(epochs=2, batch_size=64, early_stop=False)
+    kwargs = {"settings": settings, "rule": DetectionRule(), "device": CPU}
+    images = bd.clean.x[:128]
+    loop = scan(bd.model, images, 10, mode="loop", generator=torch.Generator().manual_seed(3), **kwargs)
+    try:
+        on_ray = scan(bd.model, images, 10, mode="ray", generator=torch.Generator().manual_seed(3), **kwargs)
+    finally:
+        ray.shutdown()
+    assert on_ray.norms == pytest.approx(loop.norms, rel=1e-5)
+    assert on_ray.flagged == loop.flagged

@@ -14,9 +14,10 @@ from simulations.runner import run_experiment
 
 @pytest.mark.simulation
 def test_backdoor_is_planted_through_flower_and_ray(tmp_path: Path) -> None:
+    """4 clients on 10% of the data, 2 malicious; fine-tuning scheduled every 2 rounds runs after round 2 only."""
     cfg = resolve({"num-clients": 4, "clients-per-round": 4, "train-fraction": 0.1, "rounds": 3,
-                   "local-epochs": 2, "malicious-fraction": 0.5, "poison-rate": 0.5, "device": "cpu",
-                   "out-dir": str(tmp_path)})
+                   "local-epochs": 2, "malicious-fraction": 0.5, "lr": 0.05, "device": "cpu",
+                   "defense": "ft", "defense-schedule": "every:2", "ft-epochs": 2, "out-dir": str(tmp_path)})
     results = run_experiment(cfg, tmp_path)
 
     rounds = results["rounds"]
@@ -32,6 +33,10 @@ def test_backdoor_is_planted_through_flower_and_ray(tmp_path: Path) -> None:
         assert row["failures"] == 0
         assert row["train_loss"] > 0 and row["seconds"] > 0
 
+    (defense,) = results["defense"]
+    assert defense["round"] == 2 and defense["defense"] == "ft" and defense["purified"] is True
+    assert (rounds[2]["ba"], rounds[2]["asr"]) == pytest.approx((defense["ba_after"], defense["asr_after"])), \
+        "what the defense returned is the round's global model"
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["config"] == cfg
     assert (tmp_path / "checkpoints" / "final.pt").is_file()

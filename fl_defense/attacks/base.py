@@ -61,6 +61,15 @@ class Attack:
         return x, y
 
 
+def evaluation_attack(cfg: Mapping[str, Any], shape: tuple[int, int, int], num_classes: int) -> Attack:
+    """The attack whose trigger ASR is measured with: the configured one, or for `attack=none` BadNets
+    with the same trigger keys, so a clean run reports the trigger's base rate."""
+    attack = build_attack({**cfg, "attack": "badnets" if cfg["attack"] == "none" else cfg["attack"]}, shape,
+                          num_classes)
+    assert attack is not None
+    return attack
+
+
 def build_attack(cfg: Mapping[str, Any], shape: tuple[int, int, int], num_classes: int) -> Attack | None:
     """The configured attack, or None for `attack=none`."""
     if cfg["attack"] == "none":

@@ -25,8 +25,8 @@ class DetectionRule:
     """How a label is flagged from its mask norm and, optionally, its transfer rate."""
 
     threshold: float = 2.0
-    log_norms: bool = False
-    transfer_max: float = 0.2
+    log_norms: bool = True
+    transfer_max: float = 0.1
 
     def flag(self, indices: np.ndarray, transfer: np.ndarray | None) -> list[int]:
         """Flagged labels, most anomalous first."""
@@ -72,16 +72,28 @@ class ScanResult:
 def scan(model: nn.Module, images: torch.Tensor, num_classes: int, *, mode: str, settings: NCSettings,
          rule: DetectionRule, generator: torch.Generator, device: torch.device,
          reference: nn.Module | None = None, reference_data: tuple[torch.Tensor, torch.Tensor] | None = None,
-         ) -> ScanResult:
-    """Invert every label (`loop`: one at a time; `batched`: all together) and flag the targets."""
+         num_gpus: float = 0.0) -> ScanResult:
+    """Invert every label and flag the targets.
+
+    `loop`: one label at a time; `ray`: the same per-label runs as Ray tasks (`num_gpus` each);
+    `batched`: all labels in one optimisation. Each label of `loop` and `ray` has its own seed,
+    so the two give the same result.
+    """
     t0 = time.perf_counter()
     labels = list(range(num_classes))
+    base = int(torch.randint(2**31 - 1, (1,), generator=generator))
+    seeds = [base + 7919 * t for t in labels]
     if mode == "batched":
         inversions = invert(model, images, labels, settings, generator, device)
     elif mode == "loop":
-        inversions = [invert(model, images, [t], settings, generator, device)[0] for t in labels]
+        inversions = [invert(model, images, [t], settings, torch.Generator().manual_seed(s), device)[0]
+                      for t, s in zip(labels, seeds, strict=True)]
+    elif mode == "ray":
+        from fl_defense.inversion.ray_scan import invert_on_ray
+
+        inversions = invert_on_ray(model, images, labels, seeds, settings, num_gpus)
     else:
-        raise ValueError(f"unknown inversion mode {mode!r}; allowed: loop, batched")
+        raise ValueError(f"unknown inversion mode {mode!r}; allowed: loop, batched, ray")
     indices = anomaly_indices(np.array([inv.norm for inv in inversions]), log=rule.log_norms)
     transfer = None
     if reference is not None and reference_data is not None:

@@ -1,0 +1,35 @@
+"""Choose MCL's cross-entropy weight: BA/ASR of MCL at several `mcl-ce-weight` on the same checkpoints.
+
+Uses the final global models of `benchmarks/defense_table.py`'s federated runs (BadNets and Blended,
+default setting), so run that first. Weight 0 is the reference MCL (contrastive loss only).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from simulations.purify import purify
+from simulations.runner import quiet_flower
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", default=str(HERE / "runs"))
+    parser.add_argument("--weights", default="0,0.25,0.5,1,2")
+    args = parser.parse_args()
+    quiet_flower()
+    print("| attack | mcl-ce-weight | BA before | BA after | ASR before | ASR after | seconds |")
+    print("|---|---|---|---|---|---|---|")
+    for attack in ("badnets", "blended"):
+        checkpoint = Path(args.runs) / attack / "checkpoints" / "final.pt"
+        for w in args.weights.split(","):
+            rec = purify(str(checkpoint), {"defense": "mcl", "mcl-ce-weight": w}, None)
+            print(f"| {attack} | {w} | {rec['ba_before']:.4f} | {rec['ba_after']:.4f} | {rec['asr_before']:.4f} | "
+                  f"{rec['asr_after']:.4f} | {rec['seconds']:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
