@@ -17,7 +17,7 @@ from typing import Any
 
 from fl_defense.config import resolve
 from simulations.purify import purify
-from simulations.runner import quiet_flower, run_experiment
+from simulations.runner import run_experiment
 
 HERE = Path(__file__).resolve().parent
 DEFENSES = ("none", "ft", "nc-unlearn", "fp", "nad", "mcl")
@@ -58,7 +58,6 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "runs"), help="where the federated runs are kept")
     parser.add_argument("--set", action="append", default=[], help="config overrides for every run (key=value)")
     args = parser.parse_args()
-    quiet_flower()
     overrides = dict(item.split("=", 1) for item in args.set)
     out = Path(args.out)
     rows, runs = [], {}

@@ -10,7 +10,6 @@ import argparse
 from pathlib import Path
 
 from simulations.purify import purify
-from simulations.runner import quiet_flower
 
 HERE = Path(__file__).resolve().parent
 
@@ -20,7 +19,6 @@ def main() -> None:
     parser.add_argument("--runs", default=str(HERE / "runs"))
     parser.add_argument("--weights", default="0,0.25,0.5,1,2")
     args = parser.parse_args()
-    quiet_flower()
     print("| attack | mcl-ce-weight | BA before | BA after | ASR before | ASR after | seconds |")
     print("|---|---|---|---|---|---|---|")
     for attack in ("badnets", "blended"):

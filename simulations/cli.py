@@ -41,10 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             overrides["out-dir"] = args.out
         cfg = resolve(overrides)
-        from simulations.runner import quiet_flower, run_experiment
-
-        quiet_flower()
         from server.server_app import default_out_dir
+        from simulations.runner import run_experiment
 
         out_dir = default_out_dir(cfg).resolve()
         cfg["out-dir"] = str(out_dir)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +12,6 @@ from fl_defense.attacks import evaluation_attack
 from fl_defense.config import ConfigError
 from fl_defense.data import cached_dataset
 from fl_defense.training import resolve_device
-
-QUIET_ENV = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_LOG_LEVEL": "WARNING",
-    "RAY_DEDUP_LOGS": "0",
-    "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
-}
-
 
 def preflight(cfg: dict[str, Any]) -> None:
     """Fail before any training on inputs that cannot work: data, trigger, target label, device, GPUs."""
@@ -40,16 +30,9 @@ def backend_config(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def quiet_flower() -> None:
-    """Flower reads its log level when first imported: call this before importing it."""
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
-
-
 def run_experiment(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """Check inputs, run the federated simulation, and return the results written to results.json."""
     preflight(cfg)
-    quiet_flower()
     from flwr.simulation import run_simulation
 
     from clients.client_app import app as client_app

@@ -18,12 +18,14 @@ from torch.nn import functional as F
 from fl_defense.inversion.neural_cleanse import LabelInversion
 
 
-def fresh_copy(model: nn.Module) -> nn.Module:
-    """The same architecture with freshly initialised weights (and BatchNorm statistics)."""
+def fresh_copy(model: nn.Module, seed: int) -> nn.Module:
+    """The same architecture with freshly initialised weights (and BatchNorm statistics), seeded."""
     fresh = copy.deepcopy(model)
-    for module in fresh.modules():
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in fresh.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
     for p in fresh.parameters():
         p.requires_grad_(True)
     return fresh
@@ -32,7 +34,7 @@ def fresh_copy(model: nn.Module) -> nn.Module:
 def train_reference(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int,
                     generator: torch.Generator, device: torch.device) -> nn.Module:
     """Train a fresh copy of `model`'s architecture on the clean set (float images in [0, 1])."""
-    ref = fresh_copy(model).to(device).train()
+    ref = fresh_copy(model, int(torch.randint(2**31 - 1, (1,), generator=generator))).to(device).train()
     opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     for _ in range(epochs):
         for idx in torch.randperm(len(images), generator=generator).split(64):
