@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from fl_defense.attacks.trigger import Trigger
 from fl_defense.config import schedule_rounds
 from fl_defense.data import ImageData, cached_split, to_float
 from fl_defense.inversion import DetectionRule, NCSettings, ScanResult, scan, train_reference
@@ -21,12 +22,28 @@ from fl_defense.purification import CleanSet, build_purifier
 
 
 @dataclass
+class DefenseMemory:
+    """What a run's defense keeps between calls (defense every k rounds).
+
+    The reference model depends only on the clean set, so it is trained once. The last trigger found
+    is kept for the calls whose scan flags nothing: under continuous training a backdoor that was
+    removed is re-planted by the same attackers with the same trigger, and while it is only partly
+    re-learned its inverted mask is not yet small enough to be flagged.
+    """
+
+    reference: torch.nn.Module | None = None
+    trigger: Trigger | None = None
+    trigger_label: int | None = None
+    trigger_call: int | None = None
+    calls: int = 0
+
+
+@dataclass
 class DefenseOutcome:
     """The model to use from now on, and what the defense found and did."""
 
     model: BackdoorModel
     record: dict[str, Any]
-    reference: torch.nn.Module | None = None
 
 
 def server_clean_set(cfg: Mapping[str, Any], data: ImageData) -> CleanSet:
@@ -89,23 +106,32 @@ def invert_and_flag(model: BackdoorModel, clean: CleanSet, num_classes: int, cfg
 
 def run_defense(model: BackdoorModel, clean: CleanSet, num_classes: int, cfg: Mapping[str, Any],
                 device: torch.device, generator: torch.Generator,
-                reference: torch.nn.Module | None = None) -> DefenseOutcome:
-    """Invert (if needed) and purify; with no flagged label an inversion-based defense leaves the model as is.
+                memory: DefenseMemory | None = None) -> DefenseOutcome:
+    """Invert (if needed) and purify, updating `memory` (pass the same one on every call of a run).
 
-    The clean-set reference model depends only on the clean set: pass back `outcome.reference` on the
-    next call (defense every k rounds) to train it once per run.
+    An inversion-based defense whose scan flags nothing purifies with the trigger found by an earlier
+    call of the run, if any (recorded as `trigger_source`); with none, it leaves the model as is.
     """
+    memory = memory if memory is not None else DefenseMemory()
+    memory.calls += 1
     purifier = build_purifier(cfg)
     record: dict[str, Any] = {"defense": cfg["defense"], "purified": False, "inversion_seconds": 0.0}
     trigger = None
     if purifier.needs_trigger:
-        result, reference = invert_and_flag(model, clean, num_classes, cfg, device, generator, reference)
+        result, memory.reference = invert_and_flag(model, clean, num_classes, cfg, device, generator,
+                                                   memory.reference)
         record.update(result.record())
         trigger = result.trigger()
-        if trigger is None:
-            record["purify_seconds"] = 0.0
-            return DefenseOutcome(model, record, reference)
+        if trigger is not None:
+            memory.trigger, memory.trigger_label, memory.trigger_call = trigger, result.flagged[0], memory.calls
+            record["trigger_source"] = "scan"
+        elif memory.trigger is not None:
+            trigger = memory.trigger
+            record["trigger_source"] = f"defense call {memory.trigger_call} (label {memory.trigger_label})"
+        else:
+            record.update(trigger_source=None, purify_seconds=0.0)
+            return DefenseOutcome(model, record)
     t0 = time.perf_counter()
     purified = purifier.purify(model, clean, trigger, device, generator)
     record.update(purified=True, purify_seconds=time.perf_counter() - t0)
-    return DefenseOutcome(purified, record, reference)
+    return DefenseOutcome(purified, record)

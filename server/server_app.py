@@ -19,7 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 from fl_defense.attacks import evaluation_attack
 from fl_defense.config import resolve
 from fl_defense.data import cached_dataset
-from fl_defense.defense import defense_rounds, run_defense, server_clean_set
+from fl_defense.defense import DefenseMemory, defense_rounds, run_defense, server_clean_set
 from fl_defense.metrics import ba_asr
 from fl_defense.models import BackdoorModel, build_model
 from fl_defense.training import resolve_device
@@ -77,7 +77,7 @@ def run_server(grid: Grid, cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]
 
     clean = server_clean_set(cfg, data)
     scheduled = set(defense_rounds(cfg))
-    reference: list[torch.nn.Module | None] = [None]  # the clean-set reference model, trained once per run
+    memory = DefenseMemory()
 
     def defend(server_round: int, arrays: ArrayRecord) -> ArrayRecord:
         """Run the configured defense on the aggregate of a scheduled round; what it returns is broadcast next."""
@@ -86,13 +86,13 @@ def run_server(grid: Grid, cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]
         model.load_state_dict(arrays.to_torch_state_dict())
         ba0, asr0 = measure(model)
         generator = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + server_round)
-        outcome = run_defense(model, clean, spec.num_classes, cfg, device, generator, reference[0])
-        reference[0] = outcome.reference
+        outcome = run_defense(model, clean, spec.num_classes, cfg, device, generator, memory)
         ba1, asr1 = measure(outcome.model)
         record = {"round": server_round, **outcome.record, "ba_before": ba0, "asr_before": asr0,
                   "ba_after": ba1, "asr_after": asr1}
         if "flagged" in record:
             record["true_target_found"] = cfg["attack"] != "none" and record["flagged"][:1] == [cfg["target-label"]]
+            record["purified_label"] = memory.trigger_label if record["purified"] else None
         report.log_defense(record)
         print(f"[defense {cfg['defense']} @ round {server_round}] flagged {record.get('flagged', '-')}  "
               f"BA {ba0:.4f} -> {ba1:.4f}  ASR {asr0:.4f} -> {asr1:.4f}", flush=True)

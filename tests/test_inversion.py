@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fl_defense.config import resolve
-from fl_defense.defense import defense_rounds, invert_and_flag, run_defense
+from fl_defense.defense import DefenseMemory, defense_rounds, invert_and_flag, run_defense
 from fl_defense.inversion import NCSettings, anomaly_indices, invert
 
 CPU = torch.device("cpu")
@@ -63,12 +63,19 @@ def test_defense_pipeline_skips_purification_when_nothing_is_flagged(clean_model
     assert outcome.record["purified"] is False and outcome.record["flagged"] == []
 
 
-def test_defense_pipeline_inverts_then_purifies(bd) -> None:  # noqa: ANN001 - fixture
+def test_defense_pipeline_inverts_then_purifies_and_remembers_the_trigger(bd, clean_model) -> None:  # noqa: ANN001
     cfg = resolve({"defense": "mcl", "nc-images": 500, "mcl-epochs": 4})
-    outcome = run_defense(bd.model, bd.clean, 10, cfg, CPU, torch.Generator().manual_seed(0))
+    memory = DefenseMemory()
+    outcome = run_defense(bd.model, bd.clean, 10, cfg, CPU, torch.Generator().manual_seed(0), memory)
     assert outcome.record["purified"] is True and outcome.record["flagged"][:1] == [bd.target]
+    assert outcome.record["trigger_source"] == "scan" and memory.trigger_label == bd.target
     assert bd.asr(outcome.model) < 0.1
     assert bd.ba(outcome.model) > bd.ba(bd.model) - 0.05
+    # a later call whose scan flags nothing purifies with the remembered trigger
+    later = run_defense(clean_model.model, clean_model.clean, 10, cfg, CPU, torch.Generator().manual_seed(1), memory)
+    assert later.record["flagged"] == [] and later.record["purified"] is True
+    assert later.record["trigger_source"] == f"defense call 1 (label {bd.target})"
+    assert memory.calls == 2 and memory.reference is not None
 
 
 @pytest.mark.parametrize(("defense", "schedule", "rounds", "expected"), [
