@@ -25,10 +25,12 @@ from fl_defense.purification import CleanSet, build_purifier
 class DefenseMemory:
     """What a run's defense keeps between calls (defense every k rounds).
 
-    The reference model depends only on the clean set, so it is trained once. The last trigger found
+    The reference model depends only on the clean set, so it is trained once. The last target found
     is kept for the calls whose scan flags nothing: under continuous training a backdoor that was
-    removed is re-planted by the same attackers with the same trigger, and while it is only partly
-    re-learned its inverted mask is not yet small enough to be flagged.
+    removed is re-planted by the same attackers, and while it is only partly re-learned its inverted
+    mask is not yet small enough to be flagged. Such a call purifies with this scan's inversion of the
+    remembered label (the re-planted backdoor as it is now), or the remembered trigger if that
+    inversion did not succeed.
     """
 
     reference: torch.nn.Module | None = None
@@ -125,9 +127,11 @@ def run_defense(model: BackdoorModel, clean: CleanSet, num_classes: int, cfg: Ma
         if trigger is not None:
             memory.trigger, memory.trigger_label, memory.trigger_call = trigger, result.flagged[0], memory.calls
             record["trigger_source"] = "scan"
-        elif memory.trigger is not None:
-            trigger = memory.trigger
-            record["trigger_source"] = f"defense call {memory.trigger_call} (label {memory.trigger_label})"
+        elif memory.trigger is not None and memory.trigger_label is not None:
+            current = result.trigger_for(memory.trigger_label)
+            trigger = current if current is not None else memory.trigger
+            record["trigger_source"] = (f"label {memory.trigger_label} of defense call {memory.trigger_call}, "
+                                        + ("re-inverted now" if current is not None else "its trigger"))
         else:
             record.update(trigger_source=None, purify_seconds=0.0)
             return DefenseOutcome(model, record)

@@ -74,7 +74,7 @@ def test_defense_pipeline_inverts_then_purifies_and_remembers_the_trigger(bd, cl
     # a later call whose scan flags nothing purifies with the remembered trigger
     later = run_defense(clean_model.model, clean_model.clean, 10, cfg, CPU, torch.Generator().manual_seed(1), memory)
     assert later.record["flagged"] == [] and later.record["purified"] is True
-    assert later.record["trigger_source"] == f"defense call 1 (label {bd.target})"
+    assert later.record["trigger_source"].startswith(f"label {bd.target} of defense call 1, ")
     assert memory.calls == 2 and memory.reference is not None
 
 

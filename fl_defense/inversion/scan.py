@@ -51,10 +51,12 @@ class ScanResult:
 
     def trigger(self) -> Trigger | None:
         """The inverted trigger of the most anomalous flagged label; None when nothing is flagged."""
-        if not self.flagged:
-            return None
-        inv = self.inversions[self.flagged[0]]
-        return Trigger(pattern=inv.pattern, mask=inv.mask, alpha=1.0)
+        return self.trigger_for(self.flagged[0]) if self.flagged else None
+
+    def trigger_for(self, label: int) -> Trigger | None:
+        """The trigger this scan inverted for `label`; None if it never reached the success threshold."""
+        inv = self.inversions[label]
+        return Trigger(pattern=inv.pattern, mask=inv.mask, alpha=1.0) if inv.reached else None
 
     def record(self) -> dict[str, Any]:
         """JSON-able summary for results.json."""
