@@ -80,8 +80,9 @@ def main() -> None:
     lines = ["| attack | defense | BA | ASR | seconds | flagged |", "|---|---|---|---|---|---|"]
     lines += [f"| {a} | {d} | {ba:.4f} | {asr:.4f} | {s:.1f} | {f} |" for a, d, ba, asr, s, f in rows]
     lines += ["", "MCL every 5 rounds, BadNets attacking in every round (BA / ASR before -> after each purification):", ""]
-    lines += [f"- round {r['round']}: flagged {r.get('flagged')}, BA {r['ba_before']:.4f} -> {r['ba_after']:.4f}, "
-              f"ASR {r['asr_before']:.4f} -> {r['asr_after']:.4f}" for r in every["defense"]]
+    lines += [f"- round {r['round']}: flagged {r.get('flagged')}, trigger: {r.get('trigger_source') or 'none, not purified'}, "
+              f"BA {r['ba_before']:.4f} -> {r['ba_after']:.4f}, ASR {r['asr_before']:.4f} -> {r['asr_after']:.4f}"
+              for r in every["defense"]]
     lines += ["", "![per-round BA/ASR](defense_rounds.png)"]
     table = "\n".join(lines)
     print(table)
