@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from server.strategy import RoundInfo
 def atomic_write_json(path: Path, data: Any) -> None:
     """Write JSON to a temp file and rename it, so a crash never leaves a half-written file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_jsonable))
+    tmp.write_text(json.dumps(data, indent=2, default=str))
     os.replace(tmp, path)
 
 
@@ -26,12 +25,6 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return str(value)
 
 
 class RunReport:
@@ -49,7 +42,7 @@ class RunReport:
         row: dict[str, Any] = {"round": server_round, "ba": ba, "asr": asr, "eval_seconds": eval_seconds}
         if info is not None:
             row.update({
-                "train_loss": info.train_metrics.get("train-loss", float("nan")),
+                "train_loss": info.train_metrics.get("train-loss"),
                 "seconds": info.seconds,
                 "sampled": info.sampled,
                 "malicious_sampled": info.malicious,
@@ -60,7 +53,8 @@ class RunReport:
         self.writer.add_scalar("BA", ba, server_round)
         self.writer.add_scalar("ASR", asr, server_round)
         if info is not None:
-            self.writer.add_scalar("train_loss", row["train_loss"], server_round)
+            if row["train_loss"] is not None:
+                self.writer.add_scalar("train_loss", row["train_loss"], server_round)
             self.writer.add_scalar("attackers", len(info.attacked), server_round)
             self.writer.add_scalar("seconds", info.seconds, server_round)
         self.writer.flush()

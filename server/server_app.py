@@ -110,9 +110,9 @@ def run_server(grid: Grid, cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]
         row = report.log_round(server_round, ba, asr, strategy.rounds.get(server_round), time.perf_counter() - t)
         report.save_model(state, server_round, cfg)
         if server_round > 0:
-            print(f"[round {server_round}/{cfg['rounds']}] BA {ba:.4f}  ASR {asr:.4f}  "
-                  f"loss {row['train_loss']:.4f}  attackers {len(row['attackers'])}  {row['seconds']:.1f} s",
-                  flush=True)
+            loss = "-" if row.get("train_loss") is None else f"{row['train_loss']:.4f}"
+            print(f"[round {server_round}/{cfg['rounds']}] BA {ba:.4f}  ASR {asr:.4f}  loss {loss}  "
+                  f"attackers {len(row.get('attackers', []))}  {row.get('seconds', 0.0):.1f} s", flush=True)
         return MetricRecord({"ba": ba, "asr": asr})
 
     initial = ArrayRecord(model.state_dict())
