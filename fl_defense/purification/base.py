@@ -52,6 +52,13 @@ class Purifier:
         raise NotImplementedError
 
 
+def require_trigger(name: str, trigger: Trigger | None) -> Trigger:
+    """The trigger a trigger-based purifier was given; an error naming the purifier when there is none."""
+    if trigger is None:
+        raise ValueError(f"{name} needs an inverted trigger; run trigger inversion first")
+    return trigger
+
+
 def trainable_copy(model: BackdoorModel, device: torch.device) -> BackdoorModel:
     """A deep copy on `device`, in train mode with every parameter trainable, for a purifier to update."""
     trainable = copy.deepcopy(model).to(device).train()

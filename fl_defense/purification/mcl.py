@@ -19,7 +19,9 @@ from torch.nn import functional as F
 
 from fl_defense.attacks.trigger import Trigger
 from fl_defense.models.base import BackdoorModel
-from fl_defense.purification.base import CleanSet, Purifier, frozen_copy, register, step_lr, trainable_copy
+from fl_defense.purification.base import (
+    CleanSet, Purifier, frozen_copy, register, require_trigger, step_lr, trainable_copy,
+)
 
 
 def mcl_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, tau: float) -> torch.Tensor:
@@ -36,8 +38,7 @@ class MCL(Purifier):
 
     def purify(self, model: BackdoorModel, clean: CleanSet, trigger: Trigger | None,
                device: torch.device, generator: torch.Generator) -> BackdoorModel:
-        if trigger is None:
-            raise ValueError("MCL needs an inverted trigger; run trigger inversion first")
+        trigger = require_trigger(self.name, trigger)
         cfg = self.cfg
         epochs, lr, tau, ce_weight = cfg["mcl-epochs"], cfg["mcl-lr"], cfg["mcl-tau"], cfg["mcl-ce-weight"]
         student, frozen = trainable_copy(model, device), frozen_copy(model, device)

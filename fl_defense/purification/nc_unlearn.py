@@ -7,7 +7,7 @@ import torch
 
 from fl_defense.attacks.trigger import Trigger
 from fl_defense.models.base import BackdoorModel
-from fl_defense.purification.base import CleanSet, Purifier, register, trainable_copy
+from fl_defense.purification.base import CleanSet, Purifier, register, require_trigger, trainable_copy
 from fl_defense.purification.ft import fine_tune
 
 
@@ -18,8 +18,7 @@ class NCUnlearning(Purifier):
 
     def purify(self, model: BackdoorModel, clean: CleanSet, trigger: Trigger | None,
                device: torch.device, generator: torch.Generator) -> BackdoorModel:
-        if trigger is None:
-            raise ValueError("nc-unlearn needs the trigger found by inversion; got None")
+        trigger = require_trigger(self.name, trigger)
         ratio = self.cfg["nc-unlearn-ratio"]
 
         def stamp(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
