@@ -49,6 +49,8 @@ class RunReport:
                 "attackers": info.attacked,
                 "failures": info.failures,
             })
+            if info.aggregation:
+                row["aggregation"] = info.aggregation
         self.results["rounds"].append(row)
         self.writer.add_scalar("BA", ba, server_round)
         self.writer.add_scalar("ASR", asr, server_round)

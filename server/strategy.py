@@ -3,7 +3,8 @@
 `DefenseStrategy` delegates every step to the wrapped strategy (FedAvg, Krum, ...) and adds:
 - seeded client sampling in partition order, so the same seed samples the same clients;
 - replies sorted by partition before aggregation, so floating-point sums are reproducible;
-- a record of who was sampled and who attacked, taken before the inner strategy consumes the replies;
+- a record of who was sampled and who attacked, taken before the inner strategy consumes the replies,
+  and of what the aggregation rule decided when it reports that (`ReportsAggregation`);
 - a hook that may replace the aggregated model (a server-side defense) on scheduled rounds.
 """
 
@@ -13,13 +14,20 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 AggregatedHook = Callable[[int, ArrayRecord], ArrayRecord]
+
+
+@runtime_checkable
+class ReportsAggregation(Protocol):
+    """A strategy that tells what its last aggregation decided (excluded partitions, weights, clip bound, ...)."""
+
+    last_info: dict[str, Any] | None
 
 
 @dataclass
@@ -32,6 +40,7 @@ class RoundInfo:
     failures: int = 0
     train_metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    aggregation: dict[str, Any] = field(default_factory=dict)
 
 
 class _PartitionOrderedGrid:
@@ -91,6 +100,8 @@ class DefenseStrategy(Strategy):
                 if client.get("attacked"):
                     info.attacked.append(pid)
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        if isinstance(self.inner, ReportsAggregation):
+            info.aggregation = dict(self.inner.last_info or {})
         info.train_metrics = {k: float(v) for k, v in (metrics or {}).items() if not isinstance(v, list)}
         if arrays is not None and self.on_aggregated is not None:
             arrays = self.on_aggregated(server_round, arrays)
