@@ -109,10 +109,33 @@ OPTIONS: dict[str, Option] = {
                              check=lambda v: 0 < v <= 1, allowed="a number in (0, 1]"),
     "clean-fraction": Option(0.05, "share of the training set held out, clean, for the server",
                              check=_unit_open, allowed="a number in (0, 1)"),
-    "aggregation": Option("fedavg", "aggregation rule (a Flower strategy)",
-                          choices=("fedavg", "fedavgm", "fedmedian", "fedtrimmedavg", "krum", "multikrum")),
+    "threat": Option("malicious-client", "malicious-client: attackers run their own training code; poisoned-data: "
+                     "the malicious-fraction clients are honest but a third party poisoned their local data",
+                     choices=("malicious-client", "poisoned-data")),
+    "client-defense": Option("none", "training code of honest clients: none (plain SGD), abl (anti-backdoor "
+                             "learning) or dbd (decoupled training)", choices=("none", "abl", "dbd")),
+    "aggregation": Option("fedavg", "aggregation rule: Flower's strategies (fedavg ... bulyan, dp-clip) or the "
+                          "robust rules of the literature (flame, foolsgold, rlr, normclip)",
+                          choices=("fedavg", "fedavgm", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan",
+                                   "dp-clip", "flame", "foolsgold", "rlr", "normclip")),
+    "clip-norm": Option(0.0, "L2 bound on each client's update of the trainable parameters, for dp-clip and "
+                        "normclip; 0: normclip clips to the round's median update norm, dp-clip adapts the bound "
+                        "(Flower's adaptive clipping)", check=_non_negative, allowed="a number >= 0"),
+    "dp-noise-multiplier": Option(0.01, "dp-clip: Gaussian noise std on the aggregate, in units of clip-norm / "
+                                  "clients per round (Flower's DP clipping); with clip-norm 0 it must be below "
+                                  "clients-per-round / 10. The default is weak DP: at 10 clients a multiplier of 1 "
+                                  "puts noise of norm ~90 on updates of norm ~2-6", check=_non_negative, allowed="a number >= 0"),
+    "normclip-noise": Option(0.001, "normclip: std of the weak-DP Gaussian noise added to the aggregate "
+                             "(Sun et al. 2019)", check=_non_negative, allowed="a number >= 0"),
+    "flame-noise": Option(0.001, "FLAME: noise level lambda; the noise std is lambda times the clipping bound",
+                          check=_non_negative, allowed="a number >= 0"),
+    "foolsgold-confidence": Option(1.0, "FoolsGold: confidence kappa of the logit weighting", check=_positive,
+                                   allowed="a number > 0"),
+    "rlr-threshold": Option(0, "RLR: sign agreement below which a coordinate's learning rate is flipped; 0: twice "
+                            "the expected malicious clients per round, at least 1", check=_non_negative,
+                            allowed="an integer >= 0"),
     "defense": Option("none", "server-side defense run on the aggregated model",
-                      choices=("none", "mcl", "ft", "nc-unlearn", "fp", "nad")),
+                      choices=("none", "mcl", "ft", "nc-unlearn", "fp", "nad", "cnp")),
     "defense-schedule": Option("end", "when the defense runs: end, or every:K rounds",
                                check=lambda v: bool(DEFENSE_SCHEDULE_RE.match(v)), allowed="end or every:K"),
     "inversion-mode": Option("loop", "trigger inversion: loop (one label at a time, best on CPU), batched "
@@ -152,6 +175,54 @@ OPTIONS: dict[str, Option] = {
                                  check=_unit_open, allowed="a number in (0, 1)"),
     "nad-beta": Option(1000.0, "NAD attention-distillation weight per attention layer", check=_non_negative,
                        allowed="a number >= 0"),
+    "cnp-target": Option("scan", "how CNP finds the target label: scan (the NC scan's flagged label) or anp "
+                         "(CNP's own label-free one-step BN-perturbation heuristic)", choices=("scan", "anp")),
+    "cnp-epochs": Option(10, "CNP mask-learning epochs (the paper's code: 30)", check=_positive,
+                         allowed="an integer >= 1"),
+    "cnp-lr": Option(0.2, "CNP mask-learning SGD learning rate", check=_positive, allowed="a number > 0"),
+    "cnp-tau": Option(0.3, "CNP contrastive temperature", check=_positive, allowed="a number > 0"),
+    "cnp-anp-eps": Option(0.4, "CNP: bound of the adversarial BN-neuron perturbation", check=_positive,
+                          allowed="a number > 0"),
+    "cnp-prune-ratio": Option(0.01, "CNP: share of all BatchNorm neurons pruned, lowest mask first (at least one)",
+                              check=_unit_open, allowed="a number in (0, 1)"),
+    "cnp-max-ba-drop": Option(0.0, "CNP: if > 0, prune in steps of 0.25% of the neurons, up to 5%, while the "
+                              "clean-set accuracy drops by at most this (replaces cnp-prune-ratio)",
+                              check=lambda v: 0 <= v < 1, allowed="a number in [0, 1)"),
+    "abl-isolation-rounds": Option(5, "ABL: first rounds of LGA training before the isolation (the paper: 20 "
+                                   "epochs)", check=_positive, allowed="an integer >= 1"),
+    "abl-gamma": Option(0.5, "ABL: LGA loss threshold gamma", check=_positive, allowed="a number > 0"),
+    "abl-isolation-ratio": Option(0.01, "ABL: share of each client's samples isolated (lowest loss)",
+                                  check=_unit_open, allowed="a number in (0, 1)"),
+    "abl-unlearn-rounds": Option(5, "ABL: last rounds, gradient ascent on the isolated samples", check=_positive,
+                                 allowed="an integer >= 1"),
+    "abl-unlearn-lr": Option(5e-4, "ABL: unlearning learning rate", check=_positive, allowed="a number > 0"),
+    "dbd-ssl-rounds": Option(10, "DBD: first rounds of federated SimCLR on unlabelled local data", check=_positive,
+                             allowed="an integer >= 1"),
+    "dbd-head-rounds": Option(2, "DBD: then rounds of linear-head training (frozen backbone, symmetric CE)",
+                              check=_positive, allowed="an integer >= 1"),
+    "dbd-tau": Option(0.5, "DBD: SimCLR temperature", check=_positive, allowed="a number > 0"),
+    "dbd-epsilon": Option(0.5, "DBD: share of local samples kept labelled (lowest SCE) in the semi-supervised stage",
+                          check=_unit_open, allowed="a number in (0, 1)"),
+    "dbd-lambda-u": Option(15.0, "DBD: MixMatch weight of the unlabelled loss", check=_non_negative,
+                           allowed="a number >= 0"),
+    "dbd-semi-lr": Option(0.002, "DBD: Adam learning rate of the semi-supervised stage", check=_positive,
+                          allowed="a number > 0"),
+    "dbd-head-lr": Option(0.01, "DBD: Adam learning rate of the linear-head stage", check=_positive,
+                          allowed="a number > 0"),
+    "dbd-ssl-lr": Option(0.1, "DBD: SimCLR SGD learning rate (with the run's momentum and weight decay)",
+                         check=_positive, allowed="a number > 0"),
+    "dbd-ssl-batch-size": Option(256, "DBD: SimCLR batch size (each image gives two views; the rest are negatives)",
+                                 check=lambda v: v >= 2, allowed="an integer >= 2"),
+    "dbd-blur": Option(0.0, "DBD: probability of the SimCLR Gaussian blur (DBD's code: 0.5)", check=_unit_closed,
+                       allowed="a number in [0, 1]"),
+    "dbd-sce-alpha": Option(0.1, "DBD: weight of CE in the symmetric cross-entropy", check=_non_negative,
+                            allowed="a number >= 0"),
+    "dbd-sce-beta": Option(1.0, "DBD: weight of reverse CE in the symmetric cross-entropy", check=_non_negative,
+                           allowed="a number >= 0"),
+    "dbd-sharpen-t": Option(0.5, "DBD: MixMatch sharpening temperature of the guessed labels", check=_positive,
+                            allowed="a number > 0"),
+    "dbd-mixup-alpha": Option(0.75, "DBD: MixMatch mixup Beta(alpha, alpha) parameter", check=_positive,
+                              allowed="a number > 0"),
     "seed": Option(0, "seed of every random choice of the run"),
     "device": Option("auto", "torch device; auto: CUDA when present",
                      check=lambda v: bool(DEVICE_RE.match(v)), allowed="auto, cpu, cuda, or cuda:N"),
@@ -213,6 +284,36 @@ def resolve(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return cfg
 
 
+def expected_malicious(cfg: Mapping[str, Any]) -> int:
+    """Malicious clients expected among the sampled ones: what Krum-style rules are told to tolerate."""
+    return int(round(cfg["malicious-fraction"] * cfg["clients-per-round"]))
+
+
+def _check_aggregation(cfg: dict[str, Any]) -> None:
+    """Settings under which an aggregation rule cannot do what it promises fail here, not rounds later."""
+    from fl_defense.aggregation.rlr import default_threshold
+
+    n, f, frac = cfg["clients-per-round"], expected_malicious(cfg), cfg["malicious-fraction"]
+    if cfg["aggregation"] == "bulyan" and n < 4 * f + 3:
+        enough = next((c for c in range(n, 100_000) if c >= 4 * int(round(frac * c)) + 3), None)
+        allowed = (f"clients-per-round >= {enough} (num-clients as many)" if enough
+                   else "a malicious-fraction below 0.25")
+        raise ConfigError(f"config key 'clients-per-round': bulyan tolerates f malicious of n clients per round only "
+                          f"if n >= 4f+3; f = round(malicious-fraction {frac} x {n}) = {f} needs n >= {4 * f + 3}, "
+                          f"got {n}; allowed: {allowed}")
+    noise = cfg["dp-noise-multiplier"]
+    if cfg["aggregation"] == "dp-clip" and cfg["clip-norm"] == 0 and noise >= n / 10:
+        raise ConfigError(f"config key 'dp-noise-multiplier': with clip-norm 0, dp-clip uses Flower's adaptive "
+                          f"clipping, whose clipped-count noise (clients-per-round / 20) leaves room only for a "
+                          f"noise multiplier below clients-per-round / 10 = {n / 10:g}; got {noise:g}; allowed: a "
+                          f"number < {n / 10:g}, or a clip-norm > 0")
+    threshold = cfg["rlr-threshold"] or default_threshold(f)
+    if cfg["aggregation"] == "rlr" and threshold > n:
+        source = "" if cfg["rlr-threshold"] else f" (0: twice the {f} expected malicious)"
+        raise ConfigError(f"config key 'rlr-threshold': {threshold}{source} is more than the {n} clients per round, "
+                          f"so every coordinate's learning rate would be flipped; allowed: 0..{n}")
+
+
 def _check_combinations(cfg: dict[str, Any]) -> None:
     from fl_defense.data.datasets import SPECS
 
@@ -227,12 +328,27 @@ def _check_combinations(cfg: dict[str, Any]) -> None:
         raise ConfigError(
             f"config key 'clients-per-round': {cfg['clients-per-round']} is more than "
             f"num-clients ({cfg['num-clients']}); allowed: an integer in [1, num-clients]")
+    _check_aggregation(cfg)
     for key in ("trigger-pattern", "trigger-mask"):
         path = cfg[key]
         if path.lower().endswith((".npy", ".png")) and not Path(path).is_file():
             raise ConfigError(f"config key '{key}': file {path!r} does not exist")
     if cfg["trigger-mask"] and cfg["attack"] == "none":
         raise ConfigError("config key 'trigger-mask': a trigger mask needs attack badnets or blended")
+    if cfg["threat"] == "poisoned-data":
+        for key in ("boost", "norm-bound", "attack-schedule"):
+            if cfg[key] != OPTIONS[key].default:
+                raise ConfigError(f"config key '{key}': {cfg[key]!r} shapes an attacker's own training, but under "
+                                  f"threat poisoned-data the poisoned clients are honest; allowed: "
+                                  f"{OPTIONS[key].default!r}, or threat malicious-client")
+    stages = cfg["abl-isolation-rounds"] + cfg["abl-unlearn-rounds"]
+    if cfg["client-defense"] == "abl" and stages > cfg["rounds"]:
+        raise ConfigError(f"config key 'abl-unlearn-rounds': abl-isolation-rounds + abl-unlearn-rounds ({stages}) "
+                          f"is more than rounds ({cfg['rounds']}); allowed: a sum <= rounds")
+    dbd_rounds = cfg["dbd-ssl-rounds"] + cfg["dbd-head-rounds"]
+    if cfg["client-defense"] == "dbd" and dbd_rounds >= cfg["rounds"]:
+        raise ConfigError(f"config key 'dbd-ssl-rounds': dbd-ssl-rounds + dbd-head-rounds ({dbd_rounds}) leave no "
+                          f"semi-supervised round of the {cfg['rounds']} rounds; allowed: a sum < rounds")
 
 
 def parse_set(items: list[str]) -> dict[str, str]:
