@@ -12,6 +12,7 @@ averaged as FedAvg does. Each built strategy reports what it decided in `last_in
 from __future__ import annotations
 
 import copy
+import math
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -185,6 +186,16 @@ class SeededAdaptiveClipping(DifferentialPrivacyServerSideAdaptiveClipping):
     Flower clips with the current bound, then moves the bound towards the median update norm and draws
     the noise with the moved bound; both bounds are reported.
     """
+
+    def _geometric_update(self, clipped_fraction: float) -> None:
+        """Andrew et al.'s step, C <- C exp(-lr (unclipped share - target unclipped share)).
+
+        Flower 1.41 feeds the *clipped* share into that formula, so the bound shrinks when most updates are
+        clipped and collapses towards 0 (measured: 0.1 -> 0.014 in 20 rounds of the default run while every
+        update, of norm 2-6, was clipped). Here it grows in that case, as the paper's rule does.
+        """
+        unclipped = 1.0 - clipped_fraction
+        self.clipping_norm *= math.exp(-self.clip_norm_lr * (unclipped - (1.0 - self.target_clipped_quantile)))
 
     def __init__(self, strategy: Strategy, noise_multiplier: float, num_sampled_clients: int, seed: int) -> None:
         super().__init__(strategy, noise_multiplier, num_sampled_clients)

@@ -315,3 +315,14 @@ def test_adaptive_dp_and_rlr_reject_settings_they_cannot_use() -> None:
         resolve({"aggregation": "rlr", "rlr-threshold": 11})
     with pytest.raises(ConfigError, match=r"rlr-threshold': 12 \(0: twice the 6 expected malicious\)"):
         resolve({"aggregation": "rlr", "malicious-fraction": 0.6})
+
+
+def test_adaptive_dp_clipping_bound_grows_when_every_update_is_clipped() -> None:
+    """Andrew et al.: all clipped -> the bound grows by exp(lr * target); none clipped -> it shrinks."""
+    strategy = build_aggregator(resolve({"aggregation": "dp-clip"})).inner
+    bound = strategy.clipping_norm
+    strategy._geometric_update(1.0)
+    assert strategy.clipping_norm == pytest.approx(bound * math.exp(0.2 * 0.5))
+    strategy._geometric_update(0.0)
+    strategy._geometric_update(0.0)
+    assert strategy.clipping_norm == pytest.approx(bound * math.exp(-0.2 * 0.5))
