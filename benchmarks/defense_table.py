@@ -1,10 +1,15 @@
-"""BA / ASR / seconds of every server-side defense on the default federated setting, in the same runs.
+"""BA / ASR / seconds of every defense of the project on the default federated setting, in one table.
 
-For each attack (BadNets, Blended) one federated run trains the default setting through Flower + Ray;
-every purifier is then applied to that run's final global model with the server's clean set, so
-all defenses are compared on the very same backdoored model. A third run purifies with MCL every
-5 rounds while the attack never stops. Writes a markdown table and a PNG of per-round BA/ASR, and
-puts both into benchmarks/README.md between the DEFENSE-TABLE markers.
+Four parts, each for BadNets and Blended with 20% malicious clients (the default setting otherwise):
+- `defenses`: one FedAvg run per attack; every server-side purifier is applied to that run's final
+  global model with the server's clean set, so all are compared on the very same backdoored model;
+- `aggregation`: one run per aggregation rule (no server-side defense);
+- `poisoned`: `threat=poisoned-data` (honest clients, a third party poisoned two clients' data), one
+  run per honest training code: plain SGD, ABL, DBD;
+- `continuous`: MCL every 5 rounds while BadNets never stops.
+Runs are cached under --out and reused while their config is unchanged, so the parts can be computed
+one at a time (`--parts aggregation`); the tables of every part with cached results are written to
+benchmarks/README.md between the DEFENSE-TABLE markers, with a PNG of per-round BA/ASR.
 """
 
 from __future__ import annotations
@@ -15,21 +20,87 @@ import re
 from pathlib import Path
 from typing import Any
 
-from fl_defense.config import resolve
+from fl_defense.config import OPTIONS, resolve
 from simulations.purify import purify
 from simulations.runner import run_experiment
 
 HERE = Path(__file__).resolve().parent
-DEFENSES = ("none", "ft", "nc-unlearn", "fp", "nad", "mcl")
+ATTACKS = ("badnets", "blended")
+DEFENSES = ("ft", "nc-unlearn", "fp", "nad", "mcl", "cnp")
+AGGREGATIONS = tuple(a for a in OPTIONS["aggregation"].choices if a not in ("fedavg", "fedavgm"))
+CLIENT_DEFENSES = ("none", "abl", "dbd")
+PARTS = ("defenses", "aggregation", "poisoned", "continuous")
+# Bulyan tolerates f malicious of n only if n >= 4f + 3: with 20% malicious, 11 clients (f = 2) is the smallest
+# federation it accepts, so its row is measured there (all 11 sampled each round).
+RULE_SETTINGS: dict[str, dict[str, Any]] = {"bulyan": {"num-clients": 11, "clients-per-round": 11}}
 MARK = ("<!-- DEFENSE-TABLE:BEGIN -->", "<!-- DEFENSE-TABLE:END -->")
 
 
-def federated_run(out: Path, **overrides: Any) -> dict[str, Any]:
+def same_config(saved: dict[str, Any], cfg: dict[str, Any]) -> bool:
+    """A cached result is valid if its config equals `cfg`, keys added since then counting at their defaults."""
+    return all(saved.get(k, OPTIONS[k].default) == v for k, v in cfg.items() if k != "out-dir") and \
+        set(saved) <= set(cfg)
+
+
+def cached(path: Path, cfg: dict[str, Any]) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    return result if same_config(result["config"], cfg) else None
+
+
+def federated_run(out: Path, compute: bool, **overrides: Any) -> dict[str, Any] | None:
+    """The run's results: cached, computed now (when `compute`), or None."""
     cfg = resolve({**overrides, "out-dir": str(out)})
-    results_file = out / "results.json"
-    if results_file.is_file() and json.loads(results_file.read_text())["config"] == cfg:
-        return json.loads(results_file.read_text())
-    return run_experiment(cfg, out)
+    result = cached(out / "results.json", cfg)
+    if result is not None and result["rounds"][-1]["round"] != cfg["rounds"]:
+        result = None  # an interrupted run: results.json is rewritten every round
+    if result is None and compute:
+        result = run_experiment(cfg, out)
+    return result
+
+
+def purified(run_dir: Path, defense: str, compute: bool) -> dict[str, Any] | None:
+    """A purifier's record on the run's final model: cached, computed now (when `compute`), or None."""
+    out = run_dir / f"purify-{defense}"
+    checkpoint = run_dir / "checkpoints" / "final.pt"
+    saved = json.loads((run_dir / "results.json").read_text())["config"]
+    saved.pop("out-dir", None)
+    cfg = resolve({**saved, "defense": defense})
+    record = cached(out / "purify.json", cfg)
+    if record is None and compute:
+        record = purify(str(checkpoint), {"defense": defense}, out)
+    return record
+
+
+def final(res: dict[str, Any]) -> tuple[float, float]:
+    last = res["rounds"][-1]
+    return last["ba"], last["asr"]
+
+
+def run_seconds(res: dict[str, Any]) -> float:
+    return sum(r.get("seconds", 0.0) + r.get("eval_seconds", 0.0) for r in res["rounds"])
+
+
+def aggregation_seconds(res: dict[str, Any]) -> str:
+    """Seconds the server spent in the aggregation rule itself, summed over the run."""
+    times = [(row.get("aggregation") or {}).get("seconds") for row in res["rounds"]]
+    return f"{sum(times):.1f}" if times and None not in times else "-"
+
+
+def excluded_malicious(res: dict[str, Any]) -> str:
+    """How often the aggregation rule left out the attackers' updates, where the rule reports exclusions."""
+    kept = total = 0
+    seen = False
+    for row in res["rounds"]:
+        info = row.get("aggregation") or {}
+        if "excluded" not in info:
+            continue
+        seen = True
+        attackers = set(row.get("attackers", []))
+        total += len(attackers)
+        kept += len(attackers & set(info["excluded"]))
+    return f"{kept}/{total}" if seen else "-"
 
 
 def plot(runs: dict[str, dict[str, Any]], path: Path) -> None:
@@ -38,53 +109,128 @@ def plot(runs: dict[str, dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.6), squeeze=False)
-    for ax, (name, res) in zip(axes[0], runs.items(), strict=True):
+    cols = min(3, len(runs))
+    rows_n = -(-len(runs) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(5 * cols, 3.4 * rows_n), squeeze=False)
+    for ax in axes.flat[len(runs):]:
+        ax.axis("off")
+    for ax, (name, res) in zip(axes.flat, runs.items(), strict=False):
         rounds = [r["round"] for r in res["rounds"]]
         ax.plot(rounds, [r["ba"] for r in res["rounds"]], label="BA")
         ax.plot(rounds, [r["asr"] for r in res["rounds"]], label="ASR")
         for rec in res.get("defense", []):
             ax.axvline(rec["round"], color="grey", lw=0.6, ls=":")
-        ax.set_title(name)
+        ax.set_title(name, fontsize=9)
         ax.set_xlabel("round")
         ax.set_ylim(-0.02, 1.02)
-        ax.legend(loc="center right")
+        ax.legend(loc="center right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
+
+
+def build_tables(out: Path, parts: set[str], attacks: set[str],
+                 overrides: dict[str, str]) -> tuple[str, dict[str, dict[str, Any]]]:
+    """Compute the runs of `parts` x `attacks` that are not cached; render every run that is available."""
+    lines: list[str] = []
+    curves: dict[str, dict[str, Any]] = {}
+    def computing(part: str, attack: str) -> bool:
+        return part in parts and attack in attacks
+
+    base = {a: federated_run(out / a, computing("defenses", a) or computing("aggregation", a), **overrides,
+                             attack=a) for a in ATTACKS}
+
+    rows = []
+    for attack, res in base.items():
+        if res is None:
+            continue
+        curves[f"{attack}, FedAvg, no defense"] = res
+        ba, asr = final(res)
+        rows.append(f"| {attack} | none | {ba:.4f} | {asr:.4f} | - | - |")
+        for defense in DEFENSES:
+            rec = purified(out / attack, defense, computing("defenses", attack))
+            if rec is None:
+                rows.append(f"| {attack} | {defense} | not run | | | |")
+                continue
+            rows.append(f"| {attack} | {defense} | {rec['ba_after']:.4f} | {rec['asr_after']:.4f} | "
+                        f"{rec['seconds']:.1f} | {rec.get('flagged', '-')} |")
+    if rows:
+        lines += ["### Server-side defenses (FedAvg, final global model)", "",
+                  "| attack | defense | BA | ASR | seconds | flagged |", "|---|---|---|---|---|---|", *rows, ""]
+
+    rows = []
+    for attack, res in base.items():
+        if res is None:
+            continue
+        ba, asr = final(res)
+        rows.append(f"| {attack} | fedavg | {ba:.4f} | {asr:.4f} | {aggregation_seconds(res)} | "
+                    f"{run_seconds(res):.0f} | - |")
+        for rule in AGGREGATIONS:
+            setting = RULE_SETTINGS.get(rule, {})
+            r = federated_run(out / f"{attack}-agg-{rule}", computing("aggregation", attack), **overrides, attack=attack,
+                              aggregation=rule, **setting)
+            name = rule + "".join(f", {k} {v}" for k, v in setting.items() if k == "num-clients")
+            if r is None:
+                rows.append(f"| {attack} | {name} | not run | | | | |")
+                continue
+            ba, asr = final(r)
+            rows.append(f"| {attack} | {name} | {ba:.4f} | {asr:.4f} | {aggregation_seconds(r)} | "
+                        f"{run_seconds(r):.0f} | {excluded_malicious(r)} |")
+            if rule == "flame":
+                curves[f"{attack}, FLAME"] = r
+    if rows:
+        lines += ["### Aggregation rules (no server-side defense)", "",
+                  "| attack | aggregation | BA | ASR | aggregation seconds | run seconds | attacker updates excluded |",
+                  "|---|---|---|---|---|---|---|", *rows, ""]
+
+    rows = []
+    for attack in ATTACKS:
+        for cd in CLIENT_DEFENSES:
+            r = federated_run(out / f"{attack}-poisoned-{cd}", computing("poisoned", attack), **overrides, attack=attack,
+                              threat="poisoned-data", **{"client-defense": cd})
+            if r is None:
+                rows.append(f"| {attack} | {cd} | not run | | |")
+                continue
+            ba, asr = final(r)
+            rows.append(f"| {attack} | {cd} | {ba:.4f} | {asr:.4f} | {run_seconds(r):.0f} |")
+            if cd != "none":
+                curves[f"{attack}, poisoned data, {cd.upper()}"] = r
+    if rows:
+        lines += ["### Poisoned data, honest clients (`threat=poisoned-data`)", "",
+                  "| attack | client-defense | BA | ASR | run seconds |", "|---|---|---|---|---|", *rows, ""]
+
+    every = federated_run(out / "badnets-mcl-every5", computing("continuous", "badnets"), **overrides, attack="badnets",
+                          defense="mcl", **{"defense-schedule": "every:5"})
+    if every is not None:
+        curves["badnets, MCL every 5 rounds"] = every
+        lines += ["### MCL every 5 rounds, BadNets attacking in every round", "",
+                  "BA / ASR before -> after each purification:", ""]
+        lines += [f"- round {r['round']}: flagged {r.get('flagged')}, trigger: "
+                  f"{r.get('trigger_source') or 'none, not purified'}, BA {r['ba_before']:.4f} -> "
+                  f"{r['ba_after']:.4f}, ASR {r['asr_before']:.4f} -> {r['asr_after']:.4f}"
+                  for r in every["defense"]]
+        lines.append("")
+    return "\n".join(lines), curves
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(HERE / "runs"), help="where the federated runs are kept")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"comma-separated parts to compute if not cached: {', '.join(PARTS)}")
+    parser.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated attacks to compute runs for")
     parser.add_argument("--set", action="append", default=[], help="config overrides for every run (key=value)")
     args = parser.parse_args()
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    unknown = parts - set(PARTS)
+    if unknown:
+        parser.error(f"unknown parts {sorted(unknown)}; allowed: {', '.join(PARTS)}")
+    attacks = {a.strip() for a in args.attacks.split(",") if a.strip()}
+    if attacks - set(ATTACKS):
+        parser.error(f"unknown attacks {sorted(attacks - set(ATTACKS))}; allowed: {', '.join(ATTACKS)}")
     overrides = dict(item.split("=", 1) for item in args.set)
-    out = Path(args.out)
-    rows, runs = [], {}
-    for attack in ("badnets", "blended"):
-        res = federated_run(out / attack, **overrides, attack=attack)
-        runs[f"{attack}, no defense"] = res
-        checkpoint = out / attack / "checkpoints" / "final.pt"
-        last = res["rounds"][-1]
-        rows.append((attack, "none", last["ba"], last["asr"], 0.0, "-"))
-        for defense in DEFENSES[1:]:
-            rec = purify(str(checkpoint), {"defense": defense}, out / attack / f"purify-{defense}")
-            flagged = rec.get("flagged")
-            rows.append((attack, defense, rec["ba_after"], rec["asr_after"], rec["seconds"],
-                         "-" if flagged is None else str(flagged)))
-    every = federated_run(out / "badnets-mcl-every5", **overrides, attack="badnets", defense="mcl",
-                          **{"defense-schedule": "every:5"})
-    runs["badnets, MCL every 5 rounds"] = every
-    plot(runs, HERE / "defense_rounds.png")
-
-    lines = ["| attack | defense | BA | ASR | seconds | flagged |", "|---|---|---|---|---|---|"]
-    lines += [f"| {a} | {d} | {ba:.4f} | {asr:.4f} | {s:.1f} | {f} |" for a, d, ba, asr, s, f in rows]
-    lines += ["", "MCL every 5 rounds, BadNets attacking in every round (BA / ASR before -> after each purification):", ""]
-    lines += [f"- round {r['round']}: flagged {r.get('flagged')}, trigger: {r.get('trigger_source') or 'none, not purified'}, "
-              f"BA {r['ba_before']:.4f} -> {r['ba_after']:.4f}, ASR {r['asr_before']:.4f} -> {r['asr_after']:.4f}"
-              for r in every["defense"]]
-    lines += ["", "![per-round BA/ASR](defense_rounds.png)"]
-    table = "\n".join(lines)
+    table, curves = build_tables(Path(args.out), parts, attacks, overrides)
+    plot(curves, HERE / "defense_rounds.png")
+    table += "\n![per-round BA/ASR](defense_rounds.png)"
     print(table)
     readme = HERE / "README.md"
     text = readme.read_text() if readme.is_file() else f"# Benchmarks\n\n{MARK[0]}\n{MARK[1]}\n"

@@ -1,7 +1,11 @@
 """What a client does in a round, benign or malicious, as a plain function of config and weights.
 
-Kept free of Flower so that it can be tested and reused (e.g. by the overhead benchmark's
-in-process loop); `clients.client_app` only translates messages to and from it.
+Two threat models (`threat`): under `malicious-client` the malicious clients run the attacker's
+code (poisoned batches, crafted updates); under `poisoned-data` they are honest, but a third party
+poisoned their stored data once. Every honest client trains with the configured `client-defense`.
+
+Kept free of Flower so that it can be tested and reused (e.g. by an in-process loop);
+`clients.client_app` only translates messages and the client's memory to and from it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from fl_defense.attacks import Attack, attacks_in_round, build_attack, craft_update, malicious_clients
+from fl_defense.attacks import (
+    Attack,
+    PoisonedData,
+    attacks_in_round,
+    build_attack,
+    craft_update,
+    malicious_clients,
+    poison_data,
+)
+from fl_defense.client_defenses import Memory, build_client_defense
 from fl_defense.data import SPECS, FederatedSplit, cached_dataset, cached_split
 from fl_defense.models import BackdoorModel, build_model
 from fl_defense.training import resolve_device, train_local
@@ -22,7 +35,8 @@ from fl_defense.training import resolve_device, train_local
 
 @dataclass(frozen=True)
 class ClientResult:
-    """A client's reply for one round."""
+    """A client's reply for one round. `malicious`: one of the malicious-fraction clients (an attacker, or
+    a victim of poisoned data); `attacked`: it attacked, or trained on poisoned data, this round."""
 
     state: dict[str, torch.Tensor]
     num_examples: int
@@ -53,9 +67,32 @@ def _attack(cfg: Mapping[str, Any]) -> Attack | None:
     return build_attack(cfg, spec.shape, spec.num_classes)
 
 
+def poisoned_shard(cfg: Mapping[str, Any], partition_id: int) -> PoisonedData:
+    """This client's shard as the third party left it (threat `poisoned-data`): the same on every call."""
+    return _poisoned_shard(tuple(sorted(cfg.items())), partition_id)
+
+
+@lru_cache(maxsize=4)
+def _poisoned_shard(items: tuple[tuple[str, Any], ...], partition_id: int) -> PoisonedData:
+    """Poisoned once per process and client: a copy of the shard (a few MB), not of the whole training set."""
+    cfg = dict(items)
+    attack = _attack(cfg)
+    if attack is None:
+        raise ValueError("attack=none poisons no data")
+    data = cached_dataset(cfg["dataset"], cfg["data-root"], cfg["download"])
+    indices = torch.from_numpy(split_for(cfg).clients[partition_id])
+    seed = int(np.random.SeedSequence([cfg["seed"], partition_id, 5]).generate_state(1)[0])
+    return poison_data(data.train_x[indices], data.train_y[indices], attack, torch.Generator().manual_seed(seed))
+
+
 def local_update(cfg: Mapping[str, Any], partition_id: int, server_round: int,
-                 global_state: dict[str, torch.Tensor]) -> ClientResult:
-    """Train the global model on this client's shard; a malicious client poisons and crafts its update."""
+                 global_state: dict[str, torch.Tensor], memory: Memory) -> ClientResult:
+    """Train the global model on this client's shard: an attacker poisons batches and crafts its update,
+    an honest client runs the client defense (on its poisoned copy of the shard if it is a victim).
+
+    `memory` is what the client keeps between its rounds (the client defense's state); it is updated
+    in place and must be the same dict, or a faithful copy, on the client's next call.
+    """
     data = cached_dataset(cfg["dataset"], cfg["data-root"], cfg["download"])
     split = split_for(cfg)
     if not 0 <= partition_id < len(split.clients):
@@ -63,18 +100,28 @@ def local_update(cfg: Mapping[str, Any], partition_id: int, server_round: int,
     indices = torch.from_numpy(split.clients[partition_id])
     malicious = partition_id in malicious_clients(cfg["num-clients"], cfg["malicious-fraction"], cfg["seed"])
     attack = _attack(cfg) if malicious else None
-    attacking = attack is not None and attacks_in_round(cfg["attack-schedule"], server_round)
 
     device = resolve_device(cfg["device"])
     model = _model(cfg["model"], cfg["dataset"])
     model.load_state_dict(global_state)
     generator = torch.Generator().manual_seed(round_seed(cfg["seed"], server_round, partition_id))
-    loss = train_local(
-        model, data.train_x, data.train_y, indices, epochs=cfg["local-epochs"], batch_size=cfg["batch-size"],
-        lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight-decay"], generator=generator,
-        device=device, batch_hook=attack.poison_batch if attacking else None)
+    if attack is not None and cfg["threat"] == "malicious-client":
+        attacking = attacks_in_round(cfg["attack-schedule"], server_round)
+        loss = train_local(
+            model, data.train_x, data.train_y, indices, epochs=cfg["local-epochs"], batch_size=cfg["batch-size"],
+            lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight-decay"], generator=generator,
+            device=device, batch_hook=attack.poison_batch if attacking else None)
+        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if attacking:
+            trainable = {name for name, _ in model.named_parameters()}
+            state = craft_update(state, global_state, trainable, cfg["boost"], cfg["norm-bound"])
+        return ClientResult(state, len(indices), loss, malicious, attacking)
+
+    images, labels, poisoned = data.train_x, data.train_y, attack is not None
+    if poisoned:
+        shard = poisoned_shard(cfg, partition_id)
+        images, labels, indices = shard.images, shard.labels, torch.arange(len(shard.images))
+    loss = build_client_defense(cfg).train(model, images, labels, indices, server_round=server_round,
+                                           generator=generator, device=device, memory=memory)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    if attacking:
-        trainable = {name for name, _ in model.named_parameters()}
-        state = craft_update(state, global_state, trainable, cfg["boost"], cfg["norm-bound"])
-    return ClientResult(state, len(indices), loss, malicious, attacking)
+    return ClientResult(state, len(indices), loss, malicious, poisoned)

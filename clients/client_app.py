@@ -1,7 +1,9 @@
 """Flower ClientApp: every simulated client runs this; malicious ones poison (see `clients.behaviour`).
 
 The run's configuration reaches the client in each train message (`run-config`, JSON), so a client
-behaves the same under `flwr run .` and under the project's in-process simulation.
+behaves the same under `flwr run .` and under the project's in-process simulation. What a client
+keeps between rounds (its client defense's memory) lives in the node's `context.state`, which
+Flower keeps per node for the whole run.
 """
 
 from __future__ import annotations
@@ -13,9 +15,23 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from clients.behaviour import local_update, split_for
+from fl_defense.client_defenses import Memory
 from fl_defense.config import resolve
 
 app = ClientApp()
+
+MEMORY_KEY = "client-defense-memory"
+
+
+def load_memory(state: RecordDict) -> Memory:
+    """The client's memory from its node state; empty before its first round."""
+    record = state.get(MEMORY_KEY)
+    return dict(record.to_torch_state_dict()) if record is not None else {}
+
+
+def save_memory(state: RecordDict, memory: Memory) -> None:
+    """Store the client's memory in its node state for its next round."""
+    state[MEMORY_KEY] = ArrayRecord(memory)
 
 
 def _partition_id(context: Context) -> int:
@@ -43,7 +59,9 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(msg.content["config"]["server-round"])
     global_state = msg.content["arrays"].to_torch_state_dict()
     pid = _partition_id(context)
-    result = local_update(cfg, pid, server_round, global_state)
+    memory = load_memory(context.state)
+    result = local_update(cfg, pid, server_round, global_state, memory)
+    save_memory(context.state, memory)
     content = RecordDict({
         "arrays": ArrayRecord(result.state),
         "metrics": MetricRecord({"num-examples": result.num_examples, "train-loss": result.train_loss}),

@@ -138,4 +138,5 @@ def run_defense(model: BackdoorModel, clean: CleanSet, num_classes: int, cfg: Ma
     t0 = time.perf_counter()
     purified = purifier.purify(model, clean, trigger, device, generator)
     record.update(purified=True, purify_seconds=time.perf_counter() - t0)
+    record.update(purifier.report())
     return DefenseOutcome(purified, record)

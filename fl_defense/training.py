@@ -12,6 +12,7 @@ from fl_defense.config import ConfigError
 from fl_defense.data import to_float
 
 BatchHook = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -25,11 +26,13 @@ def resolve_device(name: str) -> torch.device:
 
 def train_local(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, *,
                 epochs: int, batch_size: int, lr: float, momentum: float, weight_decay: float,
-                generator: torch.Generator, device: torch.device, batch_hook: BatchHook | None = None) -> float:
+                generator: torch.Generator, device: torch.device, batch_hook: BatchHook | None = None,
+                loss_fn: LossFn = F.cross_entropy) -> float:
     """SGD over `images[indices]` for `epochs`; `batch_hook` may rewrite each batch (poisoning).
 
-    Returns the mean training loss over all batches. The shuffling comes from `generator`, so the
-    same seed gives the same run.
+    `loss_fn(logits, labels)` is the minimised objective (a training-time defense may change it).
+    Returns its mean over all batches. The shuffling comes from `generator`, so the same seed gives
+    the same run.
     """
     model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -44,7 +47,7 @@ def train_local(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, in
             if batch_hook is not None:
                 x, y = batch_hook(x, y, generator)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = F.cross_entropy(model(x), y)
+            loss = loss_fn(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -40,12 +40,13 @@ class Backdoored:
         return attack_success_rate(model, self.test_x, self.test_y, self.trigger, self.target, device=CPU)
 
 
-def _train(poisoned: bool) -> Backdoored:
-    """2 central epochs on 6000 real images; when poisoned, 10% of each batch carries a 4x4 BadNets patch."""
+def _train(poisoned: bool, attack_name: str = "badnets") -> Backdoored:
+    """2 central epochs on 6000 real images; when poisoned, 10% of each batch carries the trigger: a 4x4
+    BadNets patch, or for `blended` full-image noise at alpha 0.2."""
     torch.manual_seed(0)
     data = load_dataset("fashion-mnist")
-    attack = build_attack(resolve({"trigger-size": 4, "poison-rate": 0.1, "target-label": TARGET}),
-                          SPEC.shape, SPEC.num_classes)
+    attack = build_attack(resolve({"attack": attack_name, "trigger-size": 4 if attack_name == "badnets" else 0,
+                                   "poison-rate": 0.1, "target-label": TARGET}), SPEC.shape, SPEC.num_classes)
     g = torch.Generator().manual_seed(0)
     perm = torch.randperm(len(data.train_x), generator=g)
     train, held = perm[:6000], perm[6000:7000]
@@ -70,6 +71,14 @@ def _train(poisoned: bool) -> Backdoored:
 def bd() -> Backdoored:
     """A real backdoored CNN (checked: ASR > 0.9, BA > 0.75)."""
     out = _train(poisoned=True)
+    assert out.asr(out.model) > 0.9 and out.ba(out.model) > 0.75, "precondition: the backdoor was planted"
+    return out
+
+
+@pytest.fixture(scope="session")
+def bd_blended() -> Backdoored:
+    """The same CNN with a Blended backdoor to the same target (checked: ASR > 0.9, BA > 0.75)."""
+    out = _train(poisoned=True, attack_name="blended")
     assert out.asr(out.model) > 0.9 and out.ba(out.model) > 0.75, "precondition: the backdoor was planted"
     return out
 

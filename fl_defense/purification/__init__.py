@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fl_defense.config import ConfigError
-from fl_defense.purification import fp, ft, mcl, nad, nc_unlearn  # noqa: F401  (registration)
+from fl_defense.purification import cnp, fp, ft, mcl, nad, nc_unlearn  # noqa: F401  (registration)
 from fl_defense.purification.base import PURIFIERS, CleanSet, Purifier, register
 
 

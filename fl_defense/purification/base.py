@@ -1,7 +1,8 @@
 """Purifier interface and registry: a purifier takes a model and the server's clean set, returns a new model.
 
 Algorithms here are Flower-free: tensors and models in, a model out. Purifiers that need the
-backdoor trigger (MCL, NC unlearning) receive the one trigger inversion found; the others ignore it.
+backdoor trigger (MCL, NC unlearning, CNP with cnp-target=scan) receive the one trigger inversion
+found; the others ignore it.
 """
 
 from __future__ import annotations
@@ -42,10 +43,15 @@ class Purifier:
     """Base class: `purify` must not modify its input model."""
 
     name: ClassVar[str]
-    needs_trigger: ClassVar[bool] = False
+    needs_trigger: bool = False  # per class, or set in __init__ when the config decides it (CNP)
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         self.cfg = cfg
+
+    def report(self) -> dict[str, Any]:
+        """What the last `purify` found and did, for the defense record; its keys override the
+        pipeline's (a purifier that finds its own target reports its own `flagged` and timings)."""
+        return {}
 
     def purify(self, model: BackdoorModel, clean: CleanSet, trigger: Trigger | None,
                device: torch.device, generator: torch.Generator) -> BackdoorModel:

@@ -1,0 +1,117 @@
+"""ABL as an honest client's training code: the LGA loss, isolation on real poisoned data, the round schedule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+
+from fl_defense.attacks import PoisonedData, build_attack, poison_data
+from fl_defense.client_defenses import Memory, build_client_defense
+from fl_defense.client_defenses import abl as abl_module
+from fl_defense.client_defenses.abl import ISOLATED, lga_loss, per_sample_loss
+from fl_defense.config import resolve
+from fl_defense.data import SPECS, cached_dataset
+from fl_defense.models import BackdoorModel, build_model
+
+CPU = torch.device("cpu")
+SPEC = SPECS["fashion-mnist"]
+
+
+@pytest.mark.parametrize(("loss", "gamma", "value", "grad"), [
+    (0.8, 0.5, 0.8, 1.0),     # above gamma: plain descent
+    (0.2, 0.5, -0.2, -1.0),   # below gamma: ascent, the loss is pushed back up to gamma
+    (2.5, 1.0, 2.5, 1.0),
+    (0.0, 0.5, 0.0, -1.0),
+])
+def test_lga_loss_by_hand(loss: float, gamma: float, value: float, grad: float) -> None:
+    x = torch.tensor(loss, requires_grad=True)
+    out = lga_loss(x, gamma)
+    out.backward()
+    assert out.item() == pytest.approx(value)
+    assert x.grad is not None and x.grad.item() == pytest.approx(grad)
+
+
+@dataclass
+class Isolated:
+    """A poisoned client's real data after ABL's LGA rounds and its isolation round."""
+
+    cfg: dict[str, Any]
+    data: PoisonedData
+    model: BackdoorModel
+    memory: Memory
+
+
+@pytest.fixture(scope="module")
+def isolated() -> Isolated:
+    """1000 real Fashion-MNIST images, 10% BadNets-poisoned; 2 LGA rounds from scratch, then isolation of 5%."""
+    cfg = resolve({"client-defense": "abl", "abl-isolation-rounds": 2, "abl-isolation-ratio": 0.05,
+                   "abl-unlearn-rounds": 2, "rounds": 6, "poison-rate": 0.1, "device": "cpu"})
+    data = cached_dataset("fashion-mnist", "", True)
+    attack = build_attack(cfg, SPEC.shape, SPEC.num_classes)
+    assert attack is not None
+    poisoned = poison_data(data.train_x[:1000], data.train_y[:1000], attack, torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = build_model("cnn", SPEC)
+    defense, memory = build_client_defense(cfg), {}
+    indices = torch.arange(1000)
+    for server_round in range(1, 4):
+        defense.train(model, poisoned.images, poisoned.labels, indices, server_round=server_round,
+                      generator=torch.Generator().manual_seed(server_round), device=CPU, memory=memory)
+    return Isolated(cfg, poisoned, model, memory)
+
+
+def test_isolated_samples_are_mostly_the_poisoned_ones(isolated: Isolated) -> None:
+    iso = isolated.memory[ISOLATED]
+    assert len(iso) == 50 and len(torch.unique(iso)) == 50
+    precision = torch.isin(iso, isolated.data.poisoned).float().mean().item()
+    assert precision >= 0.8, f"isolation precision {precision:.2f}; the poison share is 0.10"
+
+
+def test_unlearning_raises_the_loss_of_the_isolated_samples(isolated: Isolated) -> None:
+    iso = isolated.memory[ISOLATED]
+    model = build_model("cnn", SPEC)
+    model.load_state_dict(isolated.model.state_dict())
+    x, y = isolated.data.images, isolated.data.labels
+    before = per_sample_loss(model, x, y, iso, 256, CPU).mean().item()
+    memory = dict(isolated.memory)
+    build_client_defense(isolated.cfg).train(model, x, y, torch.arange(len(x)), server_round=isolated.cfg["rounds"],
+                                             generator=torch.Generator().manual_seed(0), device=CPU, memory=memory)
+    assert torch.equal(memory[ISOLATED], iso)
+    assert per_sample_loss(model, x, y, iso, 256, CPU).mean().item() > before
+
+
+def test_round_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LGA on all samples; at the client's first later round an LGA pass on a copy, isolation, then training on
+    the rest; in the last rounds gradient ascent on what was isolated."""
+    calls: list[tuple[torch.Tensor, float, float]] = []
+    logits, target = torch.tensor([[4.0, 0.0]]), torch.tensor([0])
+
+    def spy(model: BackdoorModel, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, *,
+            lr: float, loss_fn: Any, **_: Any) -> float:
+        calls.append((indices, lr, loss_fn(logits, target).item()))
+        return 0.0
+
+    monkeypatch.setattr(abl_module, "train_local", spy)
+    cfg = resolve({"client-defense": "abl", "abl-isolation-rounds": 2, "abl-unlearn-rounds": 2, "rounds": 7,
+                   "abl-isolation-ratio": 0.25, "abl-gamma": 0.5, "abl-unlearn-lr": 1e-3, "device": "cpu"})
+    data = cached_dataset("fashion-mnist", "", True)
+    indices = torch.arange(100, 140)
+    defense, memory = build_client_defense(cfg), {}
+    model = build_model("cnn", SPEC)
+    for server_round in (1, 2, 4, 5, 6, 7):  # not sampled in round 3
+        defense.train(model, data.train_x, data.train_y, indices, server_round=server_round,
+                      generator=torch.Generator(), device=CPU, memory=memory)
+
+    ce = torch.nn.functional.cross_entropy(logits, target).item()  # below gamma: LGA ascends
+    (i1, lr1, l1), (i2, _, l2), (i3, _, l3), (i4, lr4, l4), (i5, _, _), (i6, lr6, l6), (i7, _, _) = calls
+    assert all(torch.equal(i, indices) for i in (i1, i2, i3)) and lr1 == cfg["lr"]
+    assert l1 == l2 == l3 == pytest.approx(-ce)  # two LGA rounds, then the LGA pass before isolating
+    iso = memory[ISOLATED]
+    assert len(iso) == 10 and torch.isin(iso, indices).all()
+    assert torch.equal(i4, i5) and len(i4) == 30 and not torch.isin(i4, iso).any()
+    assert lr4 == cfg["lr"] and l4 == pytest.approx(ce)
+    assert torch.equal(i6, iso) and torch.equal(i7, iso)
+    assert lr6 == cfg["abl-unlearn-lr"] and l6 == pytest.approx(-ce)  # gradient ascent
