@@ -36,10 +36,26 @@ RULE_SETTINGS: dict[str, dict[str, Any]] = {"bulyan": {"num-clients": 11, "clien
 MARK = ("<!-- DEFENSE-TABLE:BEGIN -->", "<!-- DEFENSE-TABLE:END -->")
 
 
+# Keys that only matter when a given method is selected: a cached run stays valid when they change
+# while the method is not in use (e.g. a new ABL default does not invalidate a FedAvg run).
+SCOPED: dict[str, tuple[str, str]] = {
+    "abl-": ("client-defense", "abl"), "dbd-": ("client-defense", "dbd"), "cnp-": ("defense", "cnp"),
+    "flame-": ("aggregation", "flame"), "foolsgold-": ("aggregation", "foolsgold"), "rlr-": ("aggregation", "rlr"),
+    "normclip-": ("aggregation", "normclip"), "dp-": ("aggregation", "dp-clip"),
+}
+
+
+def _in_use(key: str, cfg: dict[str, Any]) -> bool:
+    for prefix, (selector, method) in SCOPED.items():
+        if key.startswith(prefix):
+            return cfg[selector] == method
+    return key != "out-dir"
+
+
 def same_config(saved: dict[str, Any], cfg: dict[str, Any]) -> bool:
-    """A cached result is valid if its config equals `cfg`, keys added since then counting at their defaults."""
-    return all(saved.get(k, OPTIONS[k].default) == v for k, v in cfg.items() if k != "out-dir") and \
-        set(saved) <= set(cfg)
+    """A cached result is valid if its config equals `cfg` on every key in use, new keys counting at defaults."""
+    return set(saved) <= set(cfg) and all(saved.get(k, OPTIONS[k].default) == v for k, v in cfg.items()
+                                          if _in_use(k, cfg))
 
 
 def cached(path: Path, cfg: dict[str, Any]) -> dict[str, Any] | None:
@@ -84,7 +100,7 @@ def run_seconds(res: dict[str, Any]) -> float:
 
 def aggregation_seconds(res: dict[str, Any]) -> str:
     """Seconds the server spent in the aggregation rule itself, summed over the run."""
-    times = [(row.get("aggregation") or {}).get("seconds") for row in res["rounds"]]
+    times = [(row.get("aggregation") or {}).get("seconds") for row in res["rounds"] if row["round"] > 0]
     return f"{sum(times):.1f}" if times and None not in times else "-"
 
 
