@@ -177,7 +177,8 @@ OPTIONS: dict[str, Option] = {
                        allowed="a number >= 0"),
     "cnp-target": Option("scan", "how CNP finds the target label: scan (the NC scan's flagged label) or anp "
                          "(CNP's own label-free one-step BN-perturbation heuristic)", choices=("scan", "anp")),
-    "cnp-epochs": Option(10, "CNP mask-learning epochs (the paper's code: 30)", check=_positive,
+    "cnp-epochs": Option(10, "CNP mask-learning epochs over the clean set (the paper's code: 30 passes over 1,000 "
+                         "images; 30 here ranked the BadNets neurons no better at 3x the time)", check=_positive,
                          allowed="an integer >= 1"),
     "cnp-lr": Option(0.2, "CNP mask-learning SGD learning rate", check=_positive, allowed="a number > 0"),
     "cnp-tau": Option(0.3, "CNP contrastive temperature", check=_positive, allowed="a number > 0"),
@@ -185,13 +186,12 @@ OPTIONS: dict[str, Option] = {
                           allowed="a number > 0"),
     "cnp-prune-ratio": Option(0.25, "CNP: share of all BatchNorm neurons pruned, lowest mask first (at least "
                               "one); with cnp-max-ba-drop > 0, the most it may prune. The paper's 1% is 48 of "
-                              "ResNet-18's 4,800 neurons but 1 of the small CNN's 48, which leaves the backdoor in; "
-                              "the small CNN's backdoors sit in 2 (BadNets) to 10 (Blended) of its neurons",
-                              check=_unit_open, allowed="a number in (0, 1)"),
+                              "ResNet-18's 4,800 BN neurons but 1 of the small CNN's 48, which left BadNets' ASR at "
+                              "0.96; there CNP needed 10-12 of them", check=_unit_open, allowed="a number in (0, 1)"),
     "cnp-max-ba-drop": Option(0.025, "CNP: if > 0, prune in steps of 0.25% of the neurons (at least one) up to "
                               "cnp-prune-ratio, stopping before the clean-set accuracy drops by more than this; "
-                              "0: prune exactly cnp-prune-ratio",
-                              check=lambda v: 0 <= v < 1, allowed="a number in [0, 1)"),
+                              "0: prune exactly cnp-prune-ratio", check=lambda v: 0 <= v < 1,
+                              allowed="a number in [0, 1)"),
     "abl-isolation-rounds": Option(5, "ABL: first rounds, local gradient ascent (LGA) training; the next round "
                                    "isolates (the paper: 20 epochs)", check=_positive, allowed="an integer >= 1"),
     "abl-gamma": Option(0.5, "ABL: LGA loss threshold gamma", check=_positive, allowed="a number > 0"),

@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="output folder (default: runs/<dataset>-<attack>-<time>)")
     pur = sub.add_parser("purify", help="run a server-side defense on a saved global model")
     pur.add_argument("--checkpoint", required=True, help="a run's checkpoints/*.pt (or a bare state_dict)")
-    pur.add_argument("--defense", required=True, help="mcl, ft, nc-unlearn, fp or nad")
+    pur.add_argument("--defense", required=True, help="mcl, ft, nc-unlearn, fp, nad or cnp")
     pur.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (repeatable)")
     pur.add_argument("--out", help="folder for purify.json and purified.pt")
     return parser

@@ -42,7 +42,7 @@ def purify(checkpoint: str, overrides: dict[str, Any], out_dir: Path | None) -> 
     saved_cfg.pop("out-dir", None)
     cfg = resolve({**saved_cfg, **overrides})
     if cfg["defense"] == "none":
-        raise ConfigError("config key 'defense': none; allowed: mcl, ft, nc-unlearn, fp, nad")
+        raise ConfigError("config key 'defense': none; allowed: mcl, ft, nc-unlearn, fp, nad, cnp")
     device = resolve_device(cfg["device"])
     data = cached_dataset(cfg["dataset"], cfg["data-root"], cfg["download"])
     model = build_model(cfg["model"], data.spec)
