@@ -8,9 +8,9 @@ the run's rounds instead of epochs:
 2. at the client's first round after that, the per-sample loss isolates the lowest
    abl-isolation-ratio share of the local data (kept in the client's memory). The loss is that of
    the received model after one more local LGA pass, not of the received model itself: averaging
-   with the clean clients dilutes the backdoor in the global model so much that easy clean samples
-   (Fashion-MNIST's trousers, bags) have lower loss than the poisoned ones, while a model trained on
-   the client's own poisoned data, as in the paper, learns the backdoor first;
+   with the clean clients dilutes the backdoor in the global model so much that the easiest clean
+   samples have lower loss than the poisoned ones, while a model trained on the client's own
+   poisoned data, as in the paper, learns the backdoor first;
 3. then plain training on the other samples, until
 4. the last abl-unlearn-rounds rounds unlearn: pure gradient ascent on the isolated samples at
    abl-unlearn-lr, as in the official code. The paper's combined loss (descent on the other samples
