@@ -16,7 +16,7 @@ import torch
 from fl_defense.attacks.trigger import Trigger
 from fl_defense.config import schedule_rounds
 from fl_defense.data import ImageData, cached_split, to_float
-from fl_defense.inversion import DetectionRule, NCSettings, ScanResult, scan, train_reference
+from fl_defense.inversion import DetectionRule, ScanResult, inversion_images, nc_settings, scan, train_reference
 from fl_defense.models.base import BackdoorModel
 from fl_defense.purification import CleanSet, build_purifier
 
@@ -64,21 +64,6 @@ def defense_rounds(cfg: Mapping[str, Any]) -> list[int]:
     return [cfg["rounds"]] if spec == "end" else schedule_rounds(spec, cfg["rounds"])
 
 
-def nc_settings(cfg: Mapping[str, Any]) -> NCSettings:
-    """The inversion budget: BackdoorBench's reference, or the fast early-stopped one (the default)."""
-    if cfg["nc-budget"] == "reference":
-        return NCSettings()
-    return NCSettings(epochs=cfg["nc-epochs"], batch_size=64, patience=2, early_stop_patience=4)
-
-
-def inversion_images(clean: CleanSet, cfg: Mapping[str, Any], generator: torch.Generator) -> torch.Tensor:
-    """The clean images inversion runs on: all for the reference budget, else a seeded subset."""
-    n = cfg["nc-images"]
-    if cfg["nc-budget"] == "reference" or n == 0 or n >= len(clean.x):
-        return clean.x
-    return clean.x[torch.randperm(len(clean.x), generator=generator)[:n]]
-
-
 def detection_rule(cfg: Mapping[str, Any]) -> DetectionRule:
     return DetectionRule(threshold=cfg["nc-threshold"], log_norms=cfg["nc-statistic"] == "log",
                          transfer_max=cfg["nc-transfer-max"])
@@ -99,7 +84,7 @@ def invert_and_flag(model: BackdoorModel, clean: CleanSet, num_classes: int, cfg
     t0 = time.perf_counter()
     if reference is None:
         reference = reference_model(model, clean, cfg, device, generator)
-    result = scan(model, inversion_images(clean, cfg, generator), num_classes, mode=cfg["inversion-mode"],
+    result = scan(model, inversion_images(clean.x, cfg, generator), num_classes, mode=cfg["inversion-mode"],
                   settings=nc_settings(cfg), rule=detection_rule(cfg), generator=generator, device=device,
                   reference=reference, reference_data=(clean.x, clean.y), num_gpus=cfg["inversion-num-gpus"])
     result.seconds = time.perf_counter() - t0

@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fl_defense.attacks.trigger import Trigger
-from fl_defense.inversion import invert
+from fl_defense.inversion import inversion_images, invert, nc_settings
 from fl_defense.metrics import clean_accuracy
 from fl_defense.models.base import BackdoorModel
 from fl_defense.purification.base import (
@@ -200,10 +200,9 @@ class CNP(Purifier):
     def _own_trigger(self, model: BackdoorModel, clean: CleanSet, device: torch.device,
                      generator: torch.Generator) -> Trigger:
         """The `anp` target's trigger, inverted with the pipeline's NC budget on the same images."""
-        from fl_defense.defense import inversion_images, nc_settings  # defense imports the purifiers
 
         self.target, self.growth = anp_target(model, clean.x, self.cfg["cnp-anp-eps"], generator, device)
-        inv = invert(model, inversion_images(clean, self.cfg, generator), [self.target], nc_settings(self.cfg),
+        inv = invert(model, inversion_images(clean.x, self.cfg, generator), [self.target], nc_settings(self.cfg),
                      generator, device)[0]
         self.trigger_asr = inv.asr
         return Trigger(pattern=inv.pattern, mask=inv.mask, alpha=1.0)
