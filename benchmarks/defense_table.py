@@ -1,12 +1,14 @@
 """BA / ASR / seconds of every defense of the project on the default federated setting, in one table.
 
-Four parts, each for BadNets and Blended with 20% malicious clients (the default setting otherwise):
+Five parts, on the default setting (20% malicious clients); the first four for BadNets and Blended:
 - `defenses`: one FedAvg run per attack; every server-side purifier is applied to that run's final
   global model with the server's clean set, so all are compared on the very same backdoored model;
 - `aggregation`: one run per aggregation rule (no server-side defense);
 - `poisoned`: `threat=poisoned-data` (honest clients, a third party poisoned two clients' data), one
   run per honest training code: plain SGD, ABL, DBD;
-- `continuous`: MCL every 5 rounds while BadNets never stops.
+- `continuous`: MCL every 5 rounds while BadNets never stops;
+- `attacks`: the other attacks (DBA, WaNet, SIG; BadNets trained with PGD, constrain-and-scale,
+  Neurotoxin) without defense, and for Blended, DBA and Neurotoxin with MCL every 5 rounds.
 Runs are cached under --out and reused while their config is unchanged, so the parts can be computed
 one at a time (`--parts aggregation`); the tables of every part with cached results are written to
 benchmarks/README.md between the DEFENSE-TABLE markers, with a PNG of per-round BA/ASR.
@@ -26,10 +28,14 @@ from simulations.runner import run_experiment
 
 HERE = Path(__file__).resolve().parent
 ATTACKS = ("badnets", "blended")
+# (attack, attack-training) of the `attacks` part; the run folder is "<attack>[-<training>]"
+VARIANTS = (("dba", "plain"), ("wanet", "plain"), ("sig", "plain"), ("badnets", "pgd"),
+            ("badnets", "constrain-and-scale"), ("badnets", "neurotoxin"))
+MCL_EVERY = (("blended", "plain"), ("dba", "plain"), ("badnets", "neurotoxin"))
 DEFENSES = ("ft", "nc-unlearn", "fp", "nad", "mcl", "cnp")
 AGGREGATIONS = tuple(a for a in OPTIONS["aggregation"].choices if a not in ("fedavg", "fedavgm"))
 CLIENT_DEFENSES = ("none", "abl", "dbd")
-PARTS = ("defenses", "aggregation", "poisoned", "continuous")
+PARTS = ("defenses", "aggregation", "poisoned", "continuous", "attacks")
 # Bulyan tolerates f malicious of n only if n >= 4f + 3: with 20% malicious, 11 clients (f = 2) is the smallest
 # federation it accepts, so its row is measured there (all 11 sampled each round).
 RULE_SETTINGS: dict[str, dict[str, Any]] = {"bulyan": {"num-clients": 11, "clients-per-round": 11}}
@@ -41,7 +47,10 @@ MARK = ("<!-- DEFENSE-TABLE:BEGIN -->", "<!-- DEFENSE-TABLE:END -->")
 SCOPED: dict[str, tuple[str, str]] = {
     "abl-": ("client-defense", "abl"), "dbd-": ("client-defense", "dbd"), "cnp-": ("defense", "cnp"),
     "flame-": ("aggregation", "flame"), "foolsgold-": ("aggregation", "foolsgold"), "rlr-": ("aggregation", "rlr"),
-    "normclip-": ("aggregation", "normclip"), "dp-": ("aggregation", "dp-clip"),
+    "normclip-": ("aggregation", "normclip"), "dp-": ("aggregation", "dp-clip"), "shadow-": ("defense", "shadow"),
+    "dba-": ("attack", "dba"), "wanet-": ("attack", "wanet"), "sig-": ("attack", "sig"),
+    "pgd-": ("attack-training", "pgd"), "cs-": ("attack-training", "constrain-and-scale"),
+    "neurotoxin-": ("attack-training", "neurotoxin"),
 }
 
 
@@ -214,6 +223,8 @@ def build_tables(out: Path, parts: set[str], attacks: set[str],
         lines += ["### Poisoned data, honest clients (`threat=poisoned-data`)", "",
                   "| attack | client-defense | BA | ASR | run seconds |", "|---|---|---|---|---|", *rows, ""]
 
+    lines += attack_tables(out, parts, attacks, overrides, curves)
+
     every = federated_run(out / "badnets-mcl-every5", computing("continuous", "badnets"), **overrides, attack="badnets",
                           defense="mcl", **{"defense-schedule": "every:5"})
     if every is not None:
@@ -228,12 +239,62 @@ def build_tables(out: Path, parts: set[str], attacks: set[str],
     return "\n".join(lines), curves
 
 
+def variant_name(attack: str, training: str) -> str:
+    return attack if training == "plain" else f"{attack}-{training}"
+
+
+def piece_asr(res: dict[str, Any]) -> str:
+    """The final round's ASR of each DBA piece alone, where the attack has pieces."""
+    pieces = res["rounds"][-1].get("asr_pieces") or {}
+    return ", ".join(f"{v:.2f}" for v in pieces.values()) or "-"
+
+
+def attack_tables(out: Path, parts: set[str], attacks: set[str], overrides: dict[str, str],
+                  curves: dict[str, dict[str, Any]]) -> list[str]:
+    """The `attacks` part: each attack without defense, and some with MCL every 5 rounds."""
+    rows = []
+    for attack, training in VARIANTS:
+        name = variant_name(attack, training)
+        r = federated_run(out / name, "attacks" in parts and attack in attacks, **overrides, attack=attack,
+                          **{"attack-training": training})
+        if r is None:
+            rows.append(f"| {attack} | {training} | not run | | | | |")
+            continue
+        ba, asr = final(r)
+        peak = max(row["asr"] for row in r["rounds"])
+        rows.append(f"| {attack} | {training} | {ba:.4f} | {asr:.4f} | {peak:.4f} | {piece_asr(r)} | "
+                    f"{run_seconds(r):.0f} |")
+    lines = []
+    if rows:
+        lines += ["### Attacks without defense (FedAvg)", "",
+                  "| attack | attack-training | BA | ASR | highest ASR | ASR per DBA piece | run seconds |",
+                  "|---|---|---|---|---|---|---|", *rows, ""]
+    rows = []
+    for attack, training in MCL_EVERY:
+        name = variant_name(attack, training)
+        r = federated_run(out / f"{name}-mcl-every5", "attacks" in parts and attack in attacks, **overrides,
+                          attack=attack, defense="mcl", **{"attack-training": training, "defense-schedule": "every:5"})
+        if r is None:
+            rows.append(f"| {attack} | {training} | not run | | |")
+            continue
+        curves[f"{name}, MCL every 5 rounds"] = r
+        after = ", ".join(f"{d['asr_before']:.2f} -> {d['asr_after']:.3f}" for d in r["defense"])
+        ba, asr = final(r)
+        rows.append(f"| {attack} | {training} | {after} | {ba:.4f} | {asr:.4f} |")
+    if rows:
+        lines += ["### Attacks with MCL every 5 rounds (rounds 5, 10, 15, 20)", "",
+                  "| attack | attack-training | ASR before -> after each purification | final BA | final ASR |",
+                  "|---|---|---|---|---|", *rows, ""]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(HERE / "runs"), help="where the federated runs are kept")
     parser.add_argument("--parts", default=",".join(PARTS),
                         help=f"comma-separated parts to compute if not cached: {', '.join(PARTS)}")
-    parser.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated attacks to compute runs for")
+    parser.add_argument("--attacks", default=",".join(sorted(set(ATTACKS) | {a for a, _ in VARIANTS})),
+                        help="comma-separated attacks to compute runs for")
     parser.add_argument("--set", action="append", default=[], help="config overrides for every run (key=value)")
     args = parser.parse_args()
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
@@ -241,8 +302,9 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}; allowed: {', '.join(PARTS)}")
     attacks = {a.strip() for a in args.attacks.split(",") if a.strip()}
-    if attacks - set(ATTACKS):
-        parser.error(f"unknown attacks {sorted(attacks - set(ATTACKS))}; allowed: {', '.join(ATTACKS)}")
+    known = set(ATTACKS) | {a for a, _ in VARIANTS}
+    if attacks - known:
+        parser.error(f"unknown attacks {sorted(attacks - known)}; allowed: {', '.join(sorted(known))}")
     overrides = dict(item.split("=", 1) for item in args.set)
     table, curves = build_tables(Path(args.out), parts, attacks, overrides)
     plot(curves, HERE / "defense_rounds.png")

@@ -23,8 +23,10 @@ from fl_defense.attacks import (
     PoisonedData,
     attacks_in_round,
     build_attack,
+    build_attacker_training,
     craft_update,
     malicious_clients,
+    malicious_rank,
     poison_data,
 )
 from fl_defense.client_defenses import Memory, build_client_defense
@@ -79,6 +81,9 @@ def _poisoned_shard(items: tuple[tuple[str, Any], ...], partition_id: int) -> Po
     attack = _attack(cfg)
     if attack is None:
         raise ValueError("attack=none poisons no data")
+    evil = malicious_clients(cfg["num-clients"], cfg["malicious-fraction"], cfg["seed"])
+    if partition_id in evil:
+        attack = attack.for_client(malicious_rank(partition_id, evil), len(evil))
     data = cached_dataset(cfg["dataset"], cfg["data-root"], cfg["download"])
     indices = torch.from_numpy(split_for(cfg).clients[partition_id])
     seed = int(np.random.SeedSequence([cfg["seed"], partition_id, 5]).generate_state(1)[0])
@@ -90,7 +95,8 @@ def local_update(cfg: Mapping[str, Any], partition_id: int, server_round: int,
     """Train the global model on this client's shard: an attacker poisons batches and crafts its update,
     an honest client runs the client defense (on its poisoned copy of the shard if it is a victim).
 
-    `memory` is what the client keeps between its rounds (the client defense's state); it is updated
+    `memory` is what the client keeps between its rounds (its client defense's or attacker training's
+    state, e.g. ABL's isolated samples, the global model Neurotoxin last saw); it is updated
     in place and must be the same dict, or a faithful copy, on the client's next call.
     """
     data = cached_dataset(cfg["dataset"], cfg["data-root"], cfg["download"])
@@ -98,7 +104,8 @@ def local_update(cfg: Mapping[str, Any], partition_id: int, server_round: int,
     if not 0 <= partition_id < len(split.clients):
         raise ValueError(f"partition id {partition_id} is outside 0..{len(split.clients) - 1}")
     indices = torch.from_numpy(split.clients[partition_id])
-    malicious = partition_id in malicious_clients(cfg["num-clients"], cfg["malicious-fraction"], cfg["seed"])
+    evil = malicious_clients(cfg["num-clients"], cfg["malicious-fraction"], cfg["seed"])
+    malicious = partition_id in evil
     attack = _attack(cfg) if malicious else None
 
     device = resolve_device(cfg["device"])
@@ -107,10 +114,16 @@ def local_update(cfg: Mapping[str, Any], partition_id: int, server_round: int,
     generator = torch.Generator().manual_seed(round_seed(cfg["seed"], server_round, partition_id))
     if attack is not None and cfg["threat"] == "malicious-client":
         attacking = attacks_in_round(cfg["attack-schedule"], server_round)
-        loss = train_local(
-            model, data.train_x, data.train_y, indices, epochs=cfg["local-epochs"], batch_size=cfg["batch-size"],
-            lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight-decay"], generator=generator,
-            device=device, batch_hook=attack.poison_batch if attacking else None)
+        method = build_attacker_training(cfg)
+        if attacking:
+            local = attack.for_client(malicious_rank(partition_id, evil), len(evil))
+            loss = method.train(model, data.train_x, data.train_y, indices, local, global_state,
+                                generator=generator, device=device, memory=memory)
+        else:
+            loss = train_local(model, data.train_x, data.train_y, indices, epochs=cfg["local-epochs"],
+                               batch_size=cfg["batch-size"], lr=cfg["lr"], momentum=cfg["momentum"],
+                               weight_decay=cfg["weight-decay"], generator=generator, device=device)
+        method.observe(model, global_state, memory)
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if attacking:
             trainable = {name for name, _ in model.named_parameters()}

@@ -7,6 +7,7 @@ training starts, and a bad one raises `ConfigError` with one line naming the key
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -79,9 +80,11 @@ OPTIONS: dict[str, Option] = {
                     allowed="a number > 0"),
     "malicious-fraction": Option(0.2, "share of clients that are malicious (seeded, fixed for the run)",
                                  check=_unit_closed, allowed="a number in [0, 1]"),
-    "attack": Option("badnets", "backdoor trigger planted by malicious clients",
-                     choices=("none", "badnets", "blended")),
-    "trigger-pattern": Option("auto", "trigger pattern; auto: badnets checkerboard, blended noise; "
+    "attack": Option("badnets", "backdoor trigger planted by malicious clients: badnets (patch), blended, dba "
+                     "(distributed pieces), wanet (warp), sig (clean-label sinusoid)",
+                     choices=("none", "badnets", "blended", "dba", "wanet", "sig")),
+    "trigger-pattern": Option("auto", "trigger pattern of badnets, blended and dba; auto: badnets checkerboard, "
+                              "blended noise, dba white; "
                               "or checkerboard, white, noise, or a .npy/.png file",
                               check=lambda v: v in ("auto", "checkerboard", "white", "noise")
                               or v.lower().endswith((".npy", ".png")),
@@ -105,6 +108,38 @@ OPTIONS: dict[str, Option] = {
     "attack-schedule": Option("always", "rounds in which malicious clients attack",
                               check=lambda v: bool(SCHEDULE_RE.match(v)),
                               allowed="always, never, every:K, or window:A-B[,C-D...]"),
+    "attack-training": Option("plain", "how malicious clients train on their poisoned batches: plain SGD, pgd "
+                              "(projected onto an L2 ball, Sun et al. 2019), constrain-and-scale (anomaly-evasion "
+                              "loss, then boost; Bagdasaryan et al. 2020) or neurotoxin (only rarely-updated "
+                              "coordinates; Zhang et al. 2022)",
+                              choices=("plain", "pgd", "constrain-and-scale", "neurotoxin")),
+    "pgd-eps": Option(1.0, "pgd: radius of the L2 ball around the global model (trainable parameters) that every "
+                      "step is projected onto; benign updates of the default setting have norm ~6 in round 1 and "
+                      "~2 by round 20", check=_positive, allowed="a number > 0"),
+    "cs-alpha": Option(0.7, "constrain-and-scale: weight alpha of the classification loss; 1 - alpha weighs the "
+                       "L2 distance to the global model (1: no anomaly term)", check=lambda v: 0 < v <= 1,
+                       allowed="a number in (0, 1]"),
+    "neurotoxin-top-k": Option(0.05, "neurotoxin: share of coordinates, those the benign updates change most, that "
+                               "the attacker leaves untouched (the authors' runs: 0.01-0.05)", check=_unit_open,
+                               allowed="a number in (0, 1)"),
+    "dba-pieces": Option(4, "dba: number of local trigger pieces (the paper: 4)", check=_positive,
+                         allowed="an integer >= 1"),
+    "dba-piece-height": Option(1, "dba: height of a piece in pixels (the paper's MNIST: 1)", check=_positive,
+                               allowed="an integer >= 1"),
+    "dba-piece-width": Option(4, "dba: width of a piece in pixels (the paper's MNIST: 4)", check=_positive,
+                              allowed="an integer >= 1"),
+    "dba-gap": Option(2, "dba: pixels between pieces (the paper's MNIST: 2)", check=_non_negative,
+                      allowed="an integer >= 0"),
+    "wanet-grid": Option(4, "wanet: control grid size k of the warp (the paper: 4)", check=lambda v: v >= 2,
+                         allowed="an integer >= 2"),
+    "wanet-strength": Option(0.5, "wanet: warp strength s; a control offset of 1 moves a pixel by s/2 pixels "
+                             "(the paper: 0.5)", check=_positive, allowed="a number > 0"),
+    "wanet-cross-ratio": Option(2.0, "wanet: noise-mode images (randomly warped, true label) per poisoned image "
+                                "(the paper: 2)", check=_non_negative, allowed="a number >= 0"),
+    "sig-delta": Option(40 / 255, "sig: amplitude of the sinusoid in [0, 1] pixel units (BackdoorBench: 40/255)",
+                        check=lambda v: 0 < v <= 1, allowed="a number in (0, 1]"),
+    "sig-frequency": Option(6.0, "sig: periods of the sinusoid across the image width (BackdoorBench: 6)",
+                            check=_positive, allowed="a number > 0"),
     "train-fraction": Option(1.0, "share of the (non-held-out) training set given to clients, for quick runs",
                              check=lambda v: 0 < v <= 1, allowed="a number in (0, 1]"),
     "clean-fraction": Option(0.05, "share of the training set held out, clean, for the server",
@@ -134,10 +169,27 @@ OPTIONS: dict[str, Option] = {
     "rlr-threshold": Option(0, "RLR: sign agreement below which a coordinate's learning rate is flipped; 0: twice "
                             "the expected malicious clients per round, at least 1", check=_non_negative,
                             allowed="an integer >= 0"),
-    "defense": Option("none", "server-side defense run on the aggregated model",
-                      choices=("none", "mcl", "ft", "nc-unlearn", "fp", "nad", "cnp")),
-    "defense-schedule": Option("end", "when the defense runs: end, or every:K rounds",
+    "defense": Option("none", "server-side defense: a purifier run on the aggregated model (mcl ... cnp), or "
+                      "shadow (shadow learning: a second global model trained only on the clients SPECTRE keeps)",
+                      choices=("none", "mcl", "ft", "nc-unlearn", "fp", "nad", "cnp", "shadow")),
+    "defense-schedule": Option("end", "when the defense runs: end, or every:K rounds (purifiers only)",
                                check=lambda v: bool(DEFENSE_SCHEDULE_RE.match(v)), allowed="end or every:K"),
+    "shadow-pca-dims": Option(16, "shadow: PCA dimensions of the clients' last-layer updates before SPECTRE's "
+                              "scoring (capped by the clients kept - 1)", check=_positive, allowed="an integer >= 1"),
+    "shadow-que-alpha": Option(4.0, "shadow: QUE score exponent alpha (0: Mahalanobis distance)",
+                               check=_non_negative, allowed="a number >= 0"),
+    "shadow-drop-factor": Option(1.5, "shadow: each round drops the floor(factor x malicious share x clients) "
+                                 "highest-scoring clients from the shadow", check=_positive, allowed="a number > 0"),
+    "shadow-patience": Option(3, "shadow: training rounds without a clean-set accuracy gain above "
+                              "shadow-min-delta after which the shadow is frozen", check=_positive,
+                              allowed="an integer >= 1"),
+    "shadow-min-delta": Option(0.005, "shadow: clean-set accuracy gain that counts as an improvement",
+                               check=_unit_closed, allowed="a number in [0, 1]"),
+    "shadow-restart-shift": Option(0.05, "shadow: a frozen shadow is re-initialised and retrained once the "
+                                   "backbone's clean-set accuracy moves by more than this from its value at the "
+                                   "freeze", check=_unit_open, allowed="a number in (0, 1)"),
+    "shadow-start": Option(1, "shadow: round in which the shadow starts training, from the initial weights",
+                           check=_positive, allowed="an integer >= 1"),
     "inversion-mode": Option("loop", "trigger inversion: loop (one label at a time, best on CPU), batched "
                              "(all labels in one pass, for a GPU), or ray (labels as Ray tasks, for several GPUs)",
                              choices=("loop", "batched", "ray")),
@@ -320,6 +372,21 @@ def _check_aggregation(cfg: dict[str, Any]) -> None:
                           f"so every coordinate's learning rate would be flipped; allowed: 0..{n}")
 
 
+def _check_shadow(cfg: dict[str, Any]) -> None:
+    """A shadow that would never train, or whose filter would drop every client, fails here."""
+    if cfg["defense"] != "shadow":
+        return
+    if cfg["shadow-start"] > cfg["rounds"]:
+        raise ConfigError(f"config key 'shadow-start': {cfg['shadow-start']} is after the last of {cfg['rounds']} "
+                          f"rounds, so the shadow would never train; allowed: 1..{cfg['rounds']}")
+    n, f, factor = cfg["clients-per-round"], expected_malicious(cfg), cfg["shadow-drop-factor"]
+    drop = math.floor(factor * f + 1e-9)
+    if drop >= n:
+        raise ConfigError(f"config key 'shadow-drop-factor': the shadow drops floor({factor:g} x {f} expected "
+                          f"malicious) = {drop} of the {n} clients per round, leaving none to train it; allowed: "
+                          f"a factor below {n / f:g}, a smaller malicious-fraction, or more clients-per-round")
+
+
 def _check_combinations(cfg: dict[str, Any]) -> None:
     from fl_defense.data.datasets import SPECS
 
@@ -335,14 +402,16 @@ def _check_combinations(cfg: dict[str, Any]) -> None:
             f"config key 'clients-per-round': {cfg['clients-per-round']} is more than "
             f"num-clients ({cfg['num-clients']}); allowed: an integer in [1, num-clients]")
     _check_aggregation(cfg)
+    _check_shadow(cfg)
     for key in ("trigger-pattern", "trigger-mask"):
         path = cfg[key]
         if path.lower().endswith((".npy", ".png")) and not Path(path).is_file():
             raise ConfigError(f"config key '{key}': file {path!r} does not exist")
-    if cfg["trigger-mask"] and cfg["attack"] == "none":
-        raise ConfigError("config key 'trigger-mask': a trigger mask needs attack badnets or blended")
+    if cfg["trigger-mask"] and cfg["attack"] not in ("badnets", "blended"):
+        raise ConfigError(f"config key 'trigger-mask': a trigger mask needs attack badnets or blended, not "
+                          f"{cfg['attack']!r}")
     if cfg["threat"] == "poisoned-data":
-        for key in ("boost", "norm-bound", "attack-schedule"):
+        for key in ("boost", "norm-bound", "attack-schedule", "attack-training"):
             if cfg[key] != OPTIONS[key].default:
                 raise ConfigError(f"config key '{key}': {cfg[key]!r} shapes an attacker's own training, but under "
                                   f"threat poisoned-data the poisoned clients are honest; allowed: "

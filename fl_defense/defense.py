@@ -57,8 +57,9 @@ def server_clean_set(cfg: Mapping[str, Any], data: ImageData) -> CleanSet:
 
 
 def defense_rounds(cfg: Mapping[str, Any]) -> list[int]:
-    """Rounds after whose aggregation the defense runs: the last one (`end`) or every k-th."""
-    if cfg["defense"] == "none":
+    """Rounds after whose aggregation the purifier runs: the last one (`end`) or every k-th. None for
+    `shadow`, which is no purifier: it acts in every round's aggregation (server/shadow.py)."""
+    if cfg["defense"] in ("none", "shadow"):
         return []
     spec = cfg["defense-schedule"]
     return [cfg["rounds"]] if spec == "end" else schedule_rounds(spec, cfg["rounds"])

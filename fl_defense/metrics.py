@@ -1,18 +1,21 @@
-"""BA and ASR: clean accuracy, and the share of non-target images a trigger sends to the target."""
+"""BA and ASR: clean accuracy, and the share of non-target images a trigger sends to the target; and
+durability, how many rounds a backdoor outlives the attack that planted it."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
 
 from fl_defense.attacks.base import Attack
-from fl_defense.attacks.trigger import Trigger
+from fl_defense.attacks.trigger import Stamp
 from fl_defense.data import to_float
 
 
 @torch.inference_mode()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device,
-            trigger: Trigger | None = None) -> torch.Tensor:
+            trigger: Stamp | None = None) -> torch.Tensor:
     """Predicted labels for uint8 (or [0,1] float) images, optionally stamped with a trigger first."""
     model.to(device).eval()
     out = []
@@ -31,7 +34,7 @@ def clean_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return (predict(model, images, batch_size, device) == labels).float().mean().item()
 
 
-def attack_success_rate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, trigger: Trigger,
+def attack_success_rate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, trigger: Stamp,
                         target: int, batch_size: int = 1000, device: torch.device = torch.device("cpu")) -> float:
     """ASR: among test images whose true label is not the target, the share classified as the target once triggered."""
     keep = labels != target
@@ -46,3 +49,46 @@ def ba_asr(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack:
     """BA and ASR of a model on a test set for an attack's trigger and target."""
     return (clean_accuracy(model, images, labels, batch_size, device),
             attack_success_rate(model, images, labels, attack.trigger, attack.target, batch_size, device))
+
+
+def extra_asr(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack, batch_size: int,
+              device: torch.device) -> dict[str, float]:
+    """ASR of each of an attack's extra triggers (DBA's pieces), by name; empty for most attacks."""
+    return {name: attack_success_rate(model, images, labels, t, attack.target, batch_size, device)
+            for name, t in attack.extra_triggers().items()}
+
+
+def attack_windows(attacking_rounds: list[int]) -> list[tuple[int, int]]:
+    """Maximal runs of consecutive rounds, as (first, last): the windows in which attackers came."""
+    windows: list[tuple[int, int]] = []
+    for r in sorted(attacking_rounds):
+        if windows and r == windows[-1][1] + 1:
+            windows[-1] = (windows[-1][0], r)
+        else:
+            windows.append((r, r))
+    return windows
+
+
+def durability(rounds: list[dict[str, Any]], scheduled: list[int], threshold: float = 0.1) -> list[dict[str, Any]]:
+    """How long each attack window's backdoor outlives it: per window of the attack schedule, the rounds
+    from the last round in which an attacker actually attacked (was sampled) until ASR first falls
+    below `threshold`. `rounds` are results.json rows (`round`, `asr`, `attackers`), whose ASR is the
+    deployed model's, after any purification of that round.
+
+    `rounds_to_fall` is 0 if ASR was already below the threshold after that round, and None if it never
+    fell before the next window started or the run ended (`observed` rounds were watched).
+    """
+    asr = {row["round"]: row["asr"] for row in rounds}
+    attacked = {row["round"] for row in rounds if row.get("attackers")}
+    windows = attack_windows(scheduled)
+    out = []
+    for i, (first, last) in enumerate(windows):
+        hits = [r for r in range(first, last + 1) if r in attacked]
+        if not hits:
+            continue
+        end = hits[-1]
+        stop = windows[i + 1][0] - 1 if i + 1 < len(windows) else max(asr)
+        fall = next((r for r in range(end, stop + 1) if r in asr and asr[r] < threshold), None)
+        out.append({"window": [first, last], "last_attack": end, "asr_at_last_attack": asr.get(end),
+                    "rounds_to_fall": None if fall is None else fall - end, "observed": stop - end})
+    return out

@@ -13,6 +13,7 @@ from fl_defense.data import to_float
 
 BatchHook = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+ModelHook = Callable[[nn.Module], None]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -27,12 +28,14 @@ def resolve_device(name: str) -> torch.device:
 def train_local(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, *,
                 epochs: int, batch_size: int, lr: float, momentum: float, weight_decay: float,
                 generator: torch.Generator, device: torch.device, batch_hook: BatchHook | None = None,
-                loss_fn: LossFn = F.cross_entropy) -> float:
+                loss_fn: LossFn = F.cross_entropy, grad_hook: ModelHook | None = None,
+                step_hook: ModelHook | None = None) -> float:
     """SGD over `images[indices]` for `epochs`; `batch_hook` may rewrite each batch (poisoning).
 
     `loss_fn(logits, labels)` is the minimised objective (a training-time defense may change it).
-    Returns its mean over all batches. The shuffling comes from `generator`, so the same seed gives
-    the same run.
+    An attacker shapes its update with `grad_hook` (after backward, before the step: mask or add to
+    the gradients) and `step_hook` (after the step: project the weights). Returns the loss's mean
+    over all batches. The shuffling comes from `generator`, so the same seed gives the same run.
     """
     model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -50,7 +53,11 @@ def train_local(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, in
             loss = loss_fn(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if grad_hook is not None:
+                grad_hook(model)
             opt.step()
+            if step_hook is not None:
+                step_hook(model)
             total += loss.item()
             batches += 1
     return total / max(batches, 1)

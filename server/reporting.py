@@ -38,7 +38,9 @@ class RunReport:
         self._t0 = time.perf_counter()
 
     def log_round(self, server_round: int, ba: float, asr: float, info: RoundInfo | None,
-                  eval_seconds: float) -> dict[str, Any]:
+                  eval_seconds: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One round's row; `extra` adds fields (the shadow defense's backbone BA/ASR and record), numbers also
+        as TensorBoard curves."""
         row: dict[str, Any] = {"round": server_round, "ba": ba, "asr": asr, "eval_seconds": eval_seconds}
         if info is not None:
             row.update({
@@ -51,9 +53,13 @@ class RunReport:
             })
             if info.aggregation:
                 row["aggregation"] = info.aggregation
+        row.update(extra or {})
         self.results["rounds"].append(row)
         self.writer.add_scalar("BA", ba, server_round)
         self.writer.add_scalar("ASR", asr, server_round)
+        for key, value in (extra or {}).items():
+            if isinstance(value, float):
+                self.writer.add_scalar(key, value, server_round)
         if info is not None:
             if row["train_loss"] is not None:
                 self.writer.add_scalar("train_loss", row["train_loss"], server_round)

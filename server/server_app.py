@@ -20,11 +20,12 @@ from fl_defense.attacks import evaluation_attack
 from fl_defense.config import resolve
 from fl_defense.data import cached_dataset
 from fl_defense.defense import DefenseMemory, defense_rounds, run_defense, server_clean_set
-from fl_defense.metrics import ba_asr
+from fl_defense.metrics import ba_asr, clean_accuracy
 from fl_defense.models import BackdoorModel, build_model
 from fl_defense.training import resolve_device
 from server.aggregation import build_aggregator
 from server.reporting import RunReport, format_table
+from server.shadow import ShadowStrategy
 from server.strategy import DefenseStrategy
 
 NODE_WAIT_SECONDS = 300
@@ -101,24 +102,51 @@ def run_server(grid: Grid, cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]
     nodes = _wait_for_nodes(grid, cfg["num-clients"])
     node_partition = _node_partitions(grid, nodes, run_config)
     strategy = DefenseStrategy(build_aggregator(cfg), node_partition, cfg["seed"], on_aggregated=defend)
+    initial = ArrayRecord(model.state_dict())
+
+    def clean_set_accuracy(arrays: ArrayRecord) -> float:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        return clean_accuracy(model, clean.x, clean.y, bs, device)
+
+    shadow = ShadowStrategy(strategy, initial, cfg, clean_set_accuracy) if cfg["defense"] == "shadow" else None
+    shadow_scores: dict[int, tuple[float, float]] = {}
+
+    def deployed(ba: float, asr: float) -> tuple[dict[str, torch.Tensor] | None, float, float, dict[str, Any]]:
+        """Under defense=shadow: the shadow's state and BA/ASR once it has trained (measured once per version),
+        and the backbone's numbers as extra fields of the row."""
+        if shadow is None:
+            return None, ba, asr, {}
+        extra: dict[str, Any] = {"backbone_ba": ba, "backbone_asr": asr, "deployed": "backbone"}
+        if shadow.shadow is None:
+            return None, ba, asr, extra
+        state = shadow.shadow.to_torch_state_dict()
+        if shadow.version not in shadow_scores:
+            model.load_state_dict(state)
+            shadow_scores[shadow.version] = measure(model)
+        return state, *shadow_scores[shadow.version], {**extra, "deployed": "shadow"}
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         t = time.perf_counter()
         state = arrays.to_torch_state_dict()
         model.load_state_dict(state)
-        ba, asr = measure(model)
-        row = report.log_round(server_round, ba, asr, strategy.rounds.get(server_round), time.perf_counter() - t)
-        report.save_model(state, server_round, cfg)
+        shadow_state, ba, asr, extra = deployed(*measure(model))
+        if shadow is not None and server_round in shadow.records:
+            extra["shadow"] = shadow.records[server_round]
+        row = report.log_round(server_round, ba, asr, strategy.rounds.get(server_round), time.perf_counter() - t,
+                               extra)
+        report.save_model(shadow_state or state, server_round, cfg)
         if server_round > 0:
             loss = "-" if row.get("train_loss") is None else f"{row['train_loss']:.4f}"
+            backbone = (f"  backbone BA {extra['backbone_ba']:.4f} ASR {extra['backbone_asr']:.4f}  "
+                        f"shadow {extra['shadow']['state']}" if "shadow" in extra else "")
             print(f"[round {server_round}/{cfg['rounds']}] BA {ba:.4f}  ASR {asr:.4f}  loss {loss}  "
-                  f"attackers {len(row.get('attackers', []))}  {row.get('seconds', 0.0):.1f} s", flush=True)
+                  f"attackers {len(row.get('attackers', []))}  {row.get('seconds', 0.0):.1f} s{backbone}", flush=True)
         return MetricRecord({"ba": ba, "asr": asr})
 
-    initial = ArrayRecord(model.state_dict())
-    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg["rounds"],
-                            train_config=ConfigRecord({"run-config": run_config}), evaluate_fn=evaluate)
-    torch.save({"round": cfg["rounds"], "model": result.arrays.to_torch_state_dict(), "config": cfg},
+    result = (shadow or strategy).start(grid=grid, initial_arrays=initial, num_rounds=cfg["rounds"],
+                                        train_config=ConfigRecord({"run-config": run_config}), evaluate_fn=evaluate)
+    final = result.arrays if shadow is None else shadow.deployed(result.arrays)
+    torch.save({"round": cfg["rounds"], "model": final.to_torch_state_dict(), "config": cfg},
                out_dir / "checkpoints" / "final.pt")
     report.close()
     print(format_table(report.results), flush=True)

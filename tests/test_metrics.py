@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fl_defense.attacks import Trigger
-from fl_defense.metrics import attack_success_rate, clean_accuracy, predict
+from fl_defense.metrics import attack_success_rate, attack_windows, clean_accuracy, durability, predict
 
 SHAPE = (1, 4, 4)
 NUM_CLASSES = 5
@@ -150,3 +150,25 @@ def test_float_inputs_are_used_as_is() -> None:
 def test_predict_empty_input() -> None:
     out = predict(ConstantModel(0), torch.empty(0, *SHAPE, dtype=torch.uint8), 10, torch.device("cpu"))
     assert out.shape == (0,) and out.dtype == torch.long
+
+
+def _rows(asr: list[float], attacked: set[int]) -> list[dict]:
+    return [{"round": r, "asr": a, "attackers": [3] if r in attacked else []} for r, a in enumerate(asr, start=1)]
+
+
+def test_attack_windows() -> None:
+    assert attack_windows([1, 2, 3, 7, 9, 10]) == [(1, 3), (7, 7), (9, 10)]
+    assert attack_windows([]) == []
+
+
+def test_durability_counts_rounds_until_asr_falls_below_the_threshold() -> None:
+    #       round: 1    2    3    4    5    6     7    8    9    10
+    asr = [0.5, 0.9, 0.95, 0.9, 0.5, 0.09, 0.95, 0.99, 0.8, 0.6]
+    # the schedule has windows 1-3 and 7-8; the attacker was not sampled in round 3
+    out = durability(_rows(asr, {1, 2, 7, 8}), [1, 2, 3, 7, 8])
+    assert out[0] == {"window": [1, 3], "last_attack": 2, "asr_at_last_attack": 0.9, "rounds_to_fall": 4,
+                      "observed": 4}
+    assert out[1] == {"window": [7, 8], "last_attack": 8, "asr_at_last_attack": 0.99, "rounds_to_fall": None,
+                      "observed": 2}
+    assert durability(_rows([0.05, 0.5], {1}), [1])[0]["rounds_to_fall"] == 0  # purified in its own round
+    assert durability(_rows(asr, set()), [1, 2, 3]) == []  # no attacker was ever sampled

@@ -1,4 +1,9 @@
-"""Attack interface and registry: an attack turns config into a trigger and poisons batches."""
+"""Attack interface and registry: an attack turns config into a trigger and poisons batches.
+
+`attack=` selects the trigger and how a batch is poisoned (BadNets, Blended, DBA, WaNet, SIG);
+`attack-training` (see `fl_defense.attacks.attacker`) selects how the attacker trains on it (plain,
+PGD, constrain-and-scale, Neurotoxin), so any trigger combines with any way of hiding its update.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from fl_defense.attacks.trigger import Trigger, load_image_file, named_pattern
+from fl_defense.attacks.trigger import Stamp, Trigger, load_image_file, named_pattern
 from fl_defense.config import ConfigError
 
 ATTACKS: dict[str, type[Attack]] = {}
@@ -20,9 +25,14 @@ def register(cls: type[Attack]) -> type[Attack]:
 
 
 class Attack:
-    """A backdoor attack: a trigger, a target label, and how a malicious client poisons a batch."""
+    """A backdoor attack: a trigger, a target label, and how a malicious client poisons a batch.
+
+    `trigger` is the one ASR is measured with. A distributed attack gives each malicious client its
+    own share of it (`for_client`) and names the pieces worth measuring alone (`extra_triggers`).
+    """
 
     name: ClassVar[str]
+    clean_label: ClassVar[bool] = False
     default_alpha: ClassVar[float] = 1.0
     default_pattern: ClassVar[str] = "checkerboard"
 
@@ -32,8 +42,20 @@ class Attack:
             raise ConfigError(f"config key 'target-label': {target} is out of range; allowed: 0..{num_classes - 1}")
         self.target = target
         self.poison_rate = float(cfg["poison-rate"])
+        self.trigger: Stamp = self.build_trigger(cfg, shape)
+
+    def build_trigger(self, cfg: Mapping[str, Any], shape: tuple[int, int, int]) -> Stamp:
+        """The trigger from the pattern, mask and alpha keys; attacks of another kind override this."""
         alpha = float(cfg["trigger-alpha"]) or self.default_alpha
-        self.trigger = Trigger(self._pattern(cfg, shape), self._mask(cfg, shape), alpha)
+        return Trigger(self._pattern(cfg, shape), self._mask(cfg, shape), alpha)
+
+    def for_client(self, rank: int, num_malicious: int) -> Attack:
+        """The attack as the malicious client of this rank (0-based, of `num_malicious`) plants it."""
+        return self
+
+    def extra_triggers(self) -> dict[str, Stamp]:
+        """Further triggers whose ASR is worth recording each round, by name (none by default)."""
+        return {}
 
     def _pattern(self, cfg: Mapping[str, Any], shape: tuple[int, int, int]) -> torch.Tensor:
         spec = cfg["trigger-pattern"]

@@ -15,6 +15,12 @@ def malicious_clients(num_clients: int, fraction: float, seed: int) -> frozenset
     return frozenset(int(i) for i in perm[:k])
 
 
+def malicious_rank(partition_id: int, malicious: frozenset[int]) -> int:
+    """A malicious client's 0-based rank among the malicious ones (by partition id): which share of a
+    distributed trigger it plants."""
+    return sorted(malicious).index(partition_id)
+
+
 def attacks_in_round(schedule: str, server_round: int) -> bool:
     """Whether malicious clients attack in this (1-based) round under an attack-schedule spec."""
     return server_round in schedule_rounds(schedule, server_round)

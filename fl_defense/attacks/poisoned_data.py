@@ -29,14 +29,16 @@ def poison_data(images: torch.Tensor, labels: torch.Tensor, attack: Attack,
                 generator: torch.Generator) -> PoisonedData:
     """Stamp round(`attack.poison_rate` * n) images (at least one) chosen by `generator`, relabel them.
 
+    A clean-label attack (SIG) stamps that share of the target-class images only and changes no label.
     `images` are uint8 (N x C x H x W); the stamped ones are rounded back to uint8, as a poisoned
     file on disk would be. The inputs are not modified.
     """
     if images.dtype != torch.uint8:
         raise ValueError(f"expected uint8 images, got {images.dtype}")
-    n = len(images)
+    candidates = (labels == attack.target).nonzero().flatten() if attack.clean_label else torch.arange(len(images))
+    n = len(candidates)
     k = min(n, max(1, int(round(attack.poison_rate * n))))
-    poisoned = torch.randperm(n, generator=generator)[:k].sort().values
+    poisoned = candidates[torch.randperm(n, generator=generator)[:k]].sort().values
     out_x, out_y = images.clone(), labels.clone()
     stamped = attack.trigger.apply(to_float(images[poisoned]))
     out_x[poisoned] = (stamped * 255).round().clamp(0, 255).to(torch.uint8)

@@ -1,13 +1,17 @@
-"""Triggers in [0, 1] pixel space: x' = (1 - alpha*m) * x + alpha*m * p.
+"""Triggers in [0, 1] pixel space.
 
-A BadNets patch is a hard mask (alpha 1) over a small square; a Blended trigger is a full-image
-mask at low alpha. Applying a trigger to images in [0, 1] keeps them in [0, 1].
+Most triggers are a masked pattern, x' = (1 - alpha*m) * x + alpha*m * p: a BadNets patch is a hard
+mask (alpha 1) over a small square, a Blended trigger a full-image mask at low alpha, DBA's pieces
+bars. Others transform the image in another way (WaNet warps it, SIG adds a signal); everything that
+measures or plants a trigger needs only `Stamp.apply`. Applying a trigger to images in [0, 1] keeps
+them in [0, 1].
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -17,6 +21,12 @@ from fl_defense.config import ConfigError
 
 class TriggerError(ConfigError):
     """A trigger that cannot be built for this image shape (size, location, file)."""
+
+
+class Stamp(Protocol):
+    """Anything that turns clean images (N x C x H x W in [0, 1]) into triggered ones."""
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -39,8 +49,17 @@ def square_mask(shape: tuple[int, int, int], size: int, location: str) -> torch.
     if size < 1 or size > min(h, w):
         raise TriggerError(f"config key 'trigger-size': {size} does not fit a {h}x{w} image; "
                            f"allowed: 1..{min(h, w)}")
-    rows = {"top": 0, "bottom": h - size, "center": (h - size) // 2}
-    cols = {"left": 0, "right": w - size, "center": (w - size) // 2}
+    r, c = place(shape, size, size, location)
+    mask = torch.zeros(1, h, w)
+    mask[:, r:r + size, c:c + size] = 1.0
+    return mask
+
+
+def place(shape: tuple[int, int, int], height: int, width: int, location: str) -> tuple[int, int]:
+    """Top-left pixel of a height x width box at a named corner, the centre, or 'row,col' of the image."""
+    _, h, w = shape
+    rows = {"top": 0, "bottom": h - height, "center": (h - height) // 2}
+    cols = {"left": 0, "right": w - width, "center": (w - width) // 2}
     if location == "center":
         r, c = rows["center"], cols["center"]
     elif "," in location:
@@ -48,12 +67,10 @@ def square_mask(shape: tuple[int, int, int], size: int, location: str) -> torch.
     else:
         vert, horiz = location.split("-")
         r, c = rows[vert], cols[horiz]
-    if not (0 <= r <= h - size and 0 <= c <= w - size):
-        raise TriggerError(f"config key 'trigger-location': {location!r} puts a {size}x{size} trigger outside "
+    if not (0 <= r <= h - height and 0 <= c <= w - width):
+        raise TriggerError(f"config key 'trigger-location': {location!r} puts a {height}x{width} trigger outside "
                            f"the {h}x{w} image")
-    mask = torch.zeros(1, h, w)
-    mask[:, r:r + size, c:c + size] = 1.0
-    return mask
+    return r, c
 
 
 def named_pattern(name: str, shape: tuple[int, int, int], seed: int) -> torch.Tensor:

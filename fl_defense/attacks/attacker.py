@@ -1,0 +1,90 @@
+"""How a malicious client trains on its poisoned batches, selected by `attack-training`.
+
+`plain` is ordinary SGD on the poisoned batches. The others hide or harden the backdoor update and
+each is one module: `pgd` (projected onto an L2 ball around the global model, Sun et al. 2019),
+`constrain-and-scale` (an anomaly-evasion term in the loss, Bagdasaryan et al. 2020) and
+`neurotoxin` (only coordinates that benign clients rarely change, Zhang et al. 2022). Any of them
+combines with any trigger (`attack=`) and with the update scaling and bound of `boost` and
+`norm-bound`, applied after training. Like the client defenses, a method takes a model and tensors and
+may keep state between the client's rounds in `memory`, which the ClientApp stores in `context.state`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from fl_defense.attacks.base import Attack
+from fl_defense.config import ConfigError
+from fl_defense.training import ModelHook, train_local
+
+ATTACKER_TRAININGS: dict[str, type[AttackerTraining]] = {}
+
+Memory = dict[str, torch.Tensor]
+
+
+def register(cls: type[AttackerTraining]) -> type[AttackerTraining]:
+    """Class decorator: make a method selectable by its `name` (config key `attack-training`)."""
+    ATTACKER_TRAININGS[cls.name] = cls
+    return cls
+
+
+@dataclass(frozen=True)
+class Shaping:
+    """What a method changes in the local SGD: hooks on gradients and weights, and the weight decay it
+    applies itself (None: the optimiser's, from config)."""
+
+    grad_hook: ModelHook | None = None
+    step_hook: ModelHook | None = None
+    weight_decay: float | None = None
+
+
+def trainable_anchor(model: torch.nn.Module, global_state: Mapping[str, torch.Tensor],
+                     device: torch.device) -> dict[str, torch.Tensor]:
+    """The global model's trainable parameters, on `device`: what an attacker measures its update from."""
+    return {name: global_state[name].detach().to(device) for name, _ in model.named_parameters()}
+
+
+class AttackerTraining:
+    """Base class: `train` runs the local SGD on poisoned batches with this method's `shaping`."""
+
+    name: ClassVar[str]
+
+    def __init__(self, cfg: Mapping[str, Any]) -> None:
+        self.cfg = cfg
+
+    def shaping(self, model: torch.nn.Module, global_state: Mapping[str, torch.Tensor], images: torch.Tensor,
+                labels: torch.Tensor, indices: torch.Tensor, device: torch.device, memory: Memory) -> Shaping:
+        return Shaping()
+
+    def observe(self, model: torch.nn.Module, global_state: Mapping[str, torch.Tensor], memory: Memory) -> None:
+        """Called in each of the client's rounds, attacking or not, after training: remember what it needs."""
+
+    def train(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
+              attack: Attack, global_state: Mapping[str, torch.Tensor], *, generator: torch.Generator,
+              device: torch.device, memory: Memory) -> float:
+        """Train `model` (loaded with `global_state`) in place on poisoned batches; the mean loss."""
+        cfg = self.cfg
+        model.to(device)
+        shape = self.shaping(model, global_state, images, labels, indices, device, memory)
+        wd = cfg["weight-decay"] if shape.weight_decay is None else shape.weight_decay
+        return train_local(model, images, labels, indices, epochs=cfg["local-epochs"], batch_size=cfg["batch-size"],
+                           lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=wd, generator=generator,
+                           device=device, batch_hook=attack.poison_batch, grad_hook=shape.grad_hook,
+                           step_hook=shape.step_hook)
+
+
+@register
+class Plain(AttackerTraining):
+    name = "plain"
+
+
+def build_attacker_training(cfg: Mapping[str, Any]) -> AttackerTraining:
+    """The configured method (config key `attack-training`)."""
+    name = cfg["attack-training"]
+    if name not in ATTACKER_TRAININGS:
+        raise ConfigError(f"config key 'attack-training': {name!r} is not one of {', '.join(ATTACKER_TRAININGS)}")
+    return ATTACKER_TRAININGS[name](cfg)

@@ -1,0 +1,47 @@
+"""Constrain-and-scale (Bagdasaryan et al., AISTATS 2020, "How to backdoor federated learning").
+
+The attacker minimises alpha * L_class + (1 - alpha) * L_ano, where the anomaly term is the L2
+distance of its model to the global one (the statistic a distance-based server would check), so the
+backdoored model stays close to the global model; it then scales its update by gamma (`boost`,
+model replacement: gamma = clients per round / server learning rate replaces the global model), and
+`norm-bound` can cap the scaled update. `cs-alpha` 1 turns the anomaly term off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from fl_defense.attacks.attacker import AttackerTraining, Memory, Shaping, register, trainable_anchor
+
+
+@torch.no_grad()
+def add_anomaly_gradient(params: Mapping[str, torch.Tensor], anchor: Mapping[str, torch.Tensor],
+                         alpha: float) -> None:
+    """Turn each parameter's gradient g of L_class into that of alpha * L_class + (1 - alpha) * ||w - w_g||.
+
+    The distance's gradient is (w - w_g) / ||w - w_g|| over all parameters together (0 at w = w_g).
+    """
+    norm = torch.sqrt(sum(((p - anchor[n]) ** 2).sum() for n, p in params.items()))
+    for n, p in params.items():
+        if p.grad is None:
+            continue
+        p.grad.mul_(alpha)
+        if norm > 0:
+            p.grad.add_((p - anchor[n]) / norm, alpha=1 - alpha)
+
+
+@register
+class ConstrainAndScale(AttackerTraining):
+    name = "constrain-and-scale"
+
+    def shaping(self, model: torch.nn.Module, global_state: Mapping[str, torch.Tensor], images: torch.Tensor,
+                labels: torch.Tensor, indices: torch.Tensor, device: torch.device, memory: Memory) -> Shaping:
+        anchor = trainable_anchor(model, global_state, device)
+        alpha = float(self.cfg["cs-alpha"])
+
+        def anomaly(m: torch.nn.Module) -> None:
+            add_anomaly_gradient(dict(m.named_parameters()), anchor, alpha)
+
+        return Shaping(grad_hook=anomaly)
