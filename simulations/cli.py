@@ -1,4 +1,5 @@
-"""`fl-defense run [--config FILE.toml] [--set key=value ...] [--out DIR]`."""
+"""`fl-defense run [--config FILE.toml] [--set key=value ...] [--out DIR]`, `fl-defense purify ...`,
+`fl-defense sweep --grid FILE.toml [--out DIR]`."""
 
 from __future__ import annotations
 
@@ -24,7 +25,28 @@ def _parser() -> argparse.ArgumentParser:
     pur.add_argument("--defense", required=True, help="mcl, ft, nc-unlearn, fp, nad or cnp")
     pur.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (repeatable)")
     pur.add_argument("--out", help="folder for purify.json and purified.pt")
+    sw = sub.add_parser("sweep", help="run a grid of experiments (resumable), with mean/std over seeds")
+    sw.add_argument("--grid", required=True, help="TOML file with [base] keys and [grid] lists of values")
+    sw.add_argument("--out", help="folder of the sweep's runs and summary (default: runs/sweep-<grid file name>)")
+    sw.add_argument("--over", default="seed", help="comma-separated grid keys to average over (default: seed)")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a key of every run (repeatable)")
     return parser
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from simulations.runner import run_experiment
+    from simulations.sweep import load_grid, run_sweep
+
+    grid = load_grid(args.grid)
+    over = tuple(k.strip() for k in args.over.split(",") if k.strip())
+    overrides = parse_set(args.set)
+    clash = set(overrides) & set(grid.axes)
+    if clash:
+        raise ConfigError(f"--set {sorted(clash)}: these keys are axes of the grid; allowed: keys not in [grid]")
+    out = Path(args.out) if args.out else Path("runs") / f"sweep-{Path(args.grid).stem}"
+    records = run_sweep(grid, out, run_experiment, overrides, over)
+    return 1 if any(r.status == "failed" for r in records) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             purify(args.checkpoint, {**parse_set(args.set), "defense": args.defense},
                    Path(args.out) if args.out else None)
             return 0
+        if args.command == "sweep":
+            return _sweep(args)
         overrides = load_toml(args.config) if args.config else {}
         overrides.update(parse_set(args.set))
         if args.out:

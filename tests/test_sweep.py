@@ -1,0 +1,134 @@
+"""`fl-defense sweep`: the grid's cross product, one folder per run, resuming without redoing finished runs,
+mean/std over seeds, and clear errors for bad grid files. The real run is in test_simulation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fl_defense.config import ConfigError
+from simulations.cli import main
+from simulations.sweep import Grid, load_grid, points, run_name, run_sweep, summarize
+
+GRID = """
+[base]
+rounds = 2
+num-clients = 4
+clients-per-round = 4
+
+[grid]
+attack = ["badnets", "blended"]
+defense = ["none", "mcl", "ft"]
+seed = [0, 1]
+"""
+
+
+class FakeRunner:
+    """Writes what run_experiment writes (results.json, checkpoints/final.pt) with numbers made from the
+    config, and can be told to be killed at a given call, as an interrupted sweep is."""
+
+    def __init__(self, kill_at: int | None = None, fail: set[str] | None = None) -> None:
+        self.calls: list[str] = []
+        self.kill_at = kill_at
+        self.fail = fail or set()
+
+    def __call__(self, cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+        self.calls.append(out.name)
+        if self.kill_at is not None and len(self.calls) == self.kill_at:
+            raise KeyboardInterrupt
+        if out.name in self.fail:
+            raise RuntimeError("client actors died")
+        ba = 0.9 - 0.01 * cfg["seed"] - (0.02 if cfg["defense"] != "none" else 0)
+        asr = 0.95 if cfg["defense"] == "none" else 0.05 + 0.01 * cfg["seed"]
+        results = {"config": cfg, "rounds": [{"round": r, "ba": ba, "asr": asr} for r in range(cfg["rounds"] + 1)],
+                   "wall_seconds": 1.0}
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (out / "checkpoints" / "final.pt").write_bytes(b"x")
+        (out / "results.json").write_text(json.dumps(results))
+        return results
+
+
+@pytest.fixture
+def grid_file(tmp_path: Path) -> Path:
+    f = tmp_path / "grid.toml"
+    f.write_text(GRID)
+    return f
+
+
+def test_points_and_names(grid_file: Path) -> None:
+    grid = load_grid(grid_file)
+    pts = points(grid)
+    assert len(pts) == 12 and pts[0] == {"attack": "badnets", "defense": "none", "seed": 0}
+    assert run_name(pts[0]) == "attack=badnets__defense=none__seed=0"
+    assert run_name({"trigger-pattern": "/a/b c.png"}) == "trigger-pattern=_a_b_c.png"
+    assert len({run_name(p) for p in pts}) == 12
+
+
+def test_interrupted_sweep_resumes_without_redoing_finished_runs(grid_file: Path, tmp_path: Path) -> None:
+    grid, out = load_grid(grid_file), tmp_path / "sweep"
+    first = FakeRunner(kill_at=6)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(grid, out, first, log=lambda _: None)
+    assert len(first.calls) == 6
+    second = FakeRunner()
+    records = run_sweep(grid, out, second, log=lambda _: None)
+    assert second.calls == [run_name(p) for p in points(grid)][5:]  # the interrupted run and the rest
+    assert [r.status for r in records] == ["cached"] * 5 + ["done"] * 7
+    third = FakeRunner()
+    run_sweep(grid, out, third, log=lambda _: None)
+    assert third.calls == []
+    changed = FakeRunner()
+    run_sweep(Grid({**grid.base, "rounds": 3}, grid.axes), out, changed, log=lambda _: None)
+    assert len(changed.calls) == 12  # another config is another run
+
+
+def test_summary_is_mean_and_std_over_seeds(grid_file: Path, tmp_path: Path) -> None:
+    grid, out = load_grid(grid_file), tmp_path / "sweep"
+    records = run_sweep(grid, out, FakeRunner(fail={"attack=blended__defense=ft__seed=1"}), log=lambda _: None)
+    rows = {(r["attack"], r["defense"]): r for r in summarize(records)}
+    assert len(rows) == 6
+    mcl = rows[("badnets", "mcl")]
+    assert mcl["runs"] == 2 and mcl["ba_mean"] == pytest.approx(0.875) and mcl["ba_std"] == pytest.approx(0.00707, abs=1e-5)
+    assert mcl["asr_mean"] == pytest.approx(0.055)
+    failed = rows[("blended", "ft")]
+    assert failed["runs"] == 1 and failed["of"] == 2 and failed["ba_std"] == 0.0
+    assert failed["failed"] == ["attack=blended__defense=ft__seed=1"]
+    saved = json.loads((out / "summary.json").read_text())
+    assert len(saved["runs"]) == 12 and saved["over"] == ["seed"]
+    table = (out / "summary.md").read_text()
+    assert "| badnets | mcl | 2/2 | 0.8750 ± 0.0071 | 0.0550 ± 0.0071 |" in table
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[grid]\nattack = 'badnets'\n", "must be a non-empty list"),
+    ("[grid]\nattack = []\n", "must be a non-empty list"),
+    ("[base]\nrounds = 2\n", "needs a [grid] table"),
+    ("[grid]\nattack = ['badnets', 'badnets']\n", "repeats a value"),
+    ("[grid]\nattack = ['badnets', 'trojan']\n", "run attack=trojan: config key 'attack'"),
+    ("[grid]\nrounds = [1]\n[base]\nrounds = 2\n", "in both [base] and [grid]"),
+    ("[grids]\nrounds = [1]\n", "unknown table"),
+    ("[grid]\nout-dir = ['a']\n", "'out-dir' is set per run"),
+    ("[grid\n", "not valid TOML"),
+])
+def test_bad_grid_files(tmp_path: Path, text: str, message: str) -> None:
+    f = tmp_path / "g.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_grid(f)
+
+
+def test_cli_user_errors_exit_2(tmp_path: Path, grid_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sweep", "--grid", str(tmp_path / "missing.toml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["sweep", "--grid", str(grid_file), "--set", "seed=3"]) == 2
+    assert "axes of the grid" in capsys.readouterr().err
+    assert main(["sweep", "--grid", str(grid_file), "--over", "lr", "--out", str(tmp_path / "o")]) == 2
+    assert "not keys of the grid" in capsys.readouterr().err
+
+
+def test_the_example_grid_is_valid() -> None:
+    grid = load_grid(Path(__file__).resolve().parents[1] / "simulations" / "configs" / "sweep-example.toml")
+    assert len(points(grid)) == 12 and set(grid.axes) == {"attack", "defense", "seed"}
