@@ -106,6 +106,11 @@ def format_table(results: dict[str, Any]) -> str:
             lines.append(
                 f"defense {rec['defense']} @ round {rec['round']}: BA {rec['ba_before']:.4f} -> {rec['ba_after']:.4f}, "
                 f"ASR {rec['asr_before']:.4f} -> {rec['asr_after']:.4f}")
+    for w in results.get("durability", []):
+        first, last_round = w["window"]
+        fell = (f"ASR < 0.10 {w['rounds_to_fall']} rounds after" if w["rounds_to_fall"] is not None
+                else f"ASR still >= 0.10 {w['observed']} rounds after")
+        lines.append(f"attack window {first}-{last_round}: {fell} the last attacking round {w['last_attack']}")
     last = results["rounds"][-1]
     lines.append(f"final: BA {last['ba']:.4f}  ASR {last['asr']:.4f}  "
                  f"wall {results.get('wall_seconds', 0.0):.1f} s")

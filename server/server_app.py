@@ -7,6 +7,7 @@ is what the CLI runs in-process, where Flower passes no run config.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -15,12 +16,13 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
+from tqdm import tqdm
 
 from fl_defense.attacks import evaluation_attack
-from fl_defense.config import resolve
+from fl_defense.config import resolve, schedule_rounds
 from fl_defense.data import cached_dataset
 from fl_defense.defense import DefenseMemory, defense_rounds, run_defense, server_clean_set
-from fl_defense.metrics import ba_asr, clean_accuracy
+from fl_defense.metrics import ba_asr, clean_accuracy, durability, extra_asr
 from fl_defense.models import BackdoorModel, build_model
 from fl_defense.training import resolve_device
 from server.aggregation import build_aggregator
@@ -58,6 +60,13 @@ def _node_partitions(grid: Grid, nodes: list[int], run_config: str) -> dict[int,
             raise RuntimeError(f"node {reply.metadata.src_node_id} failed to start: {reply.error.reason}")
         mapping[reply.metadata.src_node_id] = int(reply.content["client"]["partition-id"])
     return mapping
+
+
+def run_durability(cfg: dict[str, Any], rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per attack window, rounds until ASR < 0.10 after the last attacking round (see metrics.durability)."""
+    if cfg["attack"] == "none":
+        return {}
+    return {"durability": durability(rounds, schedule_rounds(cfg["attack-schedule"], cfg["rounds"]))}
 
 
 def run_server(grid: Grid, cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
@@ -132,6 +141,9 @@ def run_server(grid: Grid, cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]
         shadow_state, ba, asr, extra = deployed(*measure(model))
         if shadow is not None and server_round in shadow.records:
             extra["shadow"] = shadow.records[server_round]
+        if eval_attack.extra_triggers():
+            model.load_state_dict(shadow_state or state)
+            extra["asr_pieces"] = extra_asr(model, data.test_x, data.test_y, eval_attack, bs, device)
         row = report.log_round(server_round, ba, asr, strategy.rounds.get(server_round), time.perf_counter() - t,
                                extra)
         report.save_model(shadow_state or state, server_round, cfg)
@@ -139,16 +151,25 @@ def run_server(grid: Grid, cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]
             loss = "-" if row.get("train_loss") is None else f"{row['train_loss']:.4f}"
             backbone = (f"  backbone BA {extra['backbone_ba']:.4f} ASR {extra['backbone_asr']:.4f}  "
                         f"shadow {extra['shadow']['state']}" if "shadow" in extra else "")
-            print(f"[round {server_round}/{cfg['rounds']}] BA {ba:.4f}  ASR {asr:.4f}  loss {loss}  "
-                  f"attackers {len(row.get('attackers', []))}  {row.get('seconds', 0.0):.1f} s{backbone}", flush=True)
+            pieces = ("  pieces " + " ".join(f"{v:.2f}" for v in extra["asr_pieces"].values())
+                      if "asr_pieces" in extra else "")
+            progress.update(1)
+            progress.set_postfix(BA=f"{ba:.4f}", ASR=f"{asr:.4f}")
+            tqdm.write(f"[round {server_round}/{cfg['rounds']}] BA {ba:.4f}  ASR {asr:.4f}  loss {loss}  "
+                       f"attackers {len(row.get('attackers', []))}  {row.get('seconds', 0.0):.1f} s{pieces}{backbone}")
+            sys.stdout.flush()
         return MetricRecord({"ba": ba, "asr": asr})
+
+    progress = tqdm(total=cfg["rounds"], desc="rounds", unit="round", file=sys.stderr, leave=False,
+                    disable=not sys.stderr.isatty())
 
     result = (shadow or strategy).start(grid=grid, initial_arrays=initial, num_rounds=cfg["rounds"],
                                         train_config=ConfigRecord({"run-config": run_config}), evaluate_fn=evaluate)
     final = result.arrays if shadow is None else shadow.deployed(result.arrays)
     torch.save({"round": cfg["rounds"], "model": final.to_torch_state_dict(), "config": cfg},
                out_dir / "checkpoints" / "final.pt")
-    report.close()
+    progress.close()
+    report.close(run_durability(cfg, report.results["rounds"]))
     print(format_table(report.results), flush=True)
     print(f"results: {out_dir / 'results.json'}   tensorboard --logdir {out_dir / 'tensorboard'}", flush=True)
     return report.results

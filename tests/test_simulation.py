@@ -41,3 +41,20 @@ def test_backdoor_is_planted_through_flower_and_ray(tmp_path: Path) -> None:
     assert on_disk["config"] == cfg
     assert (tmp_path / "checkpoints" / "final.pt").is_file()
     assert any((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.simulation
+def test_dba_pieces_and_durability_through_flower_and_ray(tmp_path: Path) -> None:
+    """DBA's per-piece ASR is recorded every round, and the durability of the one attack window at the end."""
+    cfg = resolve({"num-clients": 4, "clients-per-round": 4, "train-fraction": 0.05, "rounds": 3,
+                   "malicious-fraction": 0.5, "device": "cpu", "attack": "dba", "attack-schedule": "window:1-1",
+                   "attack-training": "neurotoxin", "out-dir": str(tmp_path)})
+    results = run_experiment(cfg, tmp_path)
+    rounds = results["rounds"]
+    assert all(set(r["asr_pieces"]) == {"piece-0", "piece-1", "piece-2", "piece-3"} for r in rounds)
+    assert [bool(r.get("attackers")) for r in rounds[1:]] == [True, False, False]
+    assert all(r["failures"] == 0 for r in rounds[1:])
+    (window,) = results["durability"]
+    assert window["window"] == [1, 1] and window["last_attack"] == 1 and window["observed"] == 2
+    fell = next((r["round"] - 1 for r in rounds[1:] if r["asr"] < 0.1), None)
+    assert window["rounds_to_fall"] == fell
