@@ -281,6 +281,12 @@ OPTIONS: dict[str, Option] = {
                             allowed="a number > 0"),
     "dbd-mixup-alpha": Option(0.75, "DBD: MixMatch mixup Beta(alpha, alpha) parameter", check=_positive,
                               allowed="a number > 0"),
+    "min-replies": Option(1, "fewest valid client replies a round needs; with fewer the round is skipped and the "
+                          "global model stays as it was", check=_positive, allowed="an integer >= 1 and <= "
+                          "clients-per-round"),
+    "reply-max-norm": Option(1000.0, "a client reply whose update of the trainable parameters has a larger L2 norm "
+                             "is rejected (0: no limit); benign updates of the default setting have norm 2-6",
+                             check=_non_negative, allowed="a number >= 0"),
     "seed": Option(0, "seed of every random choice of the run"),
     "device": Option("auto", "torch device; auto: CUDA when present",
                      check=lambda v: bool(DEVICE_RE.match(v)), allowed="auto, cpu, cuda, or cuda:N"),
@@ -402,6 +408,9 @@ def _check_combinations(cfg: dict[str, Any]) -> None:
             f"config key 'clients-per-round': {cfg['clients-per-round']} is more than "
             f"num-clients ({cfg['num-clients']}); allowed: an integer in [1, num-clients]")
     _check_aggregation(cfg)
+    if cfg["min-replies"] > cfg["clients-per-round"]:
+        raise ConfigError(f"config key 'min-replies': {cfg['min-replies']} is more than clients-per-round "
+                          f"({cfg['clients-per-round']}), so every round would be skipped; allowed: 1..{cfg['clients-per-round']}")
     _check_shadow(cfg)
     for key in ("trigger-pattern", "trigger-mask"):
         path = cfg[key]

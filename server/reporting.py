@@ -50,6 +50,8 @@ class RunReport:
                 "malicious_sampled": info.malicious,
                 "attackers": info.attacked,
                 "failures": info.failures,
+                "rejected": info.rejected,
+                "skipped": info.skipped,
             })
             if info.aggregation:
                 row["aggregation"] = info.aggregation

@@ -18,9 +18,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, M
 from flwr.serverapp import Grid, ServerApp
 from tqdm import tqdm
 
+from clients.client_app import SHADOW_ARRAYS_KEY
 from fl_defense.attacks import evaluation_attack
 from fl_defense.config import resolve, schedule_rounds
-from fl_defense.data import cached_dataset
+from fl_defense.data import cached_dataset, cached_split
 from fl_defense.defense import DefenseMemory, defense_rounds, run_defense, server_clean_set
 from fl_defense.metrics import ba_asr, clean_accuracy, durability, extra_asr
 from fl_defense.models import BackdoorModel, build_model
@@ -29,6 +30,7 @@ from server.aggregation import build_aggregator
 from server.reporting import RunReport, format_table
 from server.shadow import ShadowStrategy
 from server.strategy import DefenseStrategy
+from server.validation import ReplySpec
 
 NODE_WAIT_SECONDS = 300
 
@@ -110,8 +112,14 @@ def run_server(grid: Grid, cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]
 
     nodes = _wait_for_nodes(grid, cfg["num-clients"])
     node_partition = _node_partitions(grid, nodes, run_config)
-    strategy = DefenseStrategy(build_aggregator(cfg), node_partition, cfg["seed"], on_aggregated=defend)
     initial = ArrayRecord(model.state_dict())
+    split = cached_split(cfg["dataset"], cfg["data-root"], cfg["download"], cfg["num-clients"], cfg["clean-fraction"],
+                         cfg["partition"], cfg["alpha"], cfg["seed"], cfg["train-fraction"])
+    spec = ReplySpec.from_arrays(initial, (n for n, _ in model.named_parameters()),
+                                 {pid: len(idx) for pid, idx in enumerate(split.clients)}, cfg["reply-max-norm"],
+                                 extra_array_keys=[SHADOW_ARRAYS_KEY])
+    strategy = DefenseStrategy(build_aggregator(cfg), node_partition, cfg["seed"], on_aggregated=defend, spec=spec,
+                               min_replies=cfg["min-replies"])
 
     def clean_set_accuracy(arrays: ArrayRecord) -> float:
         model.load_state_dict(arrays.to_torch_state_dict())

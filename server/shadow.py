@@ -33,6 +33,7 @@ from fl_defense.aggregation.spectre import filter_clients, head_keys, update_rep
 from fl_defense.config import expected_malicious
 from server.aggregation import WEIGHT_KEY, partition_id, trainable_names
 from server.strategy import DefenseStrategy
+from server.validation import Rejected, check_model
 
 WAITING, STARTED, TRAINING, FROZEN, RESTARTED = "waiting", "started", "training", "frozen", "restarted"
 TRAINS = (STARTED, TRAINING, RESTARTED)
@@ -153,6 +154,25 @@ class ShadowStrategy(Strategy):
                 msg.content[SHADOW_ARRAYS_KEY] = self._next
         return messages
 
+    def _valid_shadow_replies(self, replies: list[Message]) -> tuple[list[_ShadowReply], list[dict[str, Any]]]:
+        """The shadow part of the replies that pass the backbone's checks, whose shadow model passes them too,
+        and the partitions whose shadow model did not, with the reason."""
+        valid, _ = self.backbone.screen(replies)
+        spec = self.backbone.spec
+        sent = {k: a.numpy() for k, a in self._next.items()} if spec is not None else {}
+        out, rejected = [], []
+        for msg in valid:
+            if spec is not None and SHADOW_ARRAYS_KEY in msg.content.array_records:
+                try:
+                    check_model(msg.content[SHADOW_ARRAYS_KEY], sent, spec, what="shadow model")
+                except Rejected as exc:
+                    rejected.append({"partition": partition_id(msg), "reason": str(exc)})
+                    continue
+            reply = self._read(msg)
+            if reply is not None:
+                out.append(reply)
+        return out, rejected
+
     def _read(self, msg: Message) -> _ShadowReply | None:
         if msg.has_error() or SHADOW_ARRAYS_KEY not in msg.content.array_records:
             return None
@@ -179,9 +199,11 @@ class ShadowStrategy(Strategy):
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        shadow_replies = [r for r in map(self._read, replies) if r is not None] if self._state in TRAINS else []
+        shadow_replies, shadow_rejected = self._valid_shadow_replies(replies) if self._state in TRAINS else ([], [])
         arrays, metrics = self.backbone.aggregate_train(server_round, [_without_shadow(m) for m in replies])
         record: dict[str, Any] = {"state": self._state}
+        if shadow_rejected:
+            record["rejected"] = shadow_rejected
         if shadow_replies:
             record.update(self._train_shadow(server_round, shadow_replies))
         backbone_acc = self.accuracy(arrays if arrays is not None else self._sent)

@@ -3,6 +3,9 @@
 `DefenseStrategy` delegates every step to the wrapped strategy (FedAvg, Krum, ...) and adds:
 - seeded client sampling in partition order, so the same seed samples the same clients;
 - replies sorted by partition before aggregation, so floating-point sums are reproducible;
+- every reply checked before the inner strategy sees it (`server.validation`): an invalid one is left out
+  of the round with its reason recorded, and a round with fewer than `min_replies` valid replies keeps
+  the global model unchanged;
 - a record of who was sampled and who attacked, taken before the inner strategy consumes the replies,
   and of what the aggregation rule decided when it reports that (`ReportsAggregation`);
 - a hook that may replace the aggregated model (a server-side defense) on scheduled rounds.
@@ -16,9 +19,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+
+from server.validation import ReplySpec, validate
 
 AggregatedHook = Callable[[int, ArrayRecord], ArrayRecord]
 
@@ -38,6 +44,8 @@ class RoundInfo:
     malicious: list[int] = field(default_factory=list)
     attacked: list[int] = field(default_factory=list)
     failures: int = 0
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    skipped: bool = False
     train_metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     aggregation: dict[str, Any] = field(default_factory=dict)
@@ -62,13 +70,17 @@ class DefenseStrategy(Strategy):
     """Wraps a strategy; see the module docstring. `node_partition` maps node id to partition id."""
 
     def __init__(self, inner: Strategy, node_partition: dict[int, int], seed: int,
-                 on_aggregated: AggregatedHook | None = None) -> None:
+                 on_aggregated: AggregatedHook | None = None, spec: ReplySpec | None = None,
+                 min_replies: int = 1) -> None:
         self.inner = inner
         self.node_partition = node_partition
         self.seed = seed
         self.on_aggregated = on_aggregated
+        self.spec = spec
+        self.min_replies = min_replies
         self.rounds: dict[int, RoundInfo] = {}
         self._started: float = 0.0
+        self._sent: dict[str, np.ndarray] = {}
 
     def summary(self) -> None:
         self.inner.summary()
@@ -76,6 +88,7 @@ class DefenseStrategy(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._started = time.perf_counter()
+        self._sent = {k: a.numpy() for k, a in arrays.items()} if self.spec is not None else {}
         order = sorted(self.node_partition, key=self.node_partition.__getitem__)
         random.seed(self.seed * 1_000_003 + server_round)
         view = _PartitionOrderedGrid(grid, order)
@@ -83,6 +96,16 @@ class DefenseStrategy(Strategy):
 
     def _partition(self, msg: Message) -> int:
         return self.node_partition.get(msg.metadata.src_node_id, -1)
+
+    def screen(self, replies: Iterable[Message]) -> tuple[list[Message], list[dict[str, Any]]]:
+        """The replies that pass the checks of `server.validation` (all but errors without a spec), and the
+        rejected ones with their reasons."""
+        if self.spec is not None:
+            return validate(replies, self._partition, self._sent, self.spec)
+        replies = list(replies)
+        return ([m for m in replies if not m.has_error()],
+                [{"partition": self._partition(m), "node": m.metadata.src_node_id, "reason": "the client failed"}
+                 for m in replies if m.has_error()])
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -99,7 +122,13 @@ class DefenseStrategy(Strategy):
                 info.malicious.append(pid)
                 if client.get("attacked"):
                     info.attacked.append(pid)
-        arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        valid, info.rejected = self.screen(replies)
+        if len(valid) < self.min_replies:
+            info.skipped = True
+            info.seconds = time.perf_counter() - self._started
+            self.rounds[server_round] = info
+            return None, None
+        arrays, metrics = self.inner.aggregate_train(server_round, valid)
         if isinstance(self.inner, ReportsAggregation):
             info.aggregation = dict(self.inner.last_info or {})
         info.train_metrics = {k: float(v) for k, v in (metrics or {}).items() if not isinstance(v, list)}

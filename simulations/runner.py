@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from flwr.clientapp import ClientApp
 
 from fl_defense.attacks import evaluation_attack
 from fl_defense.config import ConfigError
 from fl_defense.data import cached_dataset
 from fl_defense.training import resolve_device
+
 
 def preflight(cfg: dict[str, Any]) -> None:
     """Fail before any training on inputs that cannot work: data, trigger, target label, device, GPUs."""
@@ -30,16 +32,19 @@ def backend_config(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_experiment(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    """Check inputs, run the federated simulation, and return the results written to results.json."""
+def run_experiment(cfg: dict[str, Any], out_dir: Path, client_app: ClientApp | None = None) -> dict[str, Any]:
+    """Check inputs, run the federated simulation, and return the results written to results.json.
+
+    `client_app` replaces the project's ClientApp (e.g. one that injects faults, to test the server).
+    """
     preflight(cfg)
     from flwr.simulation import run_simulation
 
-    from clients.client_app import app as client_app
+    from clients.client_app import app
     from server.server_app import make_server_app
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    run_simulation(server_app=make_server_app(cfg, out_dir), client_app=client_app,
+    run_simulation(server_app=make_server_app(cfg, out_dir), client_app=client_app or app,
                    num_supernodes=cfg["num-clients"], backend_config=backend_config(cfg))
     results_file = out_dir / "results.json"
     if not results_file.is_file():

@@ -1,0 +1,132 @@
+"""Checks on every client reply before any strategy sees it: in federated learning the clients are the adversary.
+
+A reply is rejected, with one line saying why, if the client raised; if it does not hold exactly one
+model (plus the shadow model when one was sent) and one metrics record of the keys the ClientApp sends;
+if the model's keys, shapes or dtypes differ from the global model's, or its serialised arrays are larger
+than those shapes need (checked before anything is deserialised); if a value is NaN or infinite; if its
+update of the trainable parameters has an L2 norm above `reply-max-norm`; if `num-examples` is not a
+positive whole number at most the client's partition size; or if it claims another client's partition.
+Flower's own strategies raise on inconsistent replies and FedMedian/FedTrimmedAvg consume them, so these
+checks run first and the strategies only ever see replies that passed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message
+
+NPY_HEADER_MAX = 4096  # bytes a .npy header may take beyond the data itself
+METRIC_KEYS = frozenset({"num-examples", "train-loss"})
+
+
+@dataclass(frozen=True)
+class ReplySpec:
+    """What a valid reply looks like for this run's model and split."""
+
+    shapes: Mapping[str, tuple[int, ...]]
+    dtypes: Mapping[str, np.dtype]
+    trainable: frozenset[str]
+    partition_sizes: Mapping[int, int]
+    max_update_norm: float
+    extra_array_keys: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_arrays(cls, arrays: ArrayRecord, trainable: Iterable[str], partition_sizes: Mapping[int, int],
+                    max_update_norm: float, extra_array_keys: Iterable[str] = ()) -> ReplySpec:
+        shapes = {k: tuple(a.shape) for k, a in arrays.items()}
+        dtypes = {k: np.dtype(a.dtype) for k, a in arrays.items()}
+        return cls(shapes, dtypes, frozenset(trainable), dict(partition_sizes), max_update_norm,
+                   frozenset(extra_array_keys))
+
+
+class Rejected(Exception):
+    """A reply that fails a check; the message is the reason, one line."""
+
+
+def _array(key: str, array: Array, spec: ReplySpec) -> np.ndarray:
+    """Deserialise one array after checking what it claims, then check what it is."""
+    shape, dtype = spec.shapes[key], spec.dtypes[key]
+    if tuple(array.shape) != shape:
+        raise Rejected(f"array '{key}' has shape {tuple(array.shape)}, expected {shape}")
+    if str(array.dtype) != str(dtype):
+        raise Rejected(f"array '{key}' has dtype {array.dtype}, expected {dtype}")
+    limit = math.prod(shape) * dtype.itemsize + NPY_HEADER_MAX
+    if len(array.data) > limit:
+        raise Rejected(f"array '{key}' is {len(array.data)} bytes, more than its shape {shape} needs ({limit})")
+    try:
+        value = array.numpy()
+    except Exception as exc:  # noqa: BLE001 - np.load raises many types for malformed bytes
+        raise Rejected(f"array '{key}' cannot be read: {type(exc).__name__}") from None
+    if value.shape != shape or value.dtype != dtype:
+        raise Rejected(f"array '{key}' holds {value.dtype} {value.shape}, not the declared {dtype} {shape}")
+    if value.dtype.kind == "f" and not np.isfinite(value).all():
+        raise Rejected(f"array '{key}' has NaN or infinite values")
+    return value
+
+
+def check_model(record: ArrayRecord, sent: Mapping[str, np.ndarray], spec: ReplySpec, what: str = "model") -> None:
+    """Keys, shapes, dtypes, sizes, finiteness and update norm of a returned model against the one sent."""
+    keys = set(record.keys())
+    missing, extra = set(spec.shapes) - keys, keys - set(spec.shapes)
+    if missing or extra:
+        parts = ([f"missing {sorted(missing)[:3]}"] if missing else []) + ([f"extra {sorted(extra)[:3]}"] if extra else [])
+        raise Rejected(f"{what} keys differ from the global model's: {', '.join(parts)}")
+    squared = 0.0
+    for key in spec.shapes:
+        value = _array(key, record[key], spec)
+        if key in spec.trainable:
+            squared += float(np.sum((value.astype(np.float64) - sent[key].astype(np.float64)) ** 2))
+    norm = math.sqrt(squared)
+    if not math.isfinite(norm) or (spec.max_update_norm > 0 and norm > spec.max_update_norm):
+        raise Rejected(f"{what} update norm {norm:.4g} is above reply-max-norm {spec.max_update_norm:g}")
+
+
+def check_reply(msg: Message, partition: int, sent: Mapping[str, np.ndarray], spec: ReplySpec) -> None:
+    """Raise `Rejected` with the reason if the reply of the node holding `partition` is not valid."""
+    if msg.has_error():
+        lines = (msg.error.reason or "").strip().splitlines()
+        raise Rejected(f"the client failed: {lines[-1][:200] if lines else 'no reason given'}")
+    content = msg.content
+    arrays = dict(content.array_records)
+    main = [k for k in arrays if k not in spec.extra_array_keys]
+    if len(main) != 1:
+        raise Rejected(f"expected one model (ArrayRecord), got {len(main)}")
+    metrics = dict(content.metric_records)
+    if len(metrics) != 1:
+        raise Rejected(f"expected one MetricRecord, got {len(metrics)}")
+    record = next(iter(metrics.values()))
+    if set(record.keys()) != METRIC_KEYS:
+        raise Rejected(f"metrics keys {sorted(record.keys())} are not {sorted(METRIC_KEYS)}")
+    examples, loss = record["num-examples"], record["train-loss"]
+    if isinstance(examples, list) or isinstance(loss, list):
+        raise Rejected("num-examples and train-loss must be numbers, not lists")
+    size = spec.partition_sizes.get(partition)
+    if not math.isfinite(examples) or examples <= 0 or examples != int(examples):
+        raise Rejected(f"num-examples {examples!r} is not a positive whole number")
+    if size is not None and examples > size:
+        raise Rejected(f"num-examples {int(examples)} is more than the {size} samples of partition {partition}")
+    if not math.isfinite(loss):
+        raise Rejected(f"train-loss {loss!r} is not finite")
+    client = content.config_records.get("client")
+    if client is not None and "partition-id" in client and client["partition-id"] != partition:
+        raise Rejected(f"claims partition {client['partition-id']!r} but the node holds partition {partition}")
+    check_model(arrays[main[0]], sent, spec)
+
+
+def validate(replies: Iterable[Message], partition_of: Callable[[Message], int], sent: Mapping[str, np.ndarray],
+             spec: ReplySpec) -> tuple[list[Message], list[dict[str, object]]]:
+    """The replies that pass, and for each rejected one its partition and reason."""
+    valid, rejected = [], []
+    for msg in replies:
+        pid = partition_of(msg)
+        try:
+            check_reply(msg, pid, sent, spec)
+        except Rejected as exc:
+            rejected.append({"partition": pid, "node": msg.metadata.src_node_id, "reason": str(exc)})
+            continue
+        valid.append(msg)
+    return valid, rejected
