@@ -13,6 +13,8 @@ tell which of the two models the server deploys, so an attacker attacks both.
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -21,6 +23,7 @@ from flwr.clientapp import ClientApp
 from clients.behaviour import local_update, split_for
 from fl_defense.client_defenses import Memory
 from fl_defense.config import resolve
+from fl_defense.files import atomic_torch_save
 
 app = ClientApp()
 
@@ -29,15 +32,39 @@ SHADOW_ARRAYS_KEY = "shadow-arrays"
 SHADOW_MEMORY_KEY = "shadow-client-defense-memory"
 
 
-def load_memory(state: RecordDict, key: str = MEMORY_KEY) -> Memory:
-    """The client's memory (of the model trained under `key`) from its node state; empty before its first round."""
+def memory_folder(cfg: dict, partition_id: int) -> Path | None:
+    """Where the client also keeps its memory on disk (`client-checkpoints`, under the run's out-dir), so a
+    resumed run, whose nodes start empty, restores it; None when off."""
+    if not (cfg["client-checkpoints"] and cfg["out-dir"]):
+        return None
+    return Path(cfg["out-dir"]) / "client-state" / str(partition_id)
+
+
+def load_memory(state: RecordDict, key: str = MEMORY_KEY, folder: Path | None = None,
+                server_round: int = 0) -> Memory:
+    """The client's memory (of the model trained under `key`) from its node state; if the node has none (its first
+    round, or a resumed run) the newest copy on disk from before `server_round`; else empty."""
     record = state.get(key)
-    return dict(record.to_torch_state_dict()) if record is not None else {}
+    if record is not None:
+        return dict(record.to_torch_state_dict())
+    saved = sorted((int(m.group(1)), f) for f in (folder.glob(f"{key}-r*.pt") if folder and folder.is_dir() else [])
+                   if (m := re.fullmatch(rf"{re.escape(key)}-r(\d+)\.pt", f.name)) and int(m.group(1)) < server_round)
+    return dict(torch.load(saved[-1][1], weights_only=True)) if saved else {}
 
 
-def save_memory(state: RecordDict, memory: Memory, key: str = MEMORY_KEY) -> None:
-    """Store the client's memory in its node state for its next round."""
+def save_memory(state: RecordDict, memory: Memory, key: str = MEMORY_KEY, folder: Path | None = None,
+                server_round: int = 0) -> None:
+    """Store the client's memory in its node state for its next round, and on disk if `folder` is given (keeping
+    this round's copy and the one before, so a crash while writing still leaves one)."""
     state[key] = ArrayRecord(memory)
+    if folder is None or not memory:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(memory, folder / f"{key}-r{server_round}.pt")
+    rounds = sorted(int(m.group(1)) for f in folder.glob(f"{key}-r*.pt")
+                    if (m := re.fullmatch(rf"{re.escape(key)}-r(\d+)\.pt", f.name)))
+    for r in rounds[:-2]:
+        (folder / f"{key}-r{r}.pt").unlink(missing_ok=True)
 
 
 def _partition_id(context: Context) -> int:
@@ -65,18 +92,19 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(msg.content["config"]["server-round"])
     global_state = msg.content["arrays"].to_torch_state_dict()
     pid = _partition_id(context)
-    memory = load_memory(context.state)
+    folder = memory_folder(cfg, pid)
+    memory = load_memory(context.state, MEMORY_KEY, folder, server_round)
     result = local_update(cfg, pid, server_round, global_state, memory)
-    save_memory(context.state, memory)
+    save_memory(context.state, memory, MEMORY_KEY, folder, server_round)
     content = RecordDict({
         "arrays": ArrayRecord(result.state),
         "metrics": MetricRecord({"num-examples": result.num_examples, "train-loss": result.train_loss}),
         "client": ConfigRecord({"partition-id": pid, "malicious": result.malicious, "attacked": result.attacked}),
     })
     if SHADOW_ARRAYS_KEY in msg.content.array_records:
-        shadow_memory = load_memory(context.state, SHADOW_MEMORY_KEY)
+        shadow_memory = load_memory(context.state, SHADOW_MEMORY_KEY, folder, server_round)
         shadow = local_update(cfg, pid, server_round, msg.content[SHADOW_ARRAYS_KEY].to_torch_state_dict(),
                               shadow_memory)
-        save_memory(context.state, shadow_memory, SHADOW_MEMORY_KEY)
+        save_memory(context.state, shadow_memory, SHADOW_MEMORY_KEY, folder, server_round)
         content[SHADOW_ARRAYS_KEY] = ArrayRecord(shadow.state)
     return Message(content=content, reply_to=msg)

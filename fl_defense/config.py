@@ -287,6 +287,9 @@ OPTIONS: dict[str, Option] = {
     "reply-max-norm": Option(1000.0, "a client reply whose update of the trainable parameters has a larger L2 norm "
                              "is rejected (0: no limit); benign updates of the default setting have norm 2-6",
                              check=_non_negative, allowed="a number >= 0"),
+    "client-checkpoints": Option(True, "clients also keep their memory (client defense, Neurotoxin) on disk under "
+                                 "<out-dir>/client-state, so `fl-defense run --resume` restores it (simulation, or "
+                                 "clients sharing the server's file system)"),
     "seed": Option(0, "seed of every random choice of the run"),
     "device": Option("auto", "torch device; auto: CUDA when present",
                      check=lambda v: bool(DEVICE_RE.match(v)), allowed="auto, cpu, cuda, or cuda:N"),

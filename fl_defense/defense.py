@@ -17,6 +17,7 @@ from fl_defense.attacks.trigger import Trigger
 from fl_defense.config import schedule_rounds
 from fl_defense.data import ImageData, cached_split, to_float
 from fl_defense.inversion import DetectionRule, ScanResult, inversion_images, nc_settings, scan, train_reference
+from fl_defense.inversion.reference import fresh_copy
 from fl_defense.models.base import BackdoorModel
 from fl_defense.purification import CleanSet, build_purifier
 
@@ -38,6 +39,26 @@ class DefenseMemory:
     trigger_label: int | None = None
     trigger_call: int | None = None
     calls: int = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain tensors and numbers, for a checkpoint that `torch.load(weights_only=True)` can read."""
+        trigger = None
+        if self.trigger is not None:
+            trigger = {"pattern": self.trigger.pattern, "mask": self.trigger.mask, "alpha": float(self.trigger.alpha)}
+        return {"reference": None if self.reference is None else self.reference.state_dict(), "trigger": trigger,
+                "trigger_label": self.trigger_label, "trigger_call": self.trigger_call, "calls": self.calls}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], model: BackdoorModel) -> DefenseMemory:
+        """The memory of `state_dict`; the reference model is rebuilt with `model`'s architecture."""
+        reference = None
+        if state["reference"] is not None:
+            reference = fresh_copy(model, 0)
+            reference.load_state_dict(state["reference"])
+            reference.eval()
+        t = state["trigger"]
+        trigger = None if t is None else Trigger(pattern=t["pattern"], mask=t["mask"], alpha=t["alpha"])
+        return cls(reference, trigger, state["trigger_label"], state["trigger_call"], int(state["calls"]))
 
 
 @dataclass

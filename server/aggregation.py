@@ -100,6 +100,31 @@ class TrainableOnly(Strategy):
     def summary(self) -> None:
         self.inner.summary()
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the rule carries from round to round, for a checkpoint: FedAvgM's model and momentum,
+        FoolsGold's update histories, the adaptive DP bound; empty for the stateless rules."""
+        inner = self.inner
+        if isinstance(inner, FedAvgM):
+            momentum = inner.momentum_vector
+            return {"current": None if inner.current_arrays is None else inner.current_arrays.to_torch_state_dict(),
+                    "momentum": None if momentum is None else [torch.from_numpy(np.array(v)) for v in momentum]}
+        if isinstance(inner, FoolsGold):
+            return {"history": dict(inner.history)}
+        if isinstance(inner, SeededAdaptiveClipping):
+            return {"clipping_norm": float(inner.clipping_norm)}
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        inner = self.inner
+        if isinstance(inner, FedAvgM):
+            current, momentum = state["current"], state["momentum"]
+            inner.current_arrays = None if current is None else ArrayRecord(current)
+            inner.momentum_vector = None if momentum is None else [v.numpy() for v in momentum]
+        elif isinstance(inner, FoolsGold):
+            inner.history = {int(k): v for k, v in state["history"].items()}
+        elif isinstance(inner, SeededAdaptiveClipping):
+            inner.clipping_norm = float(state["clipping_norm"])
+
     def _parameters(self, arrays: ArrayRecord) -> ArrayRecord:
         return ArrayRecord({k: v for k, v in arrays.items() if k in self.trainable})
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -11,31 +9,24 @@ from typing import Any
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from fl_defense.files import atomic_torch_save, atomic_write_json
 from server.strategy import RoundInfo
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    """Write JSON to a temp file and rename it, so a crash never leaves a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 class RunReport:
     """Collects per-round metrics of one run and writes them to the run's output folder."""
 
-    def __init__(self, out_dir: Path, cfg: dict[str, Any]) -> None:
+    def __init__(self, out_dir: Path, cfg: dict[str, Any], resumed: dict[str, Any] | None = None) -> None:
+        """`resumed`: the results of a checkpoint to continue from (rounds and defense records up to its round)."""
         self.out_dir = out_dir
         (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         self.writer = SummaryWriter(str(out_dir / "tensorboard"))
         self.results: dict[str, Any] = {"config": cfg, "rounds": [], "defense": []}
         self._t0 = time.perf_counter()
+        if resumed is not None:
+            self.results.update(rounds=list(resumed["rounds"]), defense=list(resumed["defense"]),
+                                resumed_after=[*resumed.get("resumed_after", []), resumed["rounds"][-1]["round"]])
+            self._t0 -= float(resumed.get("wall_seconds", 0.0))
 
     def log_round(self, server_round: int, ba: float, asr: float, info: RoundInfo | None,
                   eval_seconds: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:

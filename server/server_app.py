@@ -26,10 +26,11 @@ from fl_defense.defense import DefenseMemory, defense_rounds, run_defense, serve
 from fl_defense.metrics import ba_asr, clean_accuracy, durability, extra_asr
 from fl_defense.models import BackdoorModel, build_model
 from fl_defense.training import resolve_device
+from server import checkpoint
 from server.aggregation import build_aggregator
 from server.reporting import RunReport, format_table
 from server.shadow import ShadowStrategy
-from server.strategy import DefenseStrategy
+from server.strategy import DefenseStrategy, Resumed
 from server.validation import ReplySpec
 
 NODE_WAIT_SECONDS = 300
@@ -71,15 +72,21 @@ def run_durability(cfg: dict[str, Any], rounds: list[dict[str, Any]]) -> dict[st
     return {"durability": durability(rounds, schedule_rounds(cfg["attack-schedule"], cfg["rounds"]))}
 
 
-def run_server(grid: Grid, cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    """Run the whole experiment against a Grid; returns the results that are also in results.json."""
+def run_server(grid: Grid, cfg: dict[str, Any], out_dir: Path, resume: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the whole experiment against a Grid; returns the results that are also in results.json.
+
+    With `resume` (a checkpoint of `server.checkpoint`) the run continues after the checkpoint's round, from
+    its model, rule, shadow and defense states and random states, and gives the numbers an uninterrupted run
+    would have given.
+    """
     torch.manual_seed(cfg["seed"])
     device = resolve_device(cfg["device"])
     data = cached_dataset(cfg["dataset"], cfg["data-root"], cfg["download"])
     spec = data.spec
     eval_attack = evaluation_attack(cfg, spec.shape, spec.num_classes)
     model = build_model(cfg["model"], spec).to(device)
-    report = RunReport(out_dir, cfg)
+    done = 0 if resume is None else int(resume["round"])
+    report = RunReport(out_dir, cfg, None if resume is None else resume["results"])
     run_config = json.dumps(cfg)
 
     bs = cfg["eval-batch-size"]
@@ -89,7 +96,7 @@ def run_server(grid: Grid, cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]
 
     clean = server_clean_set(cfg, data)
     scheduled = set(defense_rounds(cfg))
-    memory = DefenseMemory()
+    memory = DefenseMemory() if resume is None else DefenseMemory.from_state(resume["defense"], model)
 
     def defend(server_round: int, arrays: ArrayRecord) -> ArrayRecord:
         """Run the configured defense on the aggregate of a scheduled round; what it returns is broadcast next."""
@@ -115,10 +122,10 @@ def run_server(grid: Grid, cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]
     initial = ArrayRecord(model.state_dict())
     split = cached_split(cfg["dataset"], cfg["data-root"], cfg["download"], cfg["num-clients"], cfg["clean-fraction"],
                          cfg["partition"], cfg["alpha"], cfg["seed"], cfg["train-fraction"])
-    spec = ReplySpec.from_arrays(initial, (n for n, _ in model.named_parameters()),
+    reply_spec = ReplySpec.from_arrays(initial, (n for n, _ in model.named_parameters()),
                                  {pid: len(idx) for pid, idx in enumerate(split.clients)}, cfg["reply-max-norm"],
                                  extra_array_keys=[SHADOW_ARRAYS_KEY])
-    strategy = DefenseStrategy(build_aggregator(cfg), node_partition, cfg["seed"], on_aggregated=defend, spec=spec,
+    strategy = DefenseStrategy(build_aggregator(cfg), node_partition, cfg["seed"], on_aggregated=defend, spec=reply_spec,
                                min_replies=cfg["min-replies"])
 
     def clean_set_accuracy(arrays: ArrayRecord) -> float:
@@ -127,6 +134,13 @@ def run_server(grid: Grid, cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]
 
     shadow = ShadowStrategy(strategy, initial, cfg, clean_set_accuracy) if cfg["defense"] == "shadow" else None
     shadow_scores: dict[int, tuple[float, float]] = {}
+    start = initial
+    if resume is not None:
+        start = ArrayRecord(resume["arrays"])
+        strategy.inner.load_state_dict(resume["aggregator"])
+        if shadow is not None:
+            shadow.load_state_dict(resume["shadow"])
+        checkpoint.set_rng_state(resume["rng"])
 
     def deployed(ba: float, asr: float) -> tuple[dict[str, torch.Tensor] | None, float, float, dict[str, Any]]:
         """Under defense=shadow: the shadow's state and BA/ASR once it has trained (measured once per version),
@@ -143,6 +157,10 @@ def run_server(grid: Grid, cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]
         return state, *shadow_scores[shadow.version], {**extra, "deployed": "shadow"}
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        server_round += done
+        if resume is not None and server_round == done:  # the checkpoint's own round, already reported
+            last = report.results["rounds"][-1]
+            return MetricRecord({"ba": last["ba"], "asr": last["asr"]})
         t = time.perf_counter()
         state = arrays.to_torch_state_dict()
         model.load_state_dict(state)
@@ -156,6 +174,10 @@ def run_server(grid: Grid, cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]
                                extra)
         report.save_model(shadow_state or state, server_round, cfg)
         if server_round > 0:
+            checkpoint.save(out_dir / "checkpoints" / checkpoint.NAME, {
+                "round": server_round, "config": cfg, "arrays": state, "aggregator": strategy.inner.state_dict(),
+                "shadow": None if shadow is None else shadow.state_dict(), "defense": memory.state_dict(),
+                "results": report.results, "rng": checkpoint.rng_state()})
             loss = "-" if row.get("train_loss") is None else f"{row['train_loss']:.4f}"
             backbone = (f"  backbone BA {extra['backbone_ba']:.4f} ASR {extra['backbone_asr']:.4f}  "
                         f"shadow {extra['shadow']['state']}" if "shadow" in extra else "")
@@ -168,11 +190,12 @@ def run_server(grid: Grid, cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]
             sys.stdout.flush()
         return MetricRecord({"ba": ba, "asr": asr})
 
-    progress = tqdm(total=cfg["rounds"], desc="rounds", unit="round", file=sys.stderr, leave=False,
+    progress = tqdm(total=cfg["rounds"], initial=done, desc="rounds", unit="round", file=sys.stderr, leave=False,
                     disable=not sys.stderr.isatty())
-
-    result = (shadow or strategy).start(grid=grid, initial_arrays=initial, num_rounds=cfg["rounds"],
-                                        train_config=ConfigRecord({"run-config": run_config}), evaluate_fn=evaluate)
+    outer = shadow or strategy
+    result = (Resumed(outer, done) if done else outer).start(
+        grid=grid, initial_arrays=start, num_rounds=cfg["rounds"] - done,
+        train_config=ConfigRecord({"run-config": run_config}), evaluate_fn=evaluate)
     final = result.arrays if shadow is None else shadow.deployed(result.arrays)
     torch.save({"round": cfg["rounds"], "model": final.to_torch_state_dict(), "config": cfg},
                out_dir / "checkpoints" / "final.pt")
@@ -183,13 +206,13 @@ def run_server(grid: Grid, cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]
     return report.results
 
 
-def make_server_app(cfg: dict[str, Any], out_dir: Path) -> ServerApp:
-    """A ServerApp bound to an already-resolved config (for in-process simulation)."""
+def make_server_app(cfg: dict[str, Any], out_dir: Path, resume: dict[str, Any] | None = None) -> ServerApp:
+    """A ServerApp bound to an already-resolved config (for in-process simulation), resuming a checkpoint if given."""
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:  # noqa: ARG001 - Flower's signature
-        run_server(grid, cfg, out_dir)
+        run_server(grid, cfg, out_dir, resume)
 
     return server_app
 

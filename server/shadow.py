@@ -134,6 +134,21 @@ class ShadowStrategy(Strategy):
         self._state = WAITING
         self._started = 0.0
 
+    def state_dict(self) -> dict[str, Any]:
+        """The shadow, the model it trains next, and its schedule, for a checkpoint."""
+        sched = self.schedule
+        return {"shadow": None if self.shadow is None else self.shadow.to_torch_state_dict(),
+                "next": self._next.to_torch_state_dict(), "version": self.version,
+                "schedule": {"phase": sched.phase, "best": sched.best, "stale": sched.stale,
+                             "frozen_backbone": sched.frozen_backbone, "restart_due": sched.restart_due}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.shadow = None if state["shadow"] is None else ArrayRecord(state["shadow"])
+        self._next = ArrayRecord(state["next"])
+        self.version = int(state["version"])
+        for key, value in state["schedule"].items():
+            setattr(self.schedule, key, value)
+
     def deployed(self, backbone: ArrayRecord) -> ArrayRecord:
         """The model the server deploys: the shadow once it has trained, the backbone before."""
         return backbone if self.shadow is None else self.shadow

@@ -20,6 +20,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="TOML file of config keys (flat, or under [tool.flwr.app.config])")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (repeatable)")
     run.add_argument("--out", help="output folder (default: runs/<dataset>-<attack>-<time>)")
+    run.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its folder's last completed "
+                     "round (its own config; no --config or --set)")
     pur = sub.add_parser("purify", help="run a server-side defense on a saved global model")
     pur.add_argument("--checkpoint", required=True, help="a run's checkpoints/*.pt (or a bare state_dict)")
     pur.add_argument("--defense", required=True, help="mcl, ft, nc-unlearn, fp, nad or cnp")
@@ -32,6 +34,22 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a key of every run (repeatable)")
     return parser
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from server import checkpoint
+    from simulations.runner import run_experiment
+
+    if args.config or args.set or args.out:
+        raise ConfigError("--resume continues a run with its own config and folder; drop --config, --set and --out")
+    state = checkpoint.load(args.resume)
+    cfg = resolve({**state["config"], "out-dir": str(Path(args.resume).resolve())})
+    if state["round"] >= cfg["rounds"]:
+        print(f"fl-defense: {args.resume} finished all {cfg['rounds']} rounds; nothing to resume")
+        return 0
+    print(f"resuming {args.resume} after round {state['round']} of {cfg['rounds']}", flush=True)
+    run_experiment(cfg, Path(cfg["out-dir"]), resume=state)
+    return 0
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -60,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "sweep":
             return _sweep(args)
+        if args.resume:
+            return _resume(args)
         overrides = load_toml(args.config) if args.config else {}
         overrides.update(parse_set(args.set))
         if args.out:

@@ -16,7 +16,7 @@ from fl_defense.defense import run_defense, server_clean_set
 from fl_defense.metrics import ba_asr
 from fl_defense.models import build_model
 from fl_defense.training import resolve_device
-from server.reporting import atomic_torch_save, atomic_write_json
+from fl_defense.files import atomic_torch_save, atomic_write_json
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

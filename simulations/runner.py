@@ -32,10 +32,12 @@ def backend_config(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_experiment(cfg: dict[str, Any], out_dir: Path, client_app: ClientApp | None = None) -> dict[str, Any]:
+def run_experiment(cfg: dict[str, Any], out_dir: Path, client_app: ClientApp | None = None,
+                   resume: dict[str, Any] | None = None) -> dict[str, Any]:
     """Check inputs, run the federated simulation, and return the results written to results.json.
 
-    `client_app` replaces the project's ClientApp (e.g. one that injects faults, to test the server).
+    `client_app` replaces the project's ClientApp (e.g. one that injects faults, to test the server);
+    `resume` is a checkpoint (`server.checkpoint.load`) to continue from.
     """
     preflight(cfg)
     from flwr.simulation import run_simulation
@@ -44,7 +46,7 @@ def run_experiment(cfg: dict[str, Any], out_dir: Path, client_app: ClientApp | N
     from server.server_app import make_server_app
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    run_simulation(server_app=make_server_app(cfg, out_dir), client_app=client_app or app,
+    run_simulation(server_app=make_server_app(cfg, out_dir, resume), client_app=client_app or app,
                    num_supernodes=cfg["num-clients"], backend_config=backend_config(cfg))
     results_file = out_dir / "results.json"
     if not results_file.is_file():

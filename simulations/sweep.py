@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from fl_defense.config import OPTIONS, ConfigError, resolve
 from fl_defense.data import DatasetNotFoundError
-from server.reporting import atomic_write_json
+from fl_defense.files import atomic_write_json
 
 Runner = Callable[[dict[str, Any], Path], dict[str, Any]]
 
