@@ -15,6 +15,7 @@ from fl_defense.data import cached_dataset
 from fl_defense.defense import run_defense, server_clean_set
 from fl_defense.metrics import ba_asr
 from fl_defense.models import build_model
+from fl_defense.purification import PURIFIERS
 from fl_defense.training import resolve_device
 from fl_defense.files import atomic_torch_save, atomic_write_json
 
@@ -38,11 +39,12 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
 
 def purify(checkpoint: str, overrides: dict[str, Any], out_dir: Path | None) -> dict[str, Any]:
     """Rebuild the run's setting from the checkpoint's config (+ overrides), defend, and report BA/ASR."""
+    name = overrides.get("defense")
+    if name not in PURIFIERS:
+        raise ConfigError(f"--defense {name!r} is not a purifier of a saved model; allowed: {', '.join(PURIFIERS)}")
     state, saved_cfg = load_checkpoint(checkpoint)
     saved_cfg.pop("out-dir", None)
     cfg = resolve({**saved_cfg, **overrides})
-    if cfg["defense"] == "none":
-        raise ConfigError("config key 'defense': none; allowed: mcl, ft, nc-unlearn, fp, nad, cnp")
     device = resolve_device(cfg["device"])
     data = cached_dataset(cfg["dataset"], cfg["data-root"], cfg["download"])
     model = build_model(cfg["model"], data.spec)

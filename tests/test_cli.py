@@ -17,17 +17,35 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=120)
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (["run", "--set", "rounds=0"], "config key 'rounds'"),
+# The bad inputs of README's table (scripts/bad_input_table.py writes it from this list): CLI arguments, and a
+# part of the one-line message each must give.
+BAD_INPUTS: list[tuple[list[str], str]] = [
     (["run", "--set", "colour=red"], "unknown config key 'colour'"),
+    (["run", "--set", "rounds=abc"], "config key 'rounds'"),
+    (["run", "--set", "rounds=0"], "config key 'rounds'"),
+    (["run", "--set", "malicious-fraction=1.5"], "config key 'malicious-fraction'"),
+    (["run", "--set", "clean-fraction=1.0"], "config key 'clean-fraction'"),
     (["run", "--set", "num-clients=3", "--set", "clients-per-round=5"], "more than num-clients"),
-    (["run", "--set", "target-label=12"], "'target-label'"),
+    (["run", "--set", "trigger-size=40"], "'trigger-size'"),
     (["run", "--set", "trigger-location=27,27"], "'trigger-location'"),
-    (["run", "--set", "data-root=/nonexistent/fl-defense-data"], "not found under data-root"),
+    (["run", "--set", "target-label=12"], "'target-label'"),
+    (["run", "--set", "attack=trojan"], "config key 'attack'"),
+    (["run", "--set", "aggregation=bulyan"], "'clients-per-round'"),
+    (["run", "--set", "min-replies=11"], "'min-replies'"),
+    (["run", "--set", "client-defense=abl", "--set", "rounds=5"], "'abl-unlearn-rounds'"),
+    (["run", "--set", "threat=poisoned-data", "--set", "attack-training=pgd"], "'attack-training'"),
+    (["run", "--set", "data-root=/nonexistent/fl-defense-data", "--set", "download=false"], "not found under data-root"),
     (["run", "--set", "num-gpus=1"], "'num-gpus'"),
+    (["run", "--set", "trigger-pattern=/nonexistent/p.png"], "'trigger-pattern'"),
     (["run", "--config", "/nonexistent.toml"], "does not exist"),
+    (["run", "--resume", "/nonexistent/run"], "no such run folder"),
+    (["sweep", "--grid", "/nonexistent/grid.toml"], "does not exist"),
     (["purify", "--checkpoint", "/nonexistent.pt", "--defense", "mcl"], "does not exist"),
-])
+    (["purify", "--checkpoint", "/nonexistent.pt", "--defense", "shadow"], "is not a purifier of a saved model"),
+]
+
+
+@pytest.mark.parametrize(("args", "needle"), BAD_INPUTS)
 def test_bad_input_exits_2_with_one_line(args: list[str], needle: str) -> None:
     if "num-gpus=1" in args and torch.cuda.is_available():
         pytest.skip("a GPU is present")
