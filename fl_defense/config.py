@@ -297,6 +297,10 @@ OPTIONS: dict[str, Option] = {
                        check=_positive, allowed="a number > 0"),
     "num-gpus": Option(0.0, "GPUs per simulated client, fractions allowed", check=_non_negative,
                        allowed="a number >= 0"),
+    "ray-address": Option("", "Ray cluster to run the clients on: empty starts a local Ray; 'auto' or 'HOST:PORT' "
+                          "joins a running cluster (`ray start --head` on one machine, `ray start --address=HOST:PORT` "
+                          "on the others)", check=lambda v: v in ("", "auto") or bool(re.match(r"^[\w.-]+:\d+$", v)),
+                          allowed="empty, auto, or HOST:PORT"),
     "eval-batch-size": Option(1000, "batch size of the server's evaluation", check=_positive,
                               allowed="an integer >= 1"),
     "out-dir": Option("", "output folder; empty: runs/<dataset>-<attack>-<time>"),

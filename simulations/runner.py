@@ -25,11 +25,12 @@ def preflight(cfg: dict[str, Any]) -> None:
 
 
 def backend_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Ray client resources (one actor per `num-cpus` CPUs, fractional GPUs allowed) and a quiet Ray."""
-    return {
-        "client_resources": {"num_cpus": cfg["num-cpus"], "num_gpus": cfg["num-gpus"]},
-        "init_args": {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False},
-    }
+    """Ray client resources (one actor per `num-cpus` CPUs, fractional GPUs allowed) and a quiet Ray; with
+    `ray-address`, Ray joins that running cluster instead of starting a local one."""
+    init_args: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False}
+    if cfg["ray-address"]:
+        init_args["address"] = cfg["ray-address"]
+    return {"client_resources": {"num_cpus": cfg["num-cpus"], "num_gpus": cfg["num-gpus"]}, "init_args": init_args}
 
 
 def run_experiment(cfg: dict[str, Any], out_dir: Path, client_app: ClientApp | None = None,

@@ -58,3 +58,32 @@ def test_dba_pieces_and_durability_through_flower_and_ray(tmp_path: Path) -> Non
     assert window["window"] == [1, 1] and window["last_attack"] == 1 and window["observed"] == 2
     fell = next((r["round"] - 1 for r in rounds[1:] if r["asr"] < 0.1), None)
     assert window["rounds_to_fall"] == fell
+
+
+HEAD = """
+import sys, time, ray
+ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+print(ray.get_runtime_context().gcs_address, flush=True)
+sys.stdin.read()  # hold the cluster until the test closes stdin
+actors = ray._private.state.actors()
+print(sum("ClientAppActor" in str(a.get("ActorClassName", "")) for a in actors.values()), flush=True)
+"""
+
+
+@pytest.mark.simulation
+def test_clients_run_on_an_existing_ray_cluster(tmp_path: Path) -> None:
+    """`ray-address` joins a running Ray cluster (here one started by another process) instead of starting one."""
+    import subprocess
+    import sys
+
+    head = subprocess.Popen([sys.executable, "-c", HEAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        address = head.stdout.readline().strip() if head.stdout else ""
+        assert ":" in address, "the head process started Ray"
+        cfg = resolve({"num-clients": 2, "clients-per-round": 2, "train-fraction": 0.02, "rounds": 1,
+                       "device": "cpu", "ray-address": address, "out-dir": str(tmp_path)})
+        results = run_experiment(cfg, tmp_path)
+        assert results["rounds"][-1]["failures"] == 0 and results["rounds"][-1]["ba"] > 0.3
+    finally:
+        out, _ = head.communicate(input="", timeout=60)  # closes stdin: the head reports and stops its cluster
+    assert int(out.strip().splitlines()[-1]) >= 1, "Flower's client actors ran on the head's cluster"
