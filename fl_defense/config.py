@@ -453,15 +453,21 @@ def parse_set(items: list[str]) -> dict[str, str]:
     return out
 
 
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """A TOML file's tables; a missing or malformed file is a ConfigError naming it as `what` ('config file')."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} {str(p)!r} does not exist")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what} {str(p)!r} is not valid TOML: {exc}") from None
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a config file: a flat TOML table of keys, or one under `[tool.flwr.app.config]`."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist")
-    try:
-        data = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
+    data = read_toml(p, "config file")
     nested = data.get("tool", {}).get("flwr", {}).get("app", {}).get("config")
     table = nested if isinstance(nested, dict) else data
     for key, value in table.items():

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from fl_defense.config import ConfigError
-from fl_defense.files import atomic_torch_save
+from fl_defense.files import atomic_torch_save, read_torch_file
 
 FORMAT = "fl-defense-resume/1"
 NAME = "resume.pt"
@@ -51,11 +51,7 @@ def load(run_dir: str | Path) -> dict[str, Any]:
         raise ConfigError(f"--resume {str(run_dir)!r}: no such run folder")
     if not path.is_file():
         raise ConfigError(f"--resume {str(run_dir)!r}: no checkpoint {str(path)!r}; the run did not finish a round")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for foreign or corrupt files
-        raise ConfigError(f"--resume: checkpoint {str(path)!r} cannot be read as a weights-only torch file: "
-                          f"{str(exc).splitlines()[0][:200]}") from None
+    blob = read_torch_file(path, "--resume: checkpoint")
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or set(blob) != KEYS:
         raise ConfigError(f"--resume: {str(path)!r} is not an fl-defense resume checkpoint ({FORMAT})")
     return blob

@@ -17,19 +17,13 @@ from fl_defense.metrics import ba_asr
 from fl_defense.models import build_model
 from fl_defense.purification import PURIFIERS
 from fl_defense.training import resolve_device
-from fl_defense.files import atomic_torch_save, atomic_write_json
+from fl_defense.files import atomic_torch_save, atomic_write_json, read_torch_file
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """A run's checkpoint ({'model', 'config', 'round'}) or a bare state_dict, loaded with weights_only."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"checkpoint {str(p)!r} does not exist")
-    try:
-        blob = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for foreign or corrupt files
-        raise ConfigError(f"checkpoint {str(p)!r} cannot be read as a weights-only torch file: "
-                          f"{str(exc).splitlines()[0]}") from None
+    blob = read_torch_file(p, "checkpoint")
     if isinstance(blob, dict) and isinstance(blob.get("model"), dict):
         return blob["model"], dict(blob.get("config") or {})
     if isinstance(blob, dict) and blob and all(isinstance(v, torch.Tensor) for v in blob.values()):

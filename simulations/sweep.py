@@ -16,7 +16,6 @@ import math
 import re
 import statistics
 import sys
-import tomllib
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from fl_defense.config import OPTIONS, ConfigError, resolve
+from fl_defense.config import OPTIONS, ConfigError, read_toml, resolve
 from fl_defense.data import DatasetNotFoundError
 from fl_defense.files import atomic_write_json
 
@@ -56,12 +55,7 @@ class RunRecord:
 def load_grid(path: str | Path) -> Grid:
     """Read and check a grid file; every combination must be a valid config (ConfigError otherwise)."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"grid file {str(p)!r} does not exist")
-    try:
-        data = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"grid file {str(p)!r} is not valid TOML: {exc}") from None
+    data = read_toml(p, "grid file")
     unknown = set(data) - {"base", "grid"}
     if unknown:
         raise ConfigError(f"grid file {str(p)!r}: unknown table(s) {sorted(unknown)}; allowed: [base], [grid]")
