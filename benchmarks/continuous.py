@@ -108,6 +108,7 @@ def main() -> None:
     parser.add_argument("--schedule", default=DEFAULT_SCHEDULE, help="attack-schedule of every run")
     parser.add_argument("--every", type=int, default=10, help="k of MCL every k rounds")
     parser.add_argument("--report-only", action="store_true", help="compute nothing; report the cached runs")
+    parser.add_argument("--dry", action="store_true", help="print only; write neither the README nor the PNG")
     parser.add_argument("--set", action="append", default=[], help="config overrides for every run (key=value)")
     args = parser.parse_args()
     overrides = dict(item.split("=", 1) for item in args.set)
@@ -117,10 +118,12 @@ def main() -> None:
     scheduled = schedule_rounds(args.schedule, args.rounds)
     text = table(results, at_end, scheduled, args.every)
     png = HERE / "continuous_rounds.png"
-    plot(results, scheduled, png)
     text = (f"{args.rounds} rounds, `attack-schedule={args.schedule}`, BadNets, otherwise the default setting.\n\n"
             f"{text}\n\n![ASR and BA over rounds]({png.name})")
     print(text)
+    if args.dry:
+        return
+    plot(results, scheduled, png)
     readme = HERE / "README.md"
     current = readme.read_text()
     if MARK[0] not in current:
