@@ -30,7 +30,7 @@ from fl_defense.attacks import (
     poison_data,
 )
 from fl_defense.client_defenses import Memory, build_client_defense
-from fl_defense.data import SPECS, FederatedSplit, cached_dataset, cached_split
+from fl_defense.data import SPECS, cached_dataset, split_for
 from fl_defense.models import BackdoorModel, build_model
 from fl_defense.training import resolve_device, train_local
 
@@ -50,12 +50,6 @@ class ClientResult:
 def round_seed(seed: int, server_round: int, partition_id: int) -> int:
     """A seed for one client in one round, independent of which process runs it."""
     return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0])
-
-
-def split_for(cfg: Mapping[str, Any]) -> FederatedSplit:
-    """The run's federated split, the same on every process for the same config."""
-    return cached_split(cfg["dataset"], cfg["data-root"], cfg["download"], cfg["num-clients"],
-                        cfg["clean-fraction"], cfg["partition"], cfg["alpha"], cfg["seed"], cfg["train-fraction"])
 
 
 @lru_cache(maxsize=2)

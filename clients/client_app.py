@@ -20,7 +20,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.behaviour import local_update, split_for
+from clients.behaviour import local_update
+from fl_defense.data import split_for
 from fl_defense.client_defenses import Memory
 from fl_defense.config import resolve
 from fl_defense.files import atomic_torch_save

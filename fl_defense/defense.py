@@ -15,7 +15,7 @@ import torch
 
 from fl_defense.attacks.trigger import Trigger
 from fl_defense.config import schedule_rounds
-from fl_defense.data import ImageData, cached_split, to_float
+from fl_defense.data import ImageData, split_for, to_float
 from fl_defense.inversion import DetectionRule, ScanResult, inversion_images, nc_settings, scan, train_reference
 from fl_defense.inversion.reference import fresh_copy
 from fl_defense.models.base import BackdoorModel
@@ -71,9 +71,7 @@ class DefenseOutcome:
 
 def server_clean_set(cfg: Mapping[str, Any], data: ImageData) -> CleanSet:
     """The server's held-out clean set of this run (disjoint from every client's shard)."""
-    split = cached_split(cfg["dataset"], cfg["data-root"], cfg["download"], cfg["num-clients"], cfg["clean-fraction"],
-                         cfg["partition"], cfg["alpha"], cfg["seed"], cfg["train-fraction"])
-    idx = torch.from_numpy(split.clean)
+    idx = torch.from_numpy(split_for(cfg).clean)
     return CleanSet(to_float(data.train_x[idx]), data.train_y[idx])
 
 

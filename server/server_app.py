@@ -21,7 +21,7 @@ from tqdm import tqdm
 from clients.client_app import SHADOW_ARRAYS_KEY
 from fl_defense.attacks import evaluation_attack
 from fl_defense.config import resolve, schedule_rounds
-from fl_defense.data import cached_dataset, cached_split
+from fl_defense.data import cached_dataset, split_for
 from fl_defense.defense import DefenseMemory, defense_rounds, run_defense, server_clean_set
 from fl_defense.metrics import ba_asr, clean_accuracy, durability, extra_asr
 from fl_defense.models import BackdoorModel, build_model
@@ -120,10 +120,8 @@ def run_server(grid: Grid, cfg: dict[str, Any], out_dir: Path, resume: dict[str,
     nodes = _wait_for_nodes(grid, cfg["num-clients"])
     node_partition = _node_partitions(grid, nodes, run_config)
     initial = ArrayRecord(model.state_dict())
-    split = cached_split(cfg["dataset"], cfg["data-root"], cfg["download"], cfg["num-clients"], cfg["clean-fraction"],
-                         cfg["partition"], cfg["alpha"], cfg["seed"], cfg["train-fraction"])
     reply_spec = ReplySpec.from_arrays(initial, (n for n, _ in model.named_parameters()),
-                                 {pid: len(idx) for pid, idx in enumerate(split.clients)}, cfg["reply-max-norm"],
+                                 {pid: len(idx) for pid, idx in enumerate(split_for(cfg).clients)}, cfg["reply-max-norm"],
                                  extra_array_keys=[SHADOW_ARRAYS_KEY])
     strategy = DefenseStrategy(build_aggregator(cfg), node_partition, cfg["seed"], on_aggregated=defend, spec=reply_spec,
                                min_replies=cfg["min-replies"])

@@ -12,13 +12,13 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
 
-from clients.behaviour import local_update, poisoned_shard, round_seed, split_for
+from clients.behaviour import local_update, poisoned_shard, round_seed
 from clients.client_app import MEMORY_KEY, load_memory, save_memory
 from clients.client_app import train as client_train
 from fl_defense.attacks import build_attack, malicious_clients, poison_data
 from fl_defense.client_defenses.abl import ISOLATED
 from fl_defense.config import resolve
-from fl_defense.data import SPECS, cached_dataset
+from fl_defense.data import SPECS, cached_dataset, split_for
 from fl_defense.models import build_model
 from fl_defense.training import train_local
 

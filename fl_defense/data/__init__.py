@@ -1,6 +1,8 @@
 """Datasets (torchvision-backed, uint8 in memory) and seeded federated partitions."""
 
+from collections.abc import Mapping
 from functools import lru_cache
+from typing import Any
 
 from fl_defense.data.datasets import (
     SPECS,
@@ -29,8 +31,14 @@ def cached_split(name: str, data_root: str, download: bool, num_clients: int, cl
     return federated_split(labels, num_clients, clean_fraction, partition, alpha, seed, train_fraction)
 
 
+def split_for(cfg: Mapping[str, Any]) -> FederatedSplit:
+    """The run's federated split from its config keys, the same on every process for the same config."""
+    return cached_split(cfg["dataset"], cfg["data-root"], cfg["download"], cfg["num-clients"],
+                        cfg["clean-fraction"], cfg["partition"], cfg["alpha"], cfg["seed"], cfg["train-fraction"])
+
+
 __all__ = [
     "SPECS", "DatasetNotFoundError", "DatasetSpec", "FederatedSplit", "ImageData", "cache_root",
     "cached_dataset", "cached_split", "dirichlet", "federated_split", "hold_out", "iid", "load_dataset",
-    "prepare_debian_fashion_mnist", "to_float",
+    "prepare_debian_fashion_mnist", "split_for", "to_float",
 ]
