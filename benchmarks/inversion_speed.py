@@ -3,7 +3,10 @@
 Both run on the same backdoored model (real Fashion-MNIST, BadNets) and the same clean set; the
 reference is BackdoorBench's budget (80 passes per label over the whole clean set, NC's early stop),
 the default is this project's fast scan. The batched mode (all labels in one pass) is timed on the
-default budget too: it pays on GPUs, not on a 2-core CPU. Also scans a clean model with the default.
+default budget too, and so is the Ray mode (the labels as jobs on a pool of Ray actors, one per core
+here), once with a cold pool (the actors start) and once warm, as in a run's later defense calls; Ray
+itself is started before the clock. Both pay on GPUs, not on a 2-core CPU. Also scans a clean model
+with the default.
 The clean-set reference model (transfer check) is trained once and shared, as in a federated run;
 the timings are of the inversion itself. The last line is the speed ratio reference / default.
 """
@@ -11,7 +14,9 @@ the timings are of the inversion itself. The last line is the speed ratio refere
 from __future__ import annotations
 
 import argparse
+import os
 
+import ray
 import torch
 
 from benchmarks.common import Setting, central_model
@@ -44,6 +49,7 @@ def main() -> None:
     reference_cfg = resolve({"seed": args.seed, "nc-budget": "reference", "nc-statistic": "raw",
                              "nc-threshold": 2.0, "nc-reference-epochs": 0})  # classic NC: MAD > 2 on raw norms
     batched = resolve({"seed": args.seed, "inversion-mode": "batched"})
+    on_ray = resolve({"seed": args.seed, "inversion-mode": "ray"})
 
     g = torch.Generator().manual_seed(args.seed)
     reference = reference_model(bd.model, bd.clean, default, torch.device("cpu"), g)
@@ -53,9 +59,18 @@ def main() -> None:
     print(describe("default (fast, loop)", fast, args.target), flush=True)
     bat = run(bd, batched, reference)
     print(describe("fast, batched", bat, args.target), flush=True)
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        cold = run(bd, on_ray, reference)
+        print(describe("fast, Ray pool (cold)", cold, args.target), flush=True)
+        warm = run(bd, on_ray, reference)
+        print(describe("fast, Ray pool (warm)", warm, args.target), flush=True)
+    finally:
+        ray.shutdown()
     ref = run(bd, reference_cfg, None)
     print(describe("reference (80 epochs, loop)", ref, args.target), flush=True)
     print(f"batched / loop speed on this machine: {fast.seconds / bat.seconds:.2f}x")
+    print(f"Ray pool / batched time: cold {cold.seconds / bat.seconds:.2f}x, warm {warm.seconds / bat.seconds:.2f}x")
     same = fast.flagged[:1] == ref.flagged[:1]
     print(f"same label flagged: {same}; clean model flagged nothing: {not fast_clean.flagged}")
     print(f"speed ratio reference / default: {ref.seconds / fast.seconds:.1f}x")

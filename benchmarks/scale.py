@@ -5,7 +5,11 @@ thread adds up the resident memory of this process and every process below it (R
 client actors) every 0.2 s, from /proc; the peak is reported with the mean seconds per round (rounds
 after the first, which carries the actors' warm-up). Data partitions are indices into one shared array,
 so only the sampled clients' work should grow with the round, not with the federation.
-With a fixed training set, more clients means smaller shards: the seconds column also shows that.
+
+Every setting gives each client as many images as the largest federation's clients have (`train-fraction`
+scaled with the number of clients), so each round trains 10 clients on the same amount of data and
+evaluates on the same test set: what changes is only the size of the federation. `--full-data` splits
+the whole training set instead (then more clients means smaller shards and shorter rounds).
 """
 
 from __future__ import annotations
@@ -77,12 +81,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", default="10,100,1000")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--full-data", action="store_true", help="split the whole training set in every setting")
     parser.add_argument("--set", action="append", default=[], help="config overrides (key=value)")
     args = parser.parse_args()
     overrides = dict(item.split("=", 1) for item in args.set)
+    sizes = [int(c) for c in args.clients.split(",")]
     rows = []
-    for n in (int(c) for c in args.clients.split(",")):
-        cfg = resolve({**overrides, "num-clients": n, "clients-per-round": 10, "rounds": args.rounds, "device": "cpu"})
+    for n in sizes:
+        share = {} if args.full_data else {"train-fraction": n / max(sizes)}
+        cfg = resolve({**overrides, **share, "num-clients": n, "clients-per-round": 10, "rounds": args.rounds,
+                       "device": "cpu"})
         with tempfile.TemporaryDirectory() as tmp, PeakMemory() as mem:
             t0 = time.perf_counter()
             results = run_experiment({**cfg, "out-dir": tmp}, Path(tmp))
@@ -92,6 +100,7 @@ def main() -> None:
         rows.append((n, mem.peak / 2**20, per_round, wall))
         print(f"{n} clients: peak memory {mem.peak / 2**20:.0f} MiB, {per_round:.2f} s/round, wall {wall:.0f} s",
               flush=True)
+    print(f"data: {'the whole training set split' if args.full_data else 'the same shard size per client in every setting'}")
     print("| clients | peak memory (MiB) | seconds per round | wall seconds |")
     print("|---|---|---|---|")
     for n, mib, sec, wall in rows:

@@ -116,7 +116,8 @@ def local_update(cfg: Mapping[str, Any], partition_id: int, server_round: int,
         else:
             loss = train_local(model, data.train_x, data.train_y, indices, epochs=cfg["local-epochs"],
                                batch_size=cfg["batch-size"], lr=cfg["lr"], momentum=cfg["momentum"],
-                               weight_decay=cfg["weight-decay"], generator=generator, device=device)
+                               weight_decay=cfg["weight-decay"], generator=generator, device=device,
+                               amp=cfg["amp"])
         method.observe(model, global_state, memory)
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if attacking:

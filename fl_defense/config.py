@@ -293,6 +293,8 @@ OPTIONS: dict[str, Option] = {
     "seed": Option(0, "seed of every random choice of the run"),
     "device": Option("auto", "torch device; auto: CUDA when present",
                      check=lambda v: bool(DEVICE_RE.match(v)), allowed="auto, cpu, cuda, or cuda:N"),
+    "amp": Option(False, "mixed precision (autocast: float16 with loss scaling on CUDA, bfloat16 on CPU) in the "
+                  "clients' local training and the server's evaluation; the defenses run in float32"),
     "num-cpus": Option(1.0, "CPUs per simulated client (Ray resources; also its torch threads)",
                        check=_positive, allowed="a number > 0"),
     "num-gpus": Option(0.0, "GPUs per simulated client, fractions allowed", check=_non_negative,

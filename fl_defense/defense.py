@@ -30,8 +30,10 @@ class DefenseMemory:
     is kept for the calls whose scan flags nothing: under continuous training a backdoor that was
     removed is re-planted by the same attackers, and while it is only partly re-learned its inverted
     mask is not yet small enough to be flagged. Such a call purifies with this scan's inversion of the
-    remembered label (the re-planted backdoor as it is now), or the remembered trigger if that
-    inversion did not succeed.
+    remembered label (the re-planted backdoor as it is now) while that mask is still below the median
+    of the labels' masks; otherwise with the remembered trigger. A re-inversion at or above the median
+    is no backdoor's trigger: after a purification the target can need a larger mask than any other
+    label, even while the re-planted backdoor already works (DBA, round 20 of the defense table).
     """
 
     reference: torch.nn.Module | None = None
@@ -111,6 +113,20 @@ def invert_and_flag(model: BackdoorModel, clean: CleanSet, num_classes: int, cfg
     return result, reference
 
 
+def purification_trigger(result: ScanResult, memory: DefenseMemory) -> tuple[Trigger | None, str | None]:
+    """The trigger to purify with and where it comes from (see `DefenseMemory`); a flagged label is remembered."""
+    trigger = result.trigger()
+    if trigger is not None:
+        memory.trigger, memory.trigger_label, memory.trigger_call = trigger, result.flagged[0], memory.calls
+        return trigger, "scan"
+    if memory.trigger is None or memory.trigger_label is None:
+        return None, None
+    current = result.trigger_for(memory.trigger_label)
+    fresh = current is not None and result.indices[memory.trigger_label] > 0
+    source = f"label {memory.trigger_label} of defense call {memory.trigger_call}, "
+    return (current, source + "re-inverted now") if fresh else (memory.trigger, source + "its trigger")
+
+
 def run_defense(model: BackdoorModel, clean: CleanSet, num_classes: int, cfg: Mapping[str, Any],
                 device: torch.device, generator: torch.Generator,
                 memory: DefenseMemory | None = None) -> DefenseOutcome:
@@ -128,17 +144,9 @@ def run_defense(model: BackdoorModel, clean: CleanSet, num_classes: int, cfg: Ma
         result, memory.reference = invert_and_flag(model, clean, num_classes, cfg, device, generator,
                                                    memory.reference)
         record.update(result.record())
-        trigger = result.trigger()
-        if trigger is not None:
-            memory.trigger, memory.trigger_label, memory.trigger_call = trigger, result.flagged[0], memory.calls
-            record["trigger_source"] = "scan"
-        elif memory.trigger is not None and memory.trigger_label is not None:
-            current = result.trigger_for(memory.trigger_label)
-            trigger = current if current is not None else memory.trigger
-            record["trigger_source"] = (f"label {memory.trigger_label} of defense call {memory.trigger_call}, "
-                                        + ("re-inverted now" if current is not None else "its trigger"))
-        else:
-            record.update(trigger_source=None, purify_seconds=0.0)
+        trigger, record["trigger_source"] = purification_trigger(result, memory)
+        if trigger is None:
+            record["purify_seconds"] = 0.0
             return DefenseOutcome(model, record)
     t0 = time.perf_counter()
     purified = purifier.purify(model, clean, trigger, device, generator)

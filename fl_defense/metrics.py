@@ -11,12 +11,14 @@ from torch import nn
 from fl_defense.attacks.base import Attack
 from fl_defense.attacks.trigger import Stamp
 from fl_defense.data import to_float
+from fl_defense.training import autocast
 
 
 @torch.inference_mode()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device,
-            trigger: Stamp | None = None) -> torch.Tensor:
-    """Predicted labels for uint8 (or [0,1] float) images, optionally stamped with a trigger first."""
+            trigger: Stamp | None = None, amp: bool = False) -> torch.Tensor:
+    """Predicted labels for uint8 (or [0,1] float) images, optionally stamped with a trigger first;
+    with `amp` the forward pass runs in mixed precision."""
     model.to(device).eval()
     out = []
     for start in range(0, len(images), batch_size):
@@ -24,31 +26,33 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: tor
         x = (to_float(x) if x.dtype == torch.uint8 else x).to(device)
         if trigger is not None:
             x = trigger.apply(x)
-        out.append(model(x).argmax(1).cpu())
+        with autocast(device, amp):
+            out.append(model(x).argmax(1).cpu())
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 
 def clean_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
-                   device: torch.device = torch.device("cpu")) -> float:
+                   device: torch.device = torch.device("cpu"), amp: bool = False) -> float:
     """BA: accuracy on the clean test set."""
-    return (predict(model, images, batch_size, device) == labels).float().mean().item()
+    return (predict(model, images, batch_size, device, amp=amp) == labels).float().mean().item()
 
 
 def attack_success_rate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, trigger: Stamp,
-                        target: int, batch_size: int = 1000, device: torch.device = torch.device("cpu")) -> float:
+                        target: int, batch_size: int = 1000, device: torch.device = torch.device("cpu"),
+                        amp: bool = False) -> float:
     """ASR: among test images whose true label is not the target, the share classified as the target once triggered."""
     keep = labels != target
     if not keep.any():
         return float("nan")
-    pred = predict(model, images[keep], batch_size, device, trigger)
+    pred = predict(model, images[keep], batch_size, device, trigger, amp)
     return (pred == target).float().mean().item()
 
 
 def ba_asr(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack, batch_size: int,
-           device: torch.device) -> tuple[float, float]:
+           device: torch.device, amp: bool = False) -> tuple[float, float]:
     """BA and ASR of a model on a test set for an attack's trigger and target."""
-    return (clean_accuracy(model, images, labels, batch_size, device),
-            attack_success_rate(model, images, labels, attack.trigger, attack.target, batch_size, device))
+    return (clean_accuracy(model, images, labels, batch_size, device, amp),
+            attack_success_rate(model, images, labels, attack.trigger, attack.target, batch_size, device, amp))
 
 
 def extra_asr(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack, batch_size: int,

@@ -92,7 +92,7 @@ def run_server(grid: Grid, cfg: dict[str, Any], out_dir: Path, resume: dict[str,
     bs = cfg["eval-batch-size"]
 
     def measure(m: BackdoorModel) -> tuple[float, float]:
-        return ba_asr(m, data.test_x, data.test_y, eval_attack, bs, device)
+        return ba_asr(m, data.test_x, data.test_y, eval_attack, bs, device, cfg["amp"])
 
     clean = server_clean_set(cfg, data)
     scheduled = set(defense_rounds(cfg))

@@ -3,8 +3,9 @@
 The grid file has an optional `[base]` table of fixed keys and a `[grid]` table whose every key is a
 list of values; the sweep runs their cross product, one results folder per run under `--out`, named by
 the grid values. Every combination is checked before the first run starts. A run whose folder holds a
-finished results.json of the same config is not run again, so an interrupted sweep is resumed by
-starting it again. After each run `summary.md` and `summary.json` give final BA and ASR as mean and
+finished results.json of the same config is not run again, and one that was interrupted goes on from
+its last completed round (its resume checkpoint), so an interrupted sweep is resumed by starting it
+again. After each run `summary.md` and `summary.json` give final BA and ASR as mean and
 standard deviation over seeds (and over any other axis left out with `--over`).
 """
 
@@ -20,7 +21,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tqdm import tqdm
 
@@ -28,7 +29,11 @@ from fl_defense.config import OPTIONS, ConfigError, read_toml, resolve
 from fl_defense.data import DatasetNotFoundError
 from fl_defense.files import atomic_write_json
 
-Runner = Callable[[dict[str, Any], Path], dict[str, Any]]
+class Runner(Protocol):
+    """What runs one experiment: `run_experiment`'s signature (config, folder, resume state)."""
+
+    def __call__(self, cfg: dict[str, Any], out_dir: Path, *, resume: dict[str, Any] | None = None) -> dict[str, Any]:
+        ...
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,21 @@ def finished(out_dir: Path, cfg: dict[str, Any]) -> dict[str, Any] | None:
     return results if same and rounds and rounds[-1]["round"] == cfg["rounds"] else None
 
 
+def interrupted(out_dir: Path, cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """The resume checkpoint of an unfinished run of this very config in the folder, if there is one."""
+    from server import checkpoint
+
+    if not (out_dir / "checkpoints" / checkpoint.NAME).is_file():
+        return None
+    try:
+        state = checkpoint.load(out_dir)
+    except ConfigError:
+        return None  # unreadable: the run starts over
+    saved = state["config"]
+    same = all(saved.get(k, OPTIONS[k].default) == v for k, v in cfg.items() if k != "out-dir")
+    return state if same and int(state["round"]) < cfg["rounds"] else None
+
+
 def _fill(record: RunRecord, results: dict[str, Any]) -> None:
     last = results["rounds"][-1]
     record.ba, record.asr = last["ba"], last["asr"]
@@ -143,9 +163,10 @@ def _run_one(record: RunRecord, cfg: dict[str, Any], runner: Runner, prefix: str
         record.status = "cached"
         log(f"{label}: finished before, BA {record.ba:.4f} ASR {record.asr:.4f}")
         return
-    log(f"{label}: running")
+    partial = interrupted(record.out_dir, cfg)
+    log(f"{label}: " + ("running" if partial is None else f"resuming after round {partial['round']}"))
     try:
-        _fill(record, runner(cfg, record.out_dir))
+        _fill(record, runner(cfg, record.out_dir, resume=partial))
         record.status = "done"
     except (ConfigError, DatasetNotFoundError):
         raise  # a user error (a missing dataset, no GPU) would fail every run: stop; finished runs stay on disk

@@ -196,3 +196,28 @@ def test_centralised_setting_one_client_holds_all_data() -> None:
     assert len(poisoned_shard(cfg, 0).poisoned) == round(0.5 * n)
     with pytest.raises(ValueError, match="outside 0..0"):
         local_update(cfg, 1, 1, _global_state(cfg), {})
+
+
+def test_amp_client_update_is_float32_close_to_full_precision_and_learns(small_cfg: dict[str, Any]) -> None:
+    """`amp` (bfloat16 autocast on CPU) keeps float32 weights, follows the float32 update, and lowers the loss;
+    attacker hooks see float32 gradients."""
+    g = _global_state(small_cfg)
+    full = local_update(small_cfg, 0, 2, g, {})
+    mixed = local_update({**small_cfg, "amp": True}, 0, 2, g, {})
+    assert all(mixed.state[k].dtype == g[k].dtype for k in g)
+    assert all(torch.isfinite(v).all() for v in mixed.state.values())
+    delta_full = torch.cat([(full.state[k] - g[k]).flatten() for k in g if g[k].is_floating_point()])
+    delta_mixed = torch.cat([(mixed.state[k] - g[k]).flatten() for k in g if g[k].is_floating_point()])
+    assert torch.nn.functional.cosine_similarity(delta_full, delta_mixed, dim=0) > 0.9
+    data = cached_dataset("fashion-mnist", "", True)
+    model = build_model(small_cfg["model"], SPECS[small_cfg["dataset"]])
+    model.load_state_dict(g)
+    seen: list[torch.dtype] = []
+    indices = torch.arange(512)
+    kwargs = {"epochs": 1, "batch_size": 32, "lr": 0.02, "momentum": 0.9, "weight_decay": 0.0,
+              "device": torch.device("cpu"), "amp": True}
+    first = train_local(model, data.train_x, data.train_y, indices, generator=torch.Generator().manual_seed(0),
+                        grad_hook=lambda m: seen.extend(p.grad.dtype for p in m.parameters()), **kwargs)
+    second = train_local(model, data.train_x, data.train_y, indices, generator=torch.Generator().manual_seed(1),
+                         **kwargs)
+    assert set(seen) == {torch.float32} and second < first

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from fl_defense.config import resolve
-from fl_defense.defense import DefenseMemory, defense_rounds, invert_and_flag, run_defense
-from fl_defense.inversion import NCSettings, anomaly_indices, invert
+from fl_defense.defense import DefenseMemory, defense_rounds, invert_and_flag, purification_trigger, run_defense
+from fl_defense.inversion import LabelInversion, NCSettings, ScanResult, anomaly_indices, invert
+from fl_defense.inversion.ray_scan import _POOL, pool_size
 
 CPU = torch.device("cpu")
 
@@ -44,14 +45,19 @@ def test_scan_flags_nothing_on_a_clean_model(clean_model) -> None:  # noqa: ANN0
     assert result.flagged == [], result.record()
 
 
-def test_batched_equals_per_label_arithmetic(bd) -> None:  # noqa: ANN001 - fixture
-    """All labels at once is the same optimisation as one label at a time (the loss is a sum)."""
-    images = bd.clean.x[:128]
-    settings = NCSettings(epochs=3, batch_size=128, early_stop=False)  # one full batch: order-free
-    together = invert(bd.model, images, [1, 3], settings, torch.Generator().manual_seed(5), CPU)
-    alone = [invert(bd.model, images, [t], settings, torch.Generator().manual_seed(5), CPU)[0] for t in (1, 3)]
-    assert [r.label for r in together] == [1, 3]
+@pytest.mark.parametrize("settings", [
+    NCSettings(epochs=3, batch_size=128, early_stop=False),
+    NCSettings(epochs=40, batch_size=128, patience=1, early_stop_patience=2),  # labels stop at different epochs
+], ids=["fixed", "early-stop"])
+def test_batched_equals_per_label_arithmetic(bd, settings: NCSettings) -> None:  # noqa: ANN001 - fixture
+    """All labels at once is the same optimisation as one label at a time (the loss is a sum), also when
+    labels that stopped early leave the batch."""
+    images = bd.clean.x[:128]  # one full batch: order-free
+    together = invert(bd.model, images, [0, 1, 3], settings, torch.Generator().manual_seed(5), CPU)
+    alone = [invert(bd.model, images, [t], settings, torch.Generator().manual_seed(5), CPU)[0] for t in (0, 1, 3)]
+    assert [r.label for r in together] == [0, 1, 3]
     for a, b in zip(together, alone, strict=True):
+        assert a.epochs == b.epochs and a.reached == b.reached
         assert torch.allclose(a.mask, b.mask, atol=1e-4)
         assert a.norm == pytest.approx(b.norm, rel=1e-4)
 
@@ -78,6 +84,25 @@ def test_defense_pipeline_inverts_then_purifies_and_remembers_the_trigger(bd, cl
     assert memory.calls == 2 and memory.reference is not None
 
 
+def _scan_result(norms: list[float], flagged: list[int]) -> ScanResult:
+    inversions = [LabelInversion(t, torch.full((1, 4, 4), n / 16), torch.rand(1, 4, 4), n, 0.99, 3, True)
+                  for t, n in enumerate(norms)]
+    return ScanResult(inversions, anomaly_indices(np.array(norms), log=True), None, flagged, 0.0, "loop")
+
+
+def test_remembered_label_is_re_inverted_only_while_its_mask_is_below_the_median() -> None:
+    memory = DefenseMemory(calls=1)
+    trigger, source = purification_trigger(_scan_result([5.0, 50, 48, 52, 47, 55], [0]), memory)
+    assert source == "scan" and memory.trigger_label == 0 and trigger is memory.trigger
+    memory.calls = 2
+    trigger, source = purification_trigger(_scan_result([40.0, 50, 48, 52, 47, 55], []), memory)
+    assert source == "label 0 of defense call 1, re-inverted now" and trigger is not memory.trigger
+    assert float(trigger.mask.sum()) == pytest.approx(40.0)
+    trigger, source = purification_trigger(_scan_result([80.0, 50, 48, 52, 47, 55], []), memory)
+    assert source == "label 0 of defense call 1, its trigger" and trigger is memory.trigger
+    assert purification_trigger(_scan_result([40.0, 50, 48, 52, 47, 55], []), DefenseMemory()) == (None, None)
+
+
 @pytest.mark.parametrize(("defense", "schedule", "rounds", "expected"), [
     ("none", "every:2", 6, []),
     ("mcl", "end", 6, [6]),
@@ -91,7 +116,7 @@ def test_defense_schedule(defense: str, schedule: str, rounds: int, expected: li
 
 @pytest.mark.simulation
 def test_ray_mode_gives_the_loop_result(bd) -> None:  # noqa: ANN001 - fixture
-    """Labels as Ray tasks run the same per-label optimisations as the loop (Ray started and stopped here)."""
+    """Labels as jobs on the Ray actor pool run the loop's per-label optimisations (Ray started and stopped here)."""
     import ray
 
     from fl_defense.inversion import DetectionRule, scan
@@ -102,7 +127,22 @@ def test_ray_mode_gives_the_loop_result(bd) -> None:  # noqa: ANN001 - fixture
     loop = scan(bd.model, images, 10, mode="loop", generator=torch.Generator().manual_seed(3), **kwargs)
     try:
         on_ray = scan(bd.model, images, 10, mode="ray", generator=torch.Generator().manual_seed(3), **kwargs)
+        actors = list(_POOL["actors"])
+        again = scan(bd.model, images, 10, mode="ray", generator=torch.Generator().manual_seed(3), **kwargs)
+        assert _POOL["actors"] == actors, "a later scan reuses the warm pool"
     finally:
         ray.shutdown()
     assert on_ray.norms == pytest.approx(loop.norms, rel=1e-5)
+    assert again.norms == on_ray.norms
     assert on_ray.flagged == loop.flagged
+
+
+@pytest.mark.parametrize(("resources", "num_gpus", "expected"), [
+    ({"CPU": 2.0}, 0.0, 2),
+    ({"CPU": 64.0}, 0.0, 10),
+    ({"CPU": 16.0, "GPU": 4.0}, 0.5, 8),
+    ({"CPU": 16.0, "GPU": 1.0}, 1.0, 1),
+    ({"CPU": 16.0}, 0.25, 1),
+])
+def test_inversion_pool_size(resources: dict[str, float], num_gpus: float, expected: int) -> None:
+    assert pool_size(resources, num_gpus, labels=10) == expected

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fl_defense.config import ConfigError
+from fl_defense.config import ConfigError, resolve
 from simulations.cli import main
 from simulations.sweep import Grid, load_grid, points, run_name, run_sweep, summarize
 
@@ -32,11 +32,13 @@ class FakeRunner:
 
     def __init__(self, kill_at: int | None = None, fail: set[str] | None = None) -> None:
         self.calls: list[str] = []
+        self.resumed: list[dict[str, Any] | None] = []
         self.kill_at = kill_at
         self.fail = fail or set()
 
-    def __call__(self, cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+    def __call__(self, cfg: dict[str, Any], out: Path, *, resume: dict[str, Any] | None = None) -> dict[str, Any]:
         self.calls.append(out.name)
+        self.resumed.append(resume)
         if self.kill_at is not None and len(self.calls) == self.kill_at:
             raise KeyboardInterrupt
         if out.name in self.fail:
@@ -83,6 +85,29 @@ def test_interrupted_sweep_resumes_without_redoing_finished_runs(grid_file: Path
     changed = FakeRunner()
     run_sweep(Grid({**grid.base, "rounds": 3}, grid.axes), out, changed, log=lambda _: None)
     assert len(changed.calls) == 12  # another config is another run
+
+
+def test_a_run_interrupted_mid_way_goes_on_from_its_checkpoint(grid_file: Path, tmp_path: Path) -> None:
+    """A run killed after some rounds left its resume checkpoint: the sweep hands it to the runner; a
+    checkpoint of another config or a corrupt one means the run starts over."""
+    from server import checkpoint
+
+    grid, out = load_grid(grid_file), tmp_path / "sweep"
+    names = [run_name(p) for p in points(grid)]
+    cfgs = {name: resolve({**grid.base, **p, "out-dir": str((out / name).resolve())})
+            for name, p in zip(names, points(grid), strict=True)}
+    state = {"round": 1, "arrays": {}, "aggregator": {}, "shadow": None, "defense": {}, "results": {}, "rng": {}}
+    for name in names[:3]:
+        (out / name / "checkpoints").mkdir(parents=True)
+    checkpoint.save(out / names[0] / "checkpoints" / checkpoint.NAME, {**state, "config": cfgs[names[0]]})
+    other = {**cfgs[names[1]], "lr": 0.5}
+    checkpoint.save(out / names[1] / "checkpoints" / checkpoint.NAME, {**state, "config": other})
+    (out / names[2] / "checkpoints" / checkpoint.NAME).write_bytes(b"not a checkpoint")
+    runner = FakeRunner()
+    run_sweep(grid, out, runner, log=lambda _: None)
+    assert runner.calls == names
+    assert runner.resumed[0] is not None and runner.resumed[0]["round"] == 1
+    assert runner.resumed[1:] == [None] * 11
 
 
 def test_summary_is_mean_and_std_over_seeds(grid_file: Path, tmp_path: Path) -> None:

@@ -74,7 +74,7 @@ class AttackerTraining:
         return train_local(model, images, labels, indices, epochs=cfg["local-epochs"], batch_size=cfg["batch-size"],
                            lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=wd, generator=generator,
                            device=device, batch_hook=attack.poison_batch, grad_hook=shape.grad_hook,
-                           step_hook=shape.step_hook)
+                           step_hook=shape.step_hook, amp=cfg["amp"])
 
 
 @register

@@ -92,4 +92,4 @@ class ABL(ClientDefense):
         cfg = self.cfg
         return train_local(model, images, labels, indices, epochs=cfg["local-epochs"], batch_size=cfg["batch-size"],
                            lr=lr, momentum=cfg["momentum"], weight_decay=cfg["weight-decay"], generator=generator,
-                           device=device, loss_fn=loss_fn)
+                           device=device, loss_fn=loss_fn, amp=cfg["amp"])

@@ -18,4 +18,4 @@ class Plain(ClientDefense):
         cfg = self.cfg
         return train_local(model, images, labels, indices, epochs=cfg["local-epochs"], batch_size=cfg["batch-size"],
                            lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight-decay"],
-                           generator=generator, device=device)
+                           generator=generator, device=device, amp=cfg["amp"])

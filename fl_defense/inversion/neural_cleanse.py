@@ -8,7 +8,8 @@ MAD anomaly index of the mask norms tells it apart.
 One implementation serves three schedules: a set of labels is optimised together (each label's
 parameters, lambda and stopping state are its own; the loss is a sum, so this is the same
 arithmetic as separate runs). `labels=[t]` one at a time is the classic loop; all labels at once
-is the batched pass, which pays on GPUs.
+is the batched pass, which pays on GPUs. A label that stops early leaves the batch, so the batched
+pass does no more work than the loop.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ class _State:
     best_mask: torch.Tensor
     best_pattern: torch.Tensor
     best_asr: torch.Tensor
+    last_mask: torch.Tensor
+    last_pattern: torch.Tensor
     up: torch.Tensor
     down: torch.Tensor
     moved_up: torch.Tensor
@@ -105,7 +108,8 @@ def _invert(model: nn.Module, images: torch.Tensor, labels: list[int], settings:
     inf = torch.full((k,), math.inf)
     st = _State(
         cost=torch.full((k,), settings.init_cost), best_norm=inf.clone(), best_mask=torch.zeros(k, 1, h, w),
-        best_pattern=torch.zeros(k, c, h, w), best_asr=torch.zeros(k), up=torch.zeros(k), down=torch.zeros(k),
+        best_pattern=torch.zeros(k, c, h, w), best_asr=torch.zeros(k), last_mask=_squash(mask_t).detach().cpu(),
+        last_pattern=_squash(pattern_t).detach().cpu(), up=torch.zeros(k), down=torch.zeros(k),
         moved_up=torch.zeros(k, dtype=torch.bool), moved_down=torch.zeros(k, dtype=torch.bool),
         stale=torch.zeros(k), done=torch.zeros(k, dtype=torch.bool), epochs=torch.zeros(k, dtype=torch.long))
     n = len(images)
@@ -113,35 +117,36 @@ def _invert(model: nn.Module, images: torch.Tensor, labels: list[int], settings:
         active = ~st.done
         if not active.any():
             break
-        hits = torch.zeros(k)
-        norm_sum = torch.zeros(k)
+        rows = active.nonzero().squeeze(1).to(device)  # labels that stopped cost nothing from here on
+        ka = len(rows)
+        hits = torch.zeros(ka)
+        norm_sum = torch.zeros(ka)
         batches = 0
         for idx in torch.randperm(n, generator=generator).split(settings.batch_size):
             x = images[idx].to(device)
             b = len(x)
-            m, p = _squash(mask_t), _squash(pattern_t)
+            m, p = _squash(mask_t[rows]), _squash(pattern_t[rows])
             stamped = (1 - m.unsqueeze(1)) * x.unsqueeze(0) + (m * p).unsqueeze(1)
-            logits = model(stamped.reshape(k * b, c, h, w)).view(k, b, -1)
-            ce = F.cross_entropy(logits.reshape(k * b, -1), target.repeat_interleave(b), reduction="none")
+            logits = model(stamped.reshape(ka * b, c, h, w)).view(ka, b, -1)
+            ce = F.cross_entropy(logits.reshape(ka * b, -1), target[rows].repeat_interleave(b), reduction="none")
             norms = m.flatten(1).sum(1)
-            per_label = ce.view(k, b).mean(1) + st.cost.to(device) * norms
+            per_label = ce.view(ka, b).mean(1) + st.cost.to(device)[rows] * norms
             opt.zero_grad(set_to_none=True)
-            (per_label * active.to(device)).sum().backward()
+            per_label.sum().backward()
             opt.step()
             with torch.no_grad():
-                hits += (logits.argmax(2) == target.unsqueeze(1)).float().mean(1).cpu()
+                hits += (logits.argmax(2) == target[rows].unsqueeze(1)).float().mean(1).cpu()
                 norm_sum += norms.detach().cpu()
             batches += 1
-        asr, norm = hits / batches, norm_sum / batches
+        asr, norm = torch.zeros(k), torch.zeros(k)
+        asr[active], norm[active] = hits / batches, norm_sum / batches
         _update(st, asr, norm, active, _squash(mask_t).detach().cpu(), _squash(pattern_t).detach().cpu(), settings)
+    reached = st.best_norm < math.inf
     return [
-        LabelInversion(label=labels[i], mask=st.best_mask[i] if st.best_norm[i] < math.inf else
-                       _squash(mask_t[i]).detach().cpu(),
-                       pattern=st.best_pattern[i] if st.best_norm[i] < math.inf else
-                       _squash(pattern_t[i]).detach().cpu(),
-                       norm=float(st.best_norm[i]) if st.best_norm[i] < math.inf else
-                       float(_squash(mask_t[i]).detach().sum()),
-                       asr=float(st.best_asr[i]), epochs=int(st.epochs[i]), reached=bool(st.best_norm[i] < math.inf))
+        LabelInversion(label=labels[i], mask=st.best_mask[i] if reached[i] else st.last_mask[i],
+                       pattern=st.best_pattern[i] if reached[i] else st.last_pattern[i],
+                       norm=float(st.best_norm[i]) if reached[i] else float(st.last_mask[i].sum()),
+                       asr=float(st.best_asr[i]), epochs=int(st.epochs[i]), reached=bool(reached[i]))
         for i in range(k)
     ]
 
@@ -150,6 +155,7 @@ def _update(st: _State, asr: torch.Tensor, norm: torch.Tensor, active: torch.Ten
             pattern: torch.Tensor, s: NCSettings) -> None:
     """NC's end-of-epoch bookkeeping: keep the best mask, adapt lambda, decide early stopping."""
     st.epochs += active.long()
+    st.last_mask[active], st.last_pattern[active] = mask[active], pattern[active]
     ok = active & (asr >= s.asr_threshold)
     better = ok & (norm < st.best_norm)
     improved = ok & (norm < st.best_norm * s.early_stop_threshold)
