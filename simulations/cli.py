@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--over", default="seed", help="comma-separated grid keys to average over (default: seed)")
     sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a key of every run (repeatable)")
+    sw.add_argument("--parallel", type=int, default=1, metavar="N",
+                    help="runs at once, as Ray tasks (each its own `fl-defense run` process; with ray-address "
+                    "set, on that cluster); default 1: one after another in this process")
     return parser
 
 
@@ -63,7 +66,9 @@ def _sweep(args: argparse.Namespace) -> int:
     if clash:
         raise ConfigError(f"--set {sorted(clash)}: these keys are axes of the grid; allowed: keys not in [grid]")
     out = Path(args.out) if args.out else Path("runs") / f"sweep-{Path(args.grid).stem}"
-    records = run_sweep(grid, out, run_experiment, overrides, over)
+    if args.parallel < 1:
+        raise ConfigError(f"--parallel {args.parallel}: allowed: an integer >= 1")
+    records = run_sweep(grid, out, run_experiment, overrides, over, parallel=args.parallel)
     return 1 if any(r.status == "failed" for r in records) else 0
 
 

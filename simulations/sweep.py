@@ -128,16 +128,21 @@ def interrupted(out_dir: Path, cfg: dict[str, Any]) -> dict[str, Any] | None:
     return state if same and int(state["round"]) < cfg["rounds"] else None
 
 
-def _fill(record: RunRecord, results: dict[str, Any]) -> None:
+def fill(record: RunRecord, results: dict[str, Any]) -> None:
     last = results["rounds"][-1]
     record.ba, record.asr = last["ba"], last["asr"]
     record.seconds = results.get("wall_seconds")
 
 
 def run_sweep(grid: Grid, out: Path, runner: Runner, overrides: dict[str, Any] | None = None,
-              over: tuple[str, ...] = ("seed",), log: Callable[[str], None] = print) -> list[RunRecord]:
+              over: tuple[str, ...] = ("seed",), log: Callable[[str], None] = print,
+              parallel: int = 1) -> list[RunRecord]:
     """Run every point not finished yet, in order; write the summary after each. A run that fails is
-    recorded with its error and the sweep goes on. A progress bar of runs shows on a terminal."""
+    recorded with its error and the sweep goes on. A progress bar of runs shows on a terminal.
+
+    With `parallel` > 1 the runs go to Ray as tasks, that many at a time (see `simulations.sweep_ray`);
+    `runner` is then not used: each run is a `fl-defense run` process of its own.
+    """
     out.mkdir(parents=True, exist_ok=True)
     stray = set(over) - set(grid.axes)
     if stray:
@@ -146,33 +151,59 @@ def run_sweep(grid: Grid, out: Path, runner: Runner, overrides: dict[str, Any] |
     cfgs = [resolve({**grid.base, **(overrides or {}), **r.point, "out-dir": str(r.out_dir)}) for r in records]
     with tqdm(total=len(records), desc="sweep", unit="run", file=sys.stderr,
               disable=not sys.stderr.isatty()) as bar:
-        for i, (record, cfg) in enumerate(zip(records, cfgs, strict=True), start=1):
-            _run_one(record, cfg, runner, f"[sweep {i}/{len(records)}]", log)
-            write_summary(records, grid, out, over)
-            bar.update(1)
+        if parallel > 1:
+            from simulations.sweep_ray import run_on_ray
+
+            todo = []
+            for i, (record, cfg) in enumerate(zip(records, cfgs, strict=True), start=1):
+                if _cached(record, cfg, f"[sweep {i}/{len(records)}]", log):
+                    bar.update(1)
+                else:
+                    todo.append((i, record, cfg))
+
+            def done(record: RunRecord) -> None:
+                write_summary(records, grid, out, over)
+                bar.update(1)
+
+            run_on_ray(todo, len(records), parallel, log, done)
+        else:
+            for i, (record, cfg) in enumerate(zip(records, cfgs, strict=True), start=1):
+                _run_one(record, cfg, runner, f"[sweep {i}/{len(records)}]", log)
+                write_summary(records, grid, out, over)
+                bar.update(1)
     log(write_summary(records, grid, out, over))
     return records
 
 
+def label(record: RunRecord, prefix: str) -> str:
+    return f"{prefix} " + ", ".join(f"{k}={v}" for k, v in record.point.items())
+
+
+def _cached(record: RunRecord, cfg: dict[str, Any], prefix: str, log: Callable[[str], None]) -> bool:
+    """Fill `record` from a finished run of this config in its folder, if there is one."""
+    done = finished(record.out_dir, cfg)
+    if done is None:
+        return False
+    fill(record, done)
+    record.status = "cached"
+    log(f"{label(record, prefix)}: finished before, BA {record.ba:.4f} ASR {record.asr:.4f}")
+    return True
+
+
 def _run_one(record: RunRecord, cfg: dict[str, Any], runner: Runner, prefix: str,
              log: Callable[[str], None]) -> None:
-    label = f"{prefix} " + ", ".join(f"{k}={v}" for k, v in record.point.items())
-    done = finished(record.out_dir, cfg)
-    if done is not None:
-        _fill(record, done)
-        record.status = "cached"
-        log(f"{label}: finished before, BA {record.ba:.4f} ASR {record.asr:.4f}")
+    if _cached(record, cfg, prefix, log):
         return
     partial = interrupted(record.out_dir, cfg)
-    log(f"{label}: " + ("running" if partial is None else f"resuming after round {partial['round']}"))
+    log(f"{label(record, prefix)}: " + ("running" if partial is None else f"resuming after round {partial['round']}"))
     try:
-        _fill(record, runner(cfg, record.out_dir, resume=partial))
+        fill(record, runner(cfg, record.out_dir, resume=partial))
         record.status = "done"
     except (ConfigError, DatasetNotFoundError):
         raise  # a user error (a missing dataset, no GPU) would fail every run: stop; finished runs stay on disk
     except Exception as exc:  # noqa: BLE001 - one failed run must not stop the others
         record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
-        log(f"{label}: FAILED ({record.error})")
+        log(f"{label(record, prefix)}: FAILED ({record.error})")
         traceback.print_exc(file=sys.stderr)
 
 

@@ -4,6 +4,7 @@ mean/std over seeds, and clear errors for bad grid files. The real run is in tes
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -157,3 +158,31 @@ def test_cli_user_errors_exit_2(tmp_path: Path, grid_file: Path, capsys: pytest.
 def test_the_example_grid_is_valid() -> None:
     grid = load_grid(Path(__file__).resolve().parents[1] / "simulations" / "configs" / "sweep-example.toml")
     assert len(points(grid)) == 12 and set(grid.axes) == {"attack", "defense", "seed"}
+
+
+def test_run_config_round_trips_through_toml() -> None:
+    from simulations.sweep_ray import config_toml
+
+    cfg = resolve({"attack": "blended", "trigger-alpha": 0.15, "ray-address": "", "lr": 1e-5, "download": False})
+    assert tomllib.loads(config_toml(cfg)) == cfg
+    assert resolve(tomllib.loads(config_toml(cfg))) == cfg
+
+
+@pytest.mark.simulation
+def test_parallel_sweep_runs_as_ray_tasks_and_resumes(tmp_path: Path) -> None:
+    """Two real runs at once (Ray tasks, each its own `fl-defense run` process); started again, the sweep
+    reuses both without starting a process."""
+    grid = tmp_path / "grid.toml"
+    grid.write_text('[base]\nrounds = 1\nnum-clients = 2\nclients-per-round = 2\ntrain-fraction = 0.02\n'
+                    'client-checkpoints = false\n\n[grid]\nseed = [0, 1]\n')
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--grid", str(grid), "--out", str(out), "--parallel", "2"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["status"] for r in summary["runs"]] == ["done", "done"]
+    assert all(0.0 < r["ba"] <= 1.0 for r in summary["runs"])
+    assert all((out / r["dir"] / "checkpoints" / "final.pt").is_file() for r in summary["runs"])
+    stamps = {r["dir"]: (out / r["dir"] / "results.json").stat().st_mtime_ns for r in summary["runs"]}
+    assert main(["sweep", "--grid", str(grid), "--out", str(out), "--parallel", "2"]) == 0
+    again = json.loads((out / "summary.json").read_text())
+    assert [r["status"] for r in again["runs"]] == ["cached", "cached"]
+    assert stamps == {d: (out / d / "results.json").stat().st_mtime_ns for d in stamps}
