@@ -122,7 +122,7 @@ def local_update(cfg: Mapping[str, Any], partition_id: int, server_round: int,
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if attacking:
             trainable = {name for name, _ in model.named_parameters()}
-            state = craft_update(state, global_state, trainable, cfg["boost"], cfg["norm-bound"])
+            state = craft_update(state, global_state, trainable, method.scale(), cfg["norm-bound"])
         return ClientResult(state, len(indices), loss, malicious, attacking)
 
     images, labels, poisoned = data.train_x, data.train_y, attack is not None

@@ -119,6 +119,9 @@ OPTIONS: dict[str, Option] = {
     "cs-alpha": Option(0.7, "constrain-and-scale: weight alpha of the classification loss; 1 - alpha weighs the "
                        "L2 distance to the global model (1: no anomaly term)", check=lambda v: 0 < v <= 1,
                        allowed="a number in (0, 1]"),
+    "cs-gamma": Option(0.0, "constrain-and-scale: the attackers' update scale gamma (model replacement), times boost; "
+                       "0: clients-per-round / malicious expected per round (the paper's n / eta with eta 1, "
+                       "shared by the attackers)", check=_non_negative, allowed="a number >= 0"),
     "neurotoxin-top-k": Option(0.05, "neurotoxin: share of coordinates, those the benign updates change most, that "
                                "the attacker leaves untouched (the authors' runs: 0.01-0.05)", check=_unit_open,
                                allowed="a number in (0, 1)"),

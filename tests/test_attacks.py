@@ -148,6 +148,24 @@ def test_constrain_and_scale_keeps_the_model_closer() -> None:
     assert _update_norm(constrained, g) < 0.8 * _update_norm(plain, g)
 
 
+def test_constrain_and_scale_scales_by_gamma(small_cfg: dict[str, Any]) -> None:
+    """The client's update is the trained one times gamma: by default clients per round over the
+    attackers expected among them (10 / 2 here), or `cs-gamma`, times `boost`."""
+
+    cfg = {**small_cfg, "num-clients": 10, "clients-per-round": 10, "malicious-fraction": 0.2,
+           "attack-training": "constrain-and-scale"}
+    assert build_attacker_training(resolve(cfg)).scale() == 5.0
+    assert build_attacker_training(resolve({**cfg, "cs-gamma": 3.0, "boost": 2.0})).scale() == 6.0
+    evil = next(iter(malicious_clients(10, 0.2, cfg["seed"])))
+    torch.manual_seed(0)
+    g = build_model("cnn", SPECS["fashion-mnist"]).state_dict()
+    trainable = [n for n, _ in build_model("cnn", SPECS["fashion-mnist"]).named_parameters()]
+    unscaled = local_update(resolve({**cfg, "cs-gamma": 1.0}), evil, 1, g, {}).state
+    scaled = local_update(resolve(cfg), evil, 1, g, {}).state
+    for n in trainable:
+        assert torch.allclose(scaled[n] - g[n], 5.0 * (unscaled[n] - g[n]), atol=1e-5)
+
+
 # Neurotoxin
 
 def test_top_k_mask_masks_exactly_the_largest() -> None:
@@ -290,6 +308,9 @@ def test_dba_clients_plant_their_own_pieces(small_cfg: dict[str, Any], monkeypat
 
         def observe(self, *args: Any) -> None:
             self.inner.observe(*args)
+
+        def scale(self) -> float:
+            return self.inner.scale()
 
     monkeypatch.setattr(behaviour, "build_attacker_training", lambda c: Spy(original(c)))
     for pid in evil:

@@ -60,6 +60,10 @@ class AttackerTraining:
                 labels: torch.Tensor, indices: torch.Tensor, device: torch.device, memory: Memory) -> Shaping:
         return Shaping()
 
+    def scale(self) -> float:
+        """The factor of the trained update (model replacement): `boost` unless the method scales itself."""
+        return float(self.cfg["boost"])
+
     def observe(self, model: torch.nn.Module, global_state: Mapping[str, torch.Tensor], memory: Memory) -> None:
         """Called in each of the client's rounds, attacking or not, after training: remember what it needs."""
 

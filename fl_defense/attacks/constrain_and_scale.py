@@ -2,9 +2,11 @@
 
 The attacker minimises alpha * L_class + (1 - alpha) * L_ano, where the anomaly term is the L2
 distance of its model to the global one (the statistic a distance-based server would check), so the
-backdoored model stays close to the global model; it then scales its update by gamma (`boost`,
-model replacement: gamma = clients per round / server learning rate replaces the global model), and
-`norm-bound` can cap the scaled update. `cs-alpha` 1 turns the anomaly term off.
+backdoored model stays close to the global model; it then scales its update by gamma (`cs-gamma`,
+model replacement: gamma = clients per round / server learning rate replaces the global model; with
+several attackers each scales by that over their number, so that together they replace it), times
+`boost`, and `norm-bound` can cap the scaled update. `cs-alpha` 1 turns the anomaly term off;
+`cs-gamma` 1 leaves the update unscaled.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Mapping
 import torch
 
 from fl_defense.attacks.attacker import AttackerTraining, Memory, Shaping, register, trainable_anchor
+from fl_defense.config import expected_malicious
 
 
 @torch.no_grad()
@@ -35,6 +38,10 @@ def add_anomaly_gradient(params: Mapping[str, torch.Tensor], anchor: Mapping[str
 @register
 class ConstrainAndScale(AttackerTraining):
     name = "constrain-and-scale"
+
+    def scale(self) -> float:
+        gamma = self.cfg["cs-gamma"] or self.cfg["clients-per-round"] / max(1, expected_malicious(self.cfg))
+        return float(gamma) * float(self.cfg["boost"])
 
     def shaping(self, model: torch.nn.Module, global_state: Mapping[str, torch.Tensor], images: torch.Tensor,
                 labels: torch.Tensor, indices: torch.Tensor, device: torch.device, memory: Memory) -> Shaping:
