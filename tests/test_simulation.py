@@ -45,11 +45,18 @@ def test_backdoor_is_planted_through_flower_and_ray(tmp_path: Path) -> None:
 
 @pytest.mark.simulation
 def test_dba_pieces_and_durability_through_flower_and_ray(tmp_path: Path) -> None:
-    """DBA's per-piece ASR is recorded every round, and the durability of the one attack window at the end."""
+    """DBA's per-piece ASR is recorded every round, and the durability of the one attack window at the end.
+    The MCL defense after round 2 scans the labels on the Ray actor pool, beside Flower's client actors
+    (which hold every CPU)."""
     cfg = resolve({"num-clients": 4, "clients-per-round": 4, "train-fraction": 0.05, "rounds": 3,
                    "malicious-fraction": 0.5, "device": "cpu", "attack": "dba", "attack-schedule": "window:1-1",
-                   "attack-training": "neurotoxin", "out-dir": str(tmp_path)})
+                   "attack-training": "neurotoxin", "defense": "mcl", "defense-schedule": "every:2",
+                   "inversion-mode": "ray", "nc-epochs": 2, "nc-images": 200, "nc-reference-epochs": 1,
+                   "mcl-epochs": 1, "out-dir": str(tmp_path)})
     results = run_experiment(cfg, tmp_path)
+    (scan,) = results["defense"]
+    assert scan["round"] == 2 and scan["inversion_mode"] == "ray" and len(scan["mask_l1"]) == 10
+    assert all(1 <= e <= 2 for e in scan["inversion_epochs"])
     rounds = results["rounds"]
     assert all(set(r["asr_pieces"]) == {"piece-0", "piece-1", "piece-2", "piece-3"} for r in rounds)
     assert [bool(r.get("attackers")) for r in rounds[1:]] == [True, False, False]
