@@ -132,6 +132,11 @@ def test_ray_mode_gives_the_loop_result(bd) -> None:  # noqa: ANN001 - fixture
         assert _POOL["actors"] == actors, "a later scan reuses the warm pool"
     finally:
         ray.shutdown()
+    try:
+        restarted = scan(bd.model, images, 10, mode="ray", generator=torch.Generator().manual_seed(3), **kwargs)
+    finally:
+        ray.shutdown()
+    assert restarted.norms == on_ray.norms, "a restarted Ray gets a new pool, not the dead actors of the last one"
     assert on_ray.norms == pytest.approx(loop.norms, rel=1e-5)
     assert again.norms == on_ray.norms
     assert on_ray.flagged == loop.flagged

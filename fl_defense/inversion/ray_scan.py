@@ -41,13 +41,18 @@ def pool_size(resources: dict[str, float], num_gpus: float, labels: int) -> int:
 
 
 def _actors(num_gpus: float, labels: int) -> list[Any]:
-    """The session's pool, started on first use (and again after Ray was restarted or the shape changed)."""
+    """The session's pool, started on first use and again after Ray was restarted or the shape changed.
+
+    A restarted local Ray numbers its jobs from 1 again, so the job id alone would hand a new session the
+    previous session's dead actors; the driver's node id is new with every start.
+    """
     import ray
 
     if not ray.is_initialized():
         ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     size = pool_size(ray.cluster_resources(), num_gpus, labels)
-    key = (ray.get_runtime_context().get_job_id(), size, num_gpus)
+    context = ray.get_runtime_context()
+    key = (context.get_node_id(), context.get_job_id(), size, num_gpus)
     if _POOL.get("key") != key:
         threads = 1 if num_gpus > 0 else max(1, (os.cpu_count() or 1) // size)
         remote = ray.remote(num_cpus=0, num_gpus=num_gpus)(_Inverter)
