@@ -80,11 +80,13 @@ def test_anp_target_finds_a_blended_backdoor_but_not_this_badnets_one(bd: Backdo
                                     CPU)
         assert target == bd_blended.target and sum(growth) == 0
         assert growth[target] > 100 + max(g for c, g in enumerate(growth) if c != target)
-    # BadNets (a 4x4 corner patch): perturbing the BN neurons does not call up the patch's shortcut and
-    # the target's count falls (measured for eps 0.05-0.8); on the default federated BadNets model the
-    # heuristic did not pick the target either (eps 0.02-0.8), so the pipeline's default is the NC scan.
+    # BadNets (a 4x4 corner patch): perturbing the BN neurons does not call up the patch's shortcut, so
+    # another label gains most (the target's count fell on one CPU and rose by 69 against another
+    # label's larger gain on an AVX-512 one: the float path differs); on the default federated BadNets
+    # model the heuristic did not pick the target either (eps 0.02-0.8), so the pipeline's default is
+    # the NC scan.
     target, growth = anp_target(bd.model, bd.clean.x, 0.4, torch.Generator().manual_seed(0), CPU)
-    assert target != bd.target and growth[bd.target] < 0
+    assert target != bd.target and growth[target] > growth[bd.target]
 
 
 def test_cnp_with_the_true_trigger_removes_most_of_the_backdoor(bd: Backdoored) -> None:
