@@ -29,6 +29,21 @@ def _scan(model_setting, **overrides):  # noqa: ANN001, ANN202 - fixture object
     return invert_and_flag(model_setting.model, model_setting.clean, 10, cfg, CPU, torch.Generator().manual_seed(0))[0]
 
 
+def test_flagged_labels_come_lowest_transfer_first() -> None:
+    """The round-20 scan of the continuous benchmark: "Bag" (8) and the true target (0) both pass;
+    the target's trigger transfers least to the clean reference, so it comes first; without transfer
+    rates the order is by anomaly index."""
+    from fl_defense.inversion import DetectionRule
+
+    indices = np.array([2.575, -0.351, -0.157, -0.687, 0.018, -0.018, 0.874, -1.693, 3.163, 0.662])
+    transfer = np.array([0.01, 0.106, 0.068, 0.08, 0.117, 0.277, 0.123, 0.16, 0.055, 0.065])
+    rule = DetectionRule()
+    assert rule.flag(indices, transfer) == [0, 8]
+    assert rule.flag(indices, None) == [8, 0]
+    transfer[0] = 0.2
+    assert rule.flag(indices, transfer) == [8], "a trigger that fools the clean model is not flagged"
+
+
 def test_scan_flags_the_target_of_a_backdoored_model(bd) -> None:  # noqa: ANN001 - fixture
     result = _scan(bd)
     assert result.flagged[:1] == [bd.target], result.record()

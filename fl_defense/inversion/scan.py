@@ -29,9 +29,17 @@ class DetectionRule:
     transfer_max: float = 0.1
 
     def flag(self, indices: np.ndarray, transfer: np.ndarray | None) -> list[int]:
-        """Flagged labels, most anomalous first."""
-        return [int(t) for t in np.argsort(-indices) if indices[t] > self.threshold
-                and (transfer is None or transfer[t] <= self.transfer_max)]
+        """Flagged labels, the likeliest backdoor target first: the lowest transfer rate, else the most anomalous.
+
+        A natural shortcut (Fashion-MNIST's "Bag") can pass both checks beside the true target and even
+        be the more anomalous (measured: transfer 0.055 and index 3.16 against the target's 0.01 and
+        2.58); a backdoor's trigger is the one that least fools the clean reference model.
+        """
+        passed = [t for t in range(len(indices)) if indices[t] > self.threshold
+                  and (transfer is None or transfer[t] <= self.transfer_max)]
+        if transfer is None:
+            return sorted(passed, key=lambda t: -indices[t])
+        return sorted(passed, key=lambda t: (transfer[t], -indices[t]))
 
 
 @dataclass
@@ -50,7 +58,7 @@ class ScanResult:
         return [inv.norm for inv in self.inversions]
 
     def trigger(self) -> Trigger | None:
-        """The inverted trigger of the most anomalous flagged label; None when nothing is flagged."""
+        """The inverted trigger of the first flagged label (see `DetectionRule.flag`); None when nothing is flagged."""
         return self.trigger_for(self.flagged[0]) if self.flagged else None
 
     def trigger_for(self, label: int) -> Trigger | None:
