@@ -35,11 +35,9 @@ class DetectionRule:
         be the more anomalous (measured: transfer 0.055 and index 3.16 against the target's 0.01 and
         2.58); a backdoor's trigger is the one that least fools the clean reference model.
         """
-        passed = [t for t in range(len(indices)) if indices[t] > self.threshold
-                  and (transfer is None or transfer[t] <= self.transfer_max)]
-        if transfer is None:
-            return sorted(passed, key=lambda t: -indices[t])
-        return sorted(passed, key=lambda t: (transfer[t], -indices[t]))
+        rates = np.zeros(len(indices)) if transfer is None else transfer
+        passed = [t for t in range(len(indices)) if indices[t] > self.threshold and rates[t] <= self.transfer_max]
+        return sorted(passed, key=lambda t: (rates[t], -indices[t]))
 
 
 @dataclass
