@@ -123,6 +123,16 @@ def test_pgd_update_lies_within_the_bound() -> None:
     assert loss == loss  # finite
 
 
+def test_malicious_epochs_set_the_attackers_local_training() -> None:
+    """An attacker trains `malicious-epochs` epochs (the literature's longer attacker training), benign clients
+    `local-epochs`: two attacker epochs equal two local epochs and differ from one."""
+    longer, _, _ = _attacker_round(resolve({"malicious-epochs": 2}))
+    same, _, _ = _attacker_round(resolve({"local-epochs": 2}))
+    one, _, _ = _attacker_round(resolve({}))
+    assert all(torch.equal(a, b) for a, b in zip(longer.state_dict().values(), same.state_dict().values(), strict=True))
+    assert not torch.equal(longer.head.weight, one.head.weight)
+
+
 # constrain-and-scale
 
 def test_anomaly_gradient_matches_autograd() -> None:
@@ -248,7 +258,7 @@ def test_wanet_poisons_and_adds_noise_mode_images() -> None:
 # SIG
 
 def test_sig_signal_and_clean_label_poisoning() -> None:
-    attack = make({"attack": "sig", "target-label": 2, "poison-rate": 1.0})
+    attack = make({"attack": "sig", "target-label": 2, "poison-rate": 1.0, "sig-delta": 40 / 255})
     signal = sine_signal(GRAY, 40 / 255, 6)
     j = torch.arange(28, dtype=torch.float32)
     assert torch.allclose(signal[0, 5], 40 / 255 * torch.sin(2 * torch.pi * j * 6 / 28))

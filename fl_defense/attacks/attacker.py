@@ -75,7 +75,8 @@ class AttackerTraining:
         model.to(device)
         shape = self.shaping(model, global_state, images, labels, indices, device, memory)
         wd = cfg["weight-decay"] if shape.weight_decay is None else shape.weight_decay
-        return train_local(model, images, labels, indices, epochs=cfg["local-epochs"], batch_size=cfg["batch-size"],
+        epochs = cfg["malicious-epochs"] or cfg["local-epochs"]
+        return train_local(model, images, labels, indices, epochs=epochs, batch_size=cfg["batch-size"],
                            lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=wd, generator=generator,
                            device=device, batch_hook=attack.poison_batch, grad_hook=shape.grad_hook,
                            step_hook=shape.step_hook, amp=cfg["amp"])
