@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
+from fl_defense.attacks.trigger import StampMix
 from fl_defense.config import resolve
 from fl_defense.defense import DefenseMemory, defense_rounds, invert_and_flag, purification_trigger, run_defense
 from fl_defense.inversion import LabelInversion, NCSettings, ScanResult, anomaly_indices, invert
@@ -95,7 +98,7 @@ def test_defense_pipeline_inverts_then_purifies_and_remembers_the_trigger(bd, cl
     # a later call whose scan flags nothing purifies with the remembered trigger
     later = run_defense(clean_model.model, clean_model.clean, 10, cfg, CPU, torch.Generator().manual_seed(1), memory)
     assert later.record["flagged"] == [] and later.record["purified"] is True
-    assert later.record["trigger_source"].startswith(f"label {bd.target} of defense call 1, ")
+    assert later.record["trigger_source"].startswith(f"label {bd.target} of defense call 1: its trigger")
     assert memory.calls == 2 and memory.reference is not None
 
 
@@ -105,16 +108,24 @@ def _scan_result(norms: list[float], flagged: list[int]) -> ScanResult:
     return ScanResult(inversions, anomaly_indices(np.array(norms), log=True), None, flagged, 0.0, "loop")
 
 
-def test_remembered_label_is_re_inverted_only_while_its_mask_is_below_the_median() -> None:
+def test_remembered_trigger_is_mixed_with_its_labels_re_inversion() -> None:
     memory = DefenseMemory(calls=1)
     trigger, source = purification_trigger(_scan_result([5.0, 50, 48, 52, 47, 55], [0]), memory)
     assert source == "scan" and memory.trigger_label == 0 and trigger is memory.trigger
     memory.calls = 2
-    trigger, source = purification_trigger(_scan_result([40.0, 50, 48, 52, 47, 55], []), memory)
-    assert source == "label 0 of defense call 1, re-inverted now" and trigger is not memory.trigger
-    assert float(trigger.mask.sum()) == pytest.approx(40.0)
-    trigger, source = purification_trigger(_scan_result([80.0, 50, 48, 52, 47, 55], []), memory)
-    assert source == "label 0 of defense call 1, its trigger" and trigger is memory.trigger
+    later = _scan_result([80.0, 50, 48, 52, 47, 55], [])
+    trigger, source = purification_trigger(later, memory)
+    assert source == "label 0 of defense call 1: its trigger and this scan's re-inversion"
+    assert isinstance(trigger, StampMix) and trigger.stamps[0] is memory.trigger
+    x = torch.rand(6, 1, 4, 4)
+    again = later.trigger_for(0)
+    assert again is not None
+    expected = torch.cat([memory.trigger.apply(x[0::2]), again.apply(x[1::2])])
+    assert torch.equal(trigger.apply(x)[[0, 2, 4, 1, 3, 5]], expected)  # every other image each
+    assert memory.trigger_label == 0 and memory.trigger_call == 1  # a mix is not remembered
+    failed = _scan_result([80.0, 50, 48, 52, 47, 55], [])
+    failed.inversions[0] = dataclasses.replace(failed.inversions[0], reached=False)
+    assert purification_trigger(failed, memory) == (memory.trigger, "label 0 of defense call 1: its trigger")
     assert purification_trigger(_scan_result([40.0, 50, 48, 52, 47, 55], []), DefenseMemory()) == (None, None)
 
 

@@ -30,6 +30,19 @@ class Stamp(Protocol):
 
 
 @dataclass(frozen=True)
+class StampMix:
+    """Several stamps taking turns over a batch: image i gets stamp i mod k (a purifier unlearns them all)."""
+
+    stamps: tuple[Stamp, ...]
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        for i, stamp in enumerate(self.stamps):
+            out[i::len(self.stamps)] = stamp.apply(x[i::len(self.stamps)])
+        return out
+
+
+@dataclass(frozen=True)
 class Trigger:
     """Pattern p (C x H x W) and mask m (1 x H x W or C x H x W), both in [0, 1], with opacity alpha."""
 

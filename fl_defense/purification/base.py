@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from fl_defense.attacks.trigger import Trigger
+from fl_defense.attacks.trigger import Stamp
 from fl_defense.models.base import BackdoorModel
 
 PURIFIERS: dict[str, type[Purifier]] = {}
@@ -53,12 +53,12 @@ class Purifier:
         pipeline's (a purifier that finds its own target reports its own `flagged` and timings)."""
         return {}
 
-    def purify(self, model: BackdoorModel, clean: CleanSet, trigger: Trigger | None,
+    def purify(self, model: BackdoorModel, clean: CleanSet, trigger: Stamp | None,
                device: torch.device, generator: torch.Generator) -> BackdoorModel:
         raise NotImplementedError
 
 
-def require_trigger(name: str, trigger: Trigger | None) -> Trigger:
+def require_trigger(name: str, trigger: Stamp | None) -> Stamp:
     """The trigger a trigger-based purifier was given; an error naming the purifier when there is none."""
     if trigger is None:
         raise ValueError(f"{name} needs an inverted trigger; run trigger inversion first")

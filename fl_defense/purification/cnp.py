@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fl_defense.attacks.trigger import Trigger
+from fl_defense.attacks.trigger import Stamp, Trigger
 from fl_defense.inversion import inversion_images, invert, nc_settings
 from fl_defense.metrics import clean_accuracy
 from fl_defense.models.base import BackdoorModel
@@ -178,7 +178,7 @@ class CNP(Purifier):
                        purify_seconds=self.seconds - self.inversion_seconds)
         return out
 
-    def purify(self, model: BackdoorModel, clean: CleanSet, trigger: Trigger | None,
+    def purify(self, model: BackdoorModel, clean: CleanSet, trigger: Stamp | None,
                device: torch.device, generator: torch.Generator) -> BackdoorModel:
         """With `cnp-target=scan` the given (inverted) trigger is used; with `anp` CNP finds its own."""
         t0 = time.perf_counter()
@@ -207,7 +207,7 @@ class CNP(Purifier):
         self.trigger_asr = inv.asr
         return Trigger(pattern=inv.pattern, mask=inv.mask, alpha=1.0)
 
-    def _train_masks(self, probe: BackdoorModel, gates: NeuronGates, clean: CleanSet, trigger: Trigger,
+    def _train_masks(self, probe: BackdoorModel, gates: NeuronGates, clean: CleanSet, trigger: Stamp,
                      device: torch.device, generator: torch.Generator) -> None:
         cfg = self.cfg
         eps = cfg["cnp-anp-eps"]

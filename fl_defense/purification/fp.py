@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from fl_defense.attacks.trigger import Trigger
+from fl_defense.attacks.trigger import Stamp
 from fl_defense.metrics import clean_accuracy
 from fl_defense.models.base import BackdoorModel
 from fl_defense.purification.base import CleanSet, Purifier, frozen_copy, register, trainable_copy
@@ -38,7 +38,7 @@ class FinePruning(Purifier):
         """How many channels the last `purify` pruned (for reports)."""
         return len(self.pruned_channels)
 
-    def purify(self, model: BackdoorModel, clean: CleanSet, trigger: Trigger | None,
+    def purify(self, model: BackdoorModel, clean: CleanSet, trigger: Stamp | None,
                device: torch.device, generator: torch.Generator) -> BackdoorModel:
         probe = frozen_copy(model, device)
         order = dormancy_order(probe, clean, self.cfg["eval-batch-size"], device)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from fl_defense.attacks.trigger import Trigger
+from fl_defense.attacks.trigger import Stamp
 from fl_defense.models.base import BackdoorModel
 from fl_defense.purification.base import CleanSet, Purifier, register, step_lr, trainable_copy
 from fl_defense.training import BatchHook
@@ -61,6 +61,6 @@ class FineTuning(Purifier):
 
     name = "ft"
 
-    def purify(self, model: BackdoorModel, clean: CleanSet, trigger: Trigger | None,
+    def purify(self, model: BackdoorModel, clean: CleanSet, trigger: Stamp | None,
                device: torch.device, generator: torch.Generator) -> BackdoorModel:
         return fine_tune(trainable_copy(model, device), clean, self.cfg, device, generator)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from fl_defense.attacks.trigger import Trigger
+from fl_defense.attacks.trigger import Stamp
 from fl_defense.models.base import BackdoorModel
 from fl_defense.purification.base import (
     CleanSet, Purifier, frozen_copy, register, require_trigger, step_lr, trainable_copy,
@@ -36,7 +36,7 @@ class MCL(Purifier):
     name = "mcl"
     needs_trigger = True
 
-    def purify(self, model: BackdoorModel, clean: CleanSet, trigger: Trigger | None,
+    def purify(self, model: BackdoorModel, clean: CleanSet, trigger: Stamp | None,
                device: torch.device, generator: torch.Generator) -> BackdoorModel:
         trigger = require_trigger(self.name, trigger)
         cfg = self.cfg

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from fl_defense.attacks.trigger import Trigger
+from fl_defense.attacks.trigger import Stamp
 from fl_defense.models.base import BackdoorModel
 from fl_defense.purification.base import CleanSet, Purifier, frozen_copy, register, trainable_copy
 from fl_defense.purification.ft import fine_tune
@@ -29,7 +29,7 @@ def attention_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor
 class NAD(Purifier):
     name = "nad"
 
-    def purify(self, model: BackdoorModel, clean: CleanSet, trigger: Trigger | None,
+    def purify(self, model: BackdoorModel, clean: CleanSet, trigger: Stamp | None,
                device: torch.device, generator: torch.Generator) -> BackdoorModel:
         teacher = frozen_copy(fine_tune(trainable_copy(model, device), clean, self.cfg, device, generator), device)
         beta = self.cfg["nad-beta"]

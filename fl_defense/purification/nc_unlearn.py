@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from fl_defense.attacks.trigger import Trigger
+from fl_defense.attacks.trigger import Stamp
 from fl_defense.models.base import BackdoorModel
 from fl_defense.purification.base import CleanSet, Purifier, register, require_trigger, trainable_copy
 from fl_defense.purification.ft import fine_tune
@@ -16,7 +16,7 @@ class NCUnlearning(Purifier):
     name = "nc-unlearn"
     needs_trigger = True
 
-    def purify(self, model: BackdoorModel, clean: CleanSet, trigger: Trigger | None,
+    def purify(self, model: BackdoorModel, clean: CleanSet, trigger: Stamp | None,
                device: torch.device, generator: torch.Generator) -> BackdoorModel:
         trigger = require_trigger(self.name, trigger)
         ratio = self.cfg["nc-unlearn-ratio"]
