@@ -238,13 +238,13 @@ def test_wanet_is_an_imperceptible_warp_that_vanishes_at_strength_zero() -> None
     x = to_float(cached_dataset("fashion-mnist", "", True).test_x[:64])
     still = WarpTrigger(warp_grid(28, 28, 4, 1e-9, torch.Generator().manual_seed(0)))
     assert torch.allclose(still.apply(x), x, atol=1e-5)
-    warped = make({"attack": "wanet"}).trigger.apply(x)
+    warped = make({"attack": "wanet", "wanet-strength": 0.5}).trigger.apply(x)  # the paper's strength
     assert warped.min() >= 0 and warped.max() <= 1
     assert 0 < (warped - x).abs().mean() < 0.05
 
 
 def test_wanet_poisons_and_adds_noise_mode_images() -> None:
-    attack = make({"attack": "wanet", "poison-rate": 0.25, "target-label": 1})
+    attack = make({"attack": "wanet", "poison-rate": 0.25, "target-label": 1, "wanet-cross-ratio": 2.0})
     x = to_float(cached_dataset("fashion-mnist", "", True).test_x[:32])
     y = torch.full((32,), 5)
     px, py = attack.poison_batch(x, y, torch.Generator().manual_seed(0))
@@ -253,6 +253,9 @@ def test_wanet_poisons_and_adds_noise_mode_images() -> None:
     assert int(changed.sum()) == 24  # 8 poisoned + 16 noise-mode (cross ratio 2)
     assert (py[changed & (py != 1)] == 5).all()
     assert torch.allclose(px[py == 1], attack.trigger.apply(x[py == 1]))
+    default = make({"attack": "wanet", "poison-rate": 0.25, "target-label": 1})  # no noise mode
+    px, py = default.poison_batch(x, y, torch.Generator().manual_seed(0))
+    assert int(((px - x).flatten(1).abs().amax(1) > 0).sum()) == int((py == 1).sum()) == 8
 
 
 # SIG
