@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,42 +26,48 @@ from fl_defense.purification import CleanSet, build_purifier
 class DefenseMemory:
     """What a run's defense keeps between calls (defense every k rounds).
 
-    The reference model depends only on the clean set, so it is trained once. The last target found
-    is kept for the calls whose scan flags nothing: under continuous training a backdoor that was
-    removed is re-planted by the same attackers, and while it is only partly re-learned its inverted
-    mask is not yet small enough to be flagged. Such a call purifies with the remembered trigger and,
-    when this scan's inversion of the remembered label succeeded, with that re-inversion too, each on
-    half of the stamped images: the re-planted backdoor can answer to the old trigger or, after a
-    purification taught the model to ignore that one, to other features of the attackers' trigger,
-    which the re-inversion finds even when its mask is no smaller than other labels' (Blended, MCL every
-    5 rounds, round 15: remembered trigger alone 0.71 -> 0.25, with the re-inversion 0.71 -> 0.011).
+    The reference model depends only on the clean set, so it is trained once. Every label a scan has
+    flagged is kept, with its latest trigger, for the calls whose scan flags nothing: under continuous
+    training a backdoor that was removed is re-planted by the same attackers, and while it is only
+    partly re-learned its inverted mask is not yet small enough to be flagged. Such a call purifies with
+    each remembered trigger and, where this scan's inversion of its label succeeded, that re-inversion
+    too, taking turns over the stamped images: the re-planted backdoor can answer to the old trigger
+    or, after a purification taught the model to ignore that one, to other features of the attackers'
+    trigger, which the re-inversion finds even when its mask is no smaller than other labels' (Blended,
+    MCL every 5 rounds, round 15: remembered trigger alone 0.71 -> 0.25, with the re-inversion 0.71 ->
+    0.011). All flagged labels are kept, not the last: a natural feature flagged once (Fashion-MNIST's
+    "Bag", when the fading backdoor no longer was) must not make the defense forget the target.
     """
 
     reference: torch.nn.Module | None = None
-    trigger: Trigger | None = None
-    trigger_label: int | None = None
-    trigger_call: int | None = None
+    found: dict[int, tuple[Trigger, int]] = field(default_factory=dict)  # label -> (trigger, call that flagged it)
     calls: int = 0
 
     def state_dict(self) -> dict[str, Any]:
         """Plain tensors and numbers, for a checkpoint that `torch.load(weights_only=True)` can read."""
-        trigger = None
-        if self.trigger is not None:
-            trigger = {"pattern": self.trigger.pattern, "mask": self.trigger.mask, "alpha": float(self.trigger.alpha)}
-        return {"reference": None if self.reference is None else self.reference.state_dict(), "trigger": trigger,
-                "trigger_label": self.trigger_label, "trigger_call": self.trigger_call, "calls": self.calls}
+        found = [{"label": label, "call": call, "pattern": t.pattern, "mask": t.mask, "alpha": float(t.alpha)}
+                 for label, (t, call) in self.found.items()]
+        return {"reference": None if self.reference is None else self.reference.state_dict(), "found": found,
+                "calls": self.calls}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], model: BackdoorModel) -> DefenseMemory:
-        """The memory of `state_dict`; the reference model is rebuilt with `model`'s architecture."""
+        """The memory of `state_dict` (or of the single-trigger memory of earlier checkpoints); the reference
+        model is rebuilt with `model`'s architecture."""
         reference = None
         if state["reference"] is not None:
             reference = fresh_copy(model, 0)
             reference.load_state_dict(state["reference"])
             reference.eval()
-        t = state["trigger"]
-        trigger = None if t is None else Trigger(pattern=t["pattern"], mask=t["mask"], alpha=t["alpha"])
-        return cls(reference, trigger, state["trigger_label"], state["trigger_call"], int(state["calls"]))
+        if "found" in state:
+            entries = state["found"]
+        elif state.get("trigger") is not None:  # a checkpoint of the single-trigger memory
+            entries = [{**state["trigger"], "label": state["trigger_label"], "call": state["trigger_call"]}]
+        else:
+            entries = []
+        found = {int(e["label"]): (Trigger(pattern=e["pattern"], mask=e["mask"], alpha=e["alpha"]), int(e["call"]))
+                 for e in entries}
+        return cls(reference, found, int(state["calls"]))
 
 
 @dataclass
@@ -114,19 +120,23 @@ def invert_and_flag(model: BackdoorModel, clean: CleanSet, num_classes: int, cfg
     return result, reference
 
 
-def purification_trigger(result: ScanResult, memory: DefenseMemory) -> tuple[Stamp | None, str | None]:
-    """The trigger to purify with and where it comes from (see `DefenseMemory`); a flagged label is remembered."""
+def purification_trigger(result: ScanResult, memory: DefenseMemory) -> tuple[Stamp | None, str | None, list[int]]:
+    """The trigger to purify with, where it comes from, and the labels it stands for (see `DefenseMemory`);
+    a flagged label is remembered."""
     trigger = result.trigger()
     if trigger is not None:
-        memory.trigger, memory.trigger_label, memory.trigger_call = trigger, result.flagged[0], memory.calls
-        return trigger, "scan"
-    if memory.trigger is None or memory.trigger_label is None:
-        return None, None
-    current = result.trigger_for(memory.trigger_label)
-    source = f"label {memory.trigger_label} of defense call {memory.trigger_call}: its trigger"
-    if current is None:
-        return memory.trigger, source
-    return StampMix((memory.trigger, current)), source + " and this scan's re-inversion"
+        memory.found[result.flagged[0]] = (trigger, memory.calls)
+        return trigger, "scan", result.flagged[:1]
+    stamps: list[Stamp] = []
+    sources = []
+    for label, (remembered, call) in memory.found.items():
+        current = result.trigger_for(label)
+        stamps += [remembered] if current is None else [remembered, current]
+        sources.append(f"label {label} of defense call {call}: its trigger"
+                       + ("" if current is None else " and this scan's re-inversion"))
+    if not stamps:
+        return None, None, []
+    return (stamps[0] if len(stamps) == 1 else StampMix(tuple(stamps))), "; ".join(sources), list(memory.found)
 
 
 def run_defense(model: BackdoorModel, clean: CleanSet, num_classes: int, cfg: Mapping[str, Any],
@@ -146,7 +156,7 @@ def run_defense(model: BackdoorModel, clean: CleanSet, num_classes: int, cfg: Ma
         result, memory.reference = invert_and_flag(model, clean, num_classes, cfg, device, generator,
                                                    memory.reference)
         record.update(result.record())
-        trigger, record["trigger_source"] = purification_trigger(result, memory)
+        trigger, record["trigger_source"], record["purified_labels"] = purification_trigger(result, memory)
         if trigger is None:
             record["purify_seconds"] = 0.0
             return DefenseOutcome(model, record)

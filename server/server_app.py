@@ -111,7 +111,6 @@ def run_server(grid: Grid, cfg: dict[str, Any], out_dir: Path, resume: dict[str,
                   "ba_after": ba1, "asr_after": asr1}
         if "flagged" in record:
             record["true_target_found"] = cfg["attack"] != "none" and record["flagged"][:1] == [cfg["target-label"]]
-            record["purified_label"] = memory.trigger_label if record["purified"] else None
         report.log_defense(record)
         print(f"[defense {cfg['defense']} @ round {server_round}] flagged {record.get('flagged', '-')}  "
               f"BA {ba0:.4f} -> {ba1:.4f}  ASR {asr0:.4f} -> {asr1:.4f}", flush=True)

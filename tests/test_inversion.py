@@ -92,7 +92,8 @@ def test_defense_pipeline_inverts_then_purifies_and_remembers_the_trigger(bd, cl
     memory = DefenseMemory()
     outcome = run_defense(bd.model, bd.clean, 10, cfg, CPU, torch.Generator().manual_seed(0), memory)
     assert outcome.record["purified"] is True and outcome.record["flagged"][:1] == [bd.target]
-    assert outcome.record["trigger_source"] == "scan" and memory.trigger_label == bd.target
+    assert outcome.record["trigger_source"] == "scan" and list(memory.found) == [bd.target]
+    assert outcome.record["purified_labels"] == [bd.target]
     assert bd.asr(outcome.model) < 0.1
     assert bd.ba(outcome.model) > bd.ba(bd.model) - 0.05
     # a later call whose scan flags nothing purifies with the remembered trigger
@@ -110,23 +111,41 @@ def _scan_result(norms: list[float], flagged: list[int]) -> ScanResult:
 
 def test_remembered_trigger_is_mixed_with_its_labels_re_inversion() -> None:
     memory = DefenseMemory(calls=1)
-    trigger, source = purification_trigger(_scan_result([5.0, 50, 48, 52, 47, 55], [0]), memory)
-    assert source == "scan" and memory.trigger_label == 0 and trigger is memory.trigger
+    trigger, source, labels = purification_trigger(_scan_result([5.0, 50, 48, 52, 47, 55], [0]), memory)
+    assert (source, labels) == ("scan", [0]) and memory.found == {0: (trigger, 1)}
+    remembered = trigger
     memory.calls = 2
     later = _scan_result([80.0, 50, 48, 52, 47, 55], [])
-    trigger, source = purification_trigger(later, memory)
-    assert source == "label 0 of defense call 1: its trigger and this scan's re-inversion"
-    assert isinstance(trigger, StampMix) and trigger.stamps[0] is memory.trigger
+    trigger, source, labels = purification_trigger(later, memory)
+    assert source == "label 0 of defense call 1: its trigger and this scan's re-inversion" and labels == [0]
+    assert isinstance(trigger, StampMix) and trigger.stamps[0] is remembered
     x = torch.rand(6, 1, 4, 4)
     again = later.trigger_for(0)
     assert again is not None
-    expected = torch.cat([memory.trigger.apply(x[0::2]), again.apply(x[1::2])])
+    expected = torch.cat([remembered.apply(x[0::2]), again.apply(x[1::2])])
     assert torch.equal(trigger.apply(x)[[0, 2, 4, 1, 3, 5]], expected)  # every other image each
-    assert memory.trigger_label == 0 and memory.trigger_call == 1  # a mix is not remembered
+    assert memory.found == {0: (remembered, 1)}  # a mix is not remembered
     failed = _scan_result([80.0, 50, 48, 52, 47, 55], [])
     failed.inversions[0] = dataclasses.replace(failed.inversions[0], reached=False)
-    assert purification_trigger(failed, memory) == (memory.trigger, "label 0 of defense call 1: its trigger")
-    assert purification_trigger(_scan_result([40.0, 50, 48, 52, 47, 55], []), DefenseMemory()) == (None, None)
+    assert purification_trigger(failed, memory) == (remembered, "label 0 of defense call 1: its trigger", [0])
+    assert purification_trigger(_scan_result([40.0, 50, 48, 52, 47, 55], []), DefenseMemory()) == (None, None, [])
+
+
+def test_a_later_flag_adds_to_the_memory_and_keeps_the_target() -> None:
+    """A natural feature flagged once (Bag, when the fading backdoor was not) must not replace the target."""
+    memory = DefenseMemory(calls=1)
+    target, _, _ = purification_trigger(_scan_result([5.0, 50, 48, 52, 47, 55], [0]), memory)
+    memory.calls = 2
+    bag, source, labels = purification_trigger(_scan_result([50.0, 50, 48, 52, 47, 6], [5]), memory)
+    assert (source, labels) == ("scan", [5]) and set(memory.found) == {0, 5}
+    memory.calls = 3
+    failed = _scan_result([80.0, 50, 48, 52, 47, 55], [])
+    failed.inversions[0] = dataclasses.replace(failed.inversions[0], reached=False)
+    trigger, source, labels = purification_trigger(failed, memory)
+    assert labels == [0, 5] and isinstance(trigger, StampMix)
+    assert trigger.stamps[0] is target and trigger.stamps[1] is bag and len(trigger.stamps) == 3
+    assert source == ("label 0 of defense call 1: its trigger; "
+                      "label 5 of defense call 2: its trigger and this scan's re-inversion")
 
 
 @pytest.mark.parametrize(("defense", "schedule", "rounds", "expected"), [

@@ -68,16 +68,32 @@ def test_random_states_round_trip() -> None:
 def test_defense_memory_round_trips_through_a_weights_only_file(tmp_path: Path) -> None:
     model = build_model("cnn", SPECS["fashion-mnist"])
     reference = build_model("cnn", SPECS["fashion-mnist"])
-    memory = DefenseMemory(reference, Trigger(torch.rand(1, 28, 28), torch.rand(1, 28, 28), 1.0), 3, 2, 4)
+    triggers = [Trigger(torch.rand(1, 28, 28), torch.rand(1, 28, 28), 1.0) for _ in range(2)]
+    memory = DefenseMemory(reference, {3: (triggers[0], 2), 8: (triggers[1], 4)}, 4)
     checkpoint.save(tmp_path / "m.pt", {"defense": memory.state_dict()})
     back = DefenseMemory.from_state(torch.load(tmp_path / "m.pt", weights_only=True)["defense"], model)
-    assert (back.trigger_label, back.trigger_call, back.calls) == (3, 2, 4)
-    assert back.trigger is not None and torch.equal(back.trigger.mask, memory.trigger.mask)
+    assert back.calls == 4 and list(back.found) == [3, 8]
+    for label, (t, call) in memory.found.items():
+        assert back.found[label][1] == call and torch.equal(back.found[label][0].mask, t.mask)
+        assert torch.equal(back.found[label][0].pattern, t.pattern)
     assert back.reference is not None
     assert all(torch.equal(a, b) for a, b in zip(back.reference.state_dict().values(),
                                                  reference.state_dict().values(), strict=True))
     empty = DefenseMemory.from_state(DefenseMemory().state_dict(), model)
-    assert empty.reference is None and empty.trigger is None and empty.calls == 0
+    assert empty.reference is None and empty.found == {} and empty.calls == 0
+
+
+def test_defense_memory_reads_a_single_trigger_checkpoint() -> None:
+    """Checkpoints written before the memory kept every flagged label resume with their one label."""
+    t = Trigger(torch.rand(1, 28, 28), torch.rand(1, 28, 28), 1.0)
+    old = {"reference": None, "trigger": {"pattern": t.pattern, "mask": t.mask, "alpha": 1.0}, "trigger_label": 3,
+           "trigger_call": 2, "calls": 5}
+    back = DefenseMemory.from_state(old, build_model("cnn", SPECS["fashion-mnist"]))
+    assert back.calls == 5 and list(back.found) == [3] and back.found[3][1] == 2
+    assert torch.equal(back.found[3][0].mask, t.mask)
+    none = DefenseMemory.from_state({**old, "trigger": None, "trigger_label": None, "trigger_call": None},
+                                    build_model("cnn", SPECS["fashion-mnist"]))
+    assert none.found == {}
 
 
 @pytest.mark.parametrize("rule", ["foolsgold", "fedavgm", "dp-clip", "fedavg"])
