@@ -140,15 +140,15 @@ OPTIONS: dict[str, Option] = {
                       allowed="an integer >= 0"),
     "wanet-grid": Option(4, "wanet: control grid size k of the warp (the paper: 4)", check=lambda v: v >= 2,
                          allowed="an integer >= 2"),
-    "wanet-strength": Option(3.0, "wanet: warp strength s; a control offset of 1 moves a pixel by s/2 pixels "
+    "wanet-strength": Option(4.0, "wanet: warp strength s; a control offset of 1 moves a pixel by s/2 pixels "
                              "(the paper: 0.5, which plants 0.17 in 20 rounds of the default setting)",
                              check=_positive, allowed="a number > 0"),
     "wanet-cross-ratio": Option(0.0, "wanet: noise-mode images (warped with the trigger's grid plus noise, true "
                                 "label) per poisoned image (the paper: 2; with it s 2 plants 0.70 in 20 rounds of "
-                                "the default setting, without it 0.86, s 3 0.94)", check=_non_negative,
+                                "the default setting, without it 0.86, s 4 0.97)", check=_non_negative,
                                 allowed="a number >= 0"),
-    "sig-delta": Option(0.5, "sig: amplitude of the sinusoid in [0, 1] pixel units (BackdoorBench: 40/255, which "
-                        "plants 0.10 in 20 rounds of the default setting; 0.5 plants 0.93)",
+    "sig-delta": Option(0.6, "sig: amplitude of the sinusoid in [0, 1] pixel units (BackdoorBench: 40/255, which "
+                        "plants 0.10 in 20 rounds of the default setting; 0.6 plants 0.95)",
                         check=lambda v: 0 < v <= 1, allowed="a number in (0, 1]"),
     "sig-frequency": Option(6.0, "sig: periods of the sinusoid across the image width (BackdoorBench: 6)",
                             check=_positive, allowed="a number > 0"),
