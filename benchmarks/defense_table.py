@@ -8,7 +8,8 @@ Five parts, on the default setting (20% malicious clients); the first four for B
   run per honest training code: plain SGD, ABL, DBD;
 - `continuous`: MCL every 5 rounds while BadNets never stops;
 - `attacks`: the other attacks (DBA, WaNet, SIG; BadNets trained with PGD, constrain-and-scale,
-  Neurotoxin) without defense, and all but constrain-and-scale (and with Blended) with MCL every 5 rounds.
+  Neurotoxin) without defense, and Blended and all of these but constrain-and-scale with MCL every 5
+  rounds.
 Runs are cached under --out and reused while their config is unchanged, so the parts can be computed
 one at a time (`--parts aggregation`); the tables of every part with cached results are written to
 benchmarks/README.md between the DEFENSE-TABLE markers, with a PNG of per-round BA/ASR.

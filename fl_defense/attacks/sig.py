@@ -3,9 +3,11 @@
 The trigger adds v(i, j) = delta * sin(2 pi j f / W) to every row and channel and clips to [0, 1]. The
 default delta is 0.6 with BackdoorBench's f 6: its delta 40/255, made for centralised training on a
 poisoned dataset, planted 0.10 in 20 federated rounds of the default setting, where two clients' target
-images are the only carriers and eight benign updates average the signal away each round. Clean-label: the attacker stamps only images that already carry the
-target label and never changes a label, so a data inspector sees correctly labelled images; the model
-learns the signal as a shortcut to the target. `poison-rate` is the share of a batch's target-class
+images are the only carriers and eight benign updates average the signal away each round.
+
+Clean-label: the attacker stamps only images that already carry the target label and never changes a
+label, so a data inspector sees correctly labelled images; the model learns the signal as a shortcut to
+the target. `poison-rate` is the share of a batch's target-class
 images that are stamped.
 """
 
