@@ -7,8 +7,7 @@ images are the only carriers and eight benign updates average the signal away ea
 
 Clean-label: the attacker stamps only images that already carry the target label and never changes a
 label, so a data inspector sees correctly labelled images; the model learns the signal as a shortcut to
-the target. `poison-rate` is the share of a batch's target-class
-images that are stamped.
+the target. `poison-rate` is the share of a batch's target-class images that are stamped.
 """
 
 from __future__ import annotations
