@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +21,43 @@ from fl_defense.models import BackdoorModel, build_model
 from fl_defense.purification import CleanSet
 from fl_defense.training import train_local
 
-CACHE = Path(__file__).resolve().parent / ".cache"
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CACHE = HERE / ".cache"
+README = HERE / "README.md"
+
+
+def write_block(name: str, text: str, readme: Path = README) -> None:
+    """Replace what stands between `<!-- NAME:BEGIN -->` and `<!-- NAME:END -->` in benchmarks/README.md with `text`
+    (the markers are added at the end the first time): every table there is written by its script."""
+    begin, end = f"<!-- {name}:BEGIN -->", f"<!-- {name}:END -->"
+    current = readme.read_text()
+    block = f"{begin}\n{text.rstrip()}\n{end}"
+    if begin not in current:
+        readme.write_text(current.rstrip() + "\n\n" + block + "\n")
+        return
+    readme.write_text(re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, current, flags=re.S))
+
+
+def kill_after_round(settings: dict[str, Any], out: Path, after: int) -> int:
+    """Start `fl-defense run --set ...` in a process group of its own, SIGKILL the group once its resume checkpoint
+    holds round `after` or later, and return that round (0: it never got there within 300 s)."""
+    args = [sys.executable, "-m", "fl_defense.simulations.cli", "run", "--out", str(out)]
+    for k, v in settings.items():
+        args += ["--set", f"{k}={v}"]
+    # the server's float results depend on its torch threads: the same as this process's
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen(args, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    ckpt = out / "checkpoints" / "resume.pt"
+    deadline, killed_after = time.monotonic() + 300, 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ckpt.is_file() and (killed_after := int(torch.load(ckpt, weights_only=True)["round"])) >= after:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    return killed_after
 
 
 @dataclass

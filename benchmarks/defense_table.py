@@ -23,9 +23,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from fl_defense.config import OPTIONS, resolve
-from simulations.purify import purify
-from simulations.runner import run_experiment
+from fl_defense.config import resolve, schema
+from fl_defense.registry import AGGREGATION_RULES
+from fl_defense.simulations.purify import purify
+from fl_defense.simulations.runner import run_experiment
 
 HERE = Path(__file__).resolve().parent
 ATTACKS = ("badnets", "blended")
@@ -35,7 +36,7 @@ VARIANTS = (("dba", "plain"), ("wanet", "plain"), ("sig", "plain"), ("badnets", 
 MCL_EVERY = (("blended", "plain"), ("dba", "plain"), ("badnets", "neurotoxin"), ("wanet", "plain"), ("sig", "plain"),
              ("badnets", "pgd"))
 DEFENSES = ("ft", "nc-unlearn", "fp", "nad", "mcl", "cnp")
-AGGREGATIONS = tuple(a for a in OPTIONS["aggregation"].choices if a not in ("fedavg", "fedavgm"))
+AGGREGATIONS = tuple(a for a in AGGREGATION_RULES.entries if a not in ("fedavg", "fedavgm"))
 CLIENT_DEFENSES = ("none", "abl", "dbd")
 PARTS = ("defenses", "aggregation", "poisoned", "continuous", "attacks")
 # Bulyan tolerates f malicious of n only if n >= 4f + 3: with 20% malicious, 11 clients (f = 2) is the smallest
@@ -65,7 +66,7 @@ def _in_use(key: str, cfg: dict[str, Any]) -> bool:
 
 def same_config(saved: dict[str, Any], cfg: dict[str, Any]) -> bool:
     """A cached result is valid if its config equals `cfg` on every key in use, new keys counting at defaults."""
-    return set(saved) <= set(cfg) and all(saved.get(k, OPTIONS[k].default) == v for k, v in cfg.items()
+    return set(saved) <= set(cfg) and all(saved.get(k, schema()[k].default) == v for k, v in cfg.items()
                                           if _in_use(k, cfg))
 
 

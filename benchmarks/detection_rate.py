@@ -16,8 +16,8 @@ import torch
 
 from benchmarks.common import central_model
 from fl_defense.config import resolve
-from fl_defense.defense import invert_and_flag
 from fl_defense.inversion import DetectionRule, anomaly_indices
+from fl_defense.inversion.nc import NeuralCleanseScan
 
 TARGETS = (0, 3, 7, 5, 9, 1)
 
@@ -52,10 +52,11 @@ def main() -> None:
         for attack in ("badnets", "blended", "none"):
             s = central_model(attack, seed, target)
             cfg = resolve({**overrides, "seed": seed, "nc-transfer-max": 1.0})
-            res, _ = invert_and_flag(s.model, s.clean, 10, cfg, torch.device("cpu"), torch.Generator().manual_seed(seed))
+            found = NeuralCleanseScan(cfg).find(s.model, s.clean, 10, torch.device("cpu"),
+                                                torch.Generator().manual_seed(seed)).record
             row = {"attack": attack, "seed": seed, "target": None if attack == "none" else target,
-                   "norms": [round(float(v), 2) for v in res.norms], "transfer": [round(float(v), 3) for v in res.transfer],
-                   "seconds": round(res.seconds, 1)}
+                   "norms": [round(float(v), 2) for v in found["mask_l1"]], "transfer": found["transfer"],
+                   "seconds": round(found["inversion_seconds"], 1)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:

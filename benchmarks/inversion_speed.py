@@ -21,20 +21,25 @@ import torch
 
 from benchmarks.common import Setting, central_model
 from fl_defense.config import resolve
-from fl_defense.defense import invert_and_flag, reference_model
-from fl_defense.inversion import ScanResult
+from fl_defense.inversion import Finding, train_reference
+from fl_defense.inversion.nc import NeuralCleanseScan
 
 
-def run(setting: Setting, cfg: dict, reference: torch.nn.Module | None) -> ScanResult:
+def run(setting: Setting, cfg: dict, reference: torch.nn.Module | None) -> Finding:
     """One scan as the defense runs it (reference model passed in, so only inversion is timed)."""
-    g = torch.Generator().manual_seed(cfg["seed"])
-    return invert_and_flag(setting.model, setting.clean, 10, cfg, torch.device("cpu"), g, reference)[0]
+    source = NeuralCleanseScan(cfg)
+    source.reference = reference
+    return source.find(setting.model, setting.clean, 10, torch.device("cpu"), torch.Generator().manual_seed(cfg["seed"]))
 
 
-def describe(name: str, res: ScanResult, target: int | None) -> str:
-    norms = ", ".join(f"{v:.1f}" for v in res.norms)
+def seconds(res: Finding) -> float:
+    return float(res.record["inversion_seconds"])
+
+
+def describe(name: str, res: Finding, target: int | None) -> str:
+    norms = ", ".join(f"{v:.1f}" for v in res.record["mask_l1"])
     verdict = "" if target is None else f" (true target {target}: {'found' if res.flagged[:1] == [target] else 'MISSED'})"
-    return f"{name:<26} {res.seconds:8.1f} s  flagged {res.flagged}{verdict}  norms [{norms}]"
+    return f"{name:<26} {seconds(res):8.1f} s  flagged {res.flagged}{verdict}  norms [{norms}]"
 
 
 def main() -> None:
@@ -54,7 +59,7 @@ def main() -> None:
     on_ray = resolve({"seed": args.seed, "inversion-mode": "ray"})
 
     g = torch.Generator().manual_seed(args.seed)
-    reference = reference_model(bd.model, bd.clean, default, torch.device("cpu"), g)
+    reference = train_reference(bd.model, bd.clean.x, bd.clean.y, default["nc-reference-epochs"], g, torch.device("cpu"))
     fast_clean = run(clean, default, reference)  # first: it also warms up torch's kernels and threads
     print(describe("default on a clean model", fast_clean, None), flush=True)
     fast = run(bd, default, reference)
@@ -69,15 +74,15 @@ def main() -> None:
         print(describe("fast, Ray pool (warm)", warm, args.target), flush=True)
     finally:
         ray.shutdown()
-    print(f"batched / loop speed on this machine: {fast.seconds / bat.seconds:.2f}x")
-    print(f"Ray pool / batched time: cold {cold.seconds / bat.seconds:.2f}x, warm {warm.seconds / bat.seconds:.2f}x")
+    print(f"batched / loop speed on this machine: {seconds(fast) / seconds(bat):.2f}x")
+    print(f"Ray pool / batched time: cold {seconds(cold) / seconds(bat):.2f}x, warm {seconds(warm) / seconds(bat):.2f}x")
     if args.no_reference:
         return
     ref = run(bd, reference_cfg, None)
     print(describe("reference (80 epochs, loop)", ref, args.target), flush=True)
     same = fast.flagged[:1] == ref.flagged[:1]
     print(f"same label flagged: {same}; clean model flagged nothing: {not fast_clean.flagged}")
-    print(f"speed ratio reference / default: {ref.seconds / fast.seconds:.1f}x")
+    print(f"speed ratio reference / default: {seconds(ref) / seconds(fast):.1f}x")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from simulations.purify import purify
+from fl_defense.simulations.purify import purify
 
 HERE = Path(__file__).resolve().parent
 

@@ -22,15 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from clients.behaviour import local_update
 from fl_defense.aggregation import average_states
 from fl_defense.attacks import evaluation_attack
+from fl_defense.clients.behaviour import local_update
 from fl_defense.config import resolve
 from fl_defense.data import cached_dataset
 from fl_defense.metrics import ba_asr
 from fl_defense.models import build_model
-from simulations.runner import run_experiment
+from fl_defense.simulations.runner import run_experiment
 
 
 def in_process(cfg: dict[str, Any]) -> tuple[float, list[tuple[float, float]]]:

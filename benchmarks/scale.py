@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from fl_defense.config import resolve
-from simulations.runner import run_experiment
+from fl_defense.simulations.runner import run_experiment
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

@@ -33,7 +33,7 @@ def finished_runs(out: Path) -> dict[str, float]:
 
 def mid_run(out: Path) -> list[tuple[str, int]]:
     """Unfinished runs that have a resume checkpoint, with the round it holds."""
-    from server import checkpoint
+    from fl_defense.server import checkpoint
 
     return [(path.parent.parent.name, int(checkpoint.load(path.parent.parent)["round"]))
             for path in out.glob(f"*/checkpoints/{checkpoint.NAME}") if not path.with_name("final.pt").exists()]

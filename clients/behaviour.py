@@ -5,7 +5,7 @@ code (poisoned batches, crafted updates); under `poisoned-data` they are honest,
 poisoned their stored data once. Every honest client trains with the configured `client-defense`.
 
 Kept free of Flower so that it can be tested and reused (e.g. by an in-process loop);
-`clients.client_app` only translates messages and the client's memory to and from it.
+`fl_defense.clients.client_app` only translates messages and the client's memory to and from it.
 """
 
 from __future__ import annotations
@@ -19,18 +19,11 @@ import numpy as np
 import torch
 
 from fl_defense.attacks import (
-    Attack,
-    PoisonedData,
-    attacks_in_round,
-    build_attack,
-    build_attacker_training,
-    craft_update,
-    malicious_clients,
-    malicious_rank,
-    poison_data,
+    Attack, PoisonedData, attacks_in_round, build_attack, build_attacker_training, craft_update, malicious_clients,
+    malicious_rank, poison_data,
 )
 from fl_defense.client_defenses import Memory, build_client_defense
-from fl_defense.data import SPECS, cached_dataset, split_for
+from fl_defense.data import cached_dataset, dataset_spec, split_for
 from fl_defense.models import BackdoorModel, build_model
 from fl_defense.training import resolve_device, train_local
 
@@ -55,11 +48,11 @@ def round_seed(seed: int, server_round: int, partition_id: int) -> int:
 @lru_cache(maxsize=2)
 def _model(name: str, dataset: str) -> BackdoorModel:
     """One model object per process, reloaded with new weights each round instead of rebuilt."""
-    return build_model(name, SPECS[dataset])
+    return build_model(name, dataset_spec(dataset))
 
 
 def _attack(cfg: Mapping[str, Any]) -> Attack | None:
-    spec = SPECS[cfg["dataset"]]
+    spec = dataset_spec(cfg["dataset"])
     return build_attack(cfg, spec.shape, spec.num_classes)
 
 

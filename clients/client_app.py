@@ -5,9 +5,10 @@ behaves the same under `flwr run .` and under the project's in-process simulatio
 keeps between rounds (its client defense's memory) lives in the node's `context.state`, which
 Flower keeps per node for the whole run.
 
-Under `defense=shadow` a train message may carry a second model (`SHADOW_ARRAYS_KEY`): the client
-trains it the same way, with its own memory, and returns it under the same key. A client cannot
-tell which of the two models the server deploys, so an attacker attacks both.
+Under `strategy-wrapper=shadow` a train message may carry a second model (`protocol.SHADOW_ARRAYS`): the
+client trains it the same way, with its own memory, and returns it under the same key. A client cannot
+tell which of the two models the server deploys, so an attacker attacks both. The message keys are those
+of `fl_defense.protocol`, which the server reads with the same names.
 """
 
 from __future__ import annotations
@@ -20,16 +21,16 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.behaviour import local_update
-from fl_defense.data import split_for
+from fl_defense import protocol
 from fl_defense.client_defenses import Memory
+from fl_defense.clients.behaviour import local_update
 from fl_defense.config import resolve
+from fl_defense.data import split_for
 from fl_defense.files import atomic_torch_save
 
 app = ClientApp()
 
 MEMORY_KEY = "client-defense-memory"
-SHADOW_ARRAYS_KEY = "shadow-arrays"
 SHADOW_MEMORY_KEY = "shadow-client-defense-memory"
 
 
@@ -73,7 +74,7 @@ def _partition_id(context: Context) -> int:
 
 
 def _config(msg: Message) -> dict:
-    cfg = resolve(json.loads(str(msg.content["config"]["run-config"])))
+    cfg = resolve(json.loads(str(msg.content[protocol.CONFIG][protocol.RUN_CONFIG])))
     torch.set_num_threads(max(1, int(cfg["num-cpus"])))
     return cfg
 
@@ -82,7 +83,7 @@ def _config(msg: Message) -> dict:
 def query(msg: Message, context: Context) -> Message:
     """Tell the server which partition this node holds, loading the data now rather than in round 1."""
     split_for(_config(msg))
-    content = RecordDict({"client": ConfigRecord({"partition-id": _partition_id(context)})})
+    content = RecordDict({protocol.CLIENT: ConfigRecord({protocol.PARTITION_ID: _partition_id(context)})})
     return Message(content=content, reply_to=msg)
 
 
@@ -90,22 +91,23 @@ def query(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """One round of local training on the received global model, and on the shadow model if one came with it."""
     cfg = _config(msg)
-    server_round = int(msg.content["config"]["server-round"])
-    global_state = msg.content["arrays"].to_torch_state_dict()
+    server_round = int(msg.content[protocol.CONFIG][protocol.SERVER_ROUND])
+    global_state = msg.content[protocol.ARRAYS].to_torch_state_dict()
     pid = _partition_id(context)
     folder = memory_folder(cfg, pid)
     memory = load_memory(context.state, MEMORY_KEY, folder, server_round)
     result = local_update(cfg, pid, server_round, global_state, memory)
     save_memory(context.state, memory, MEMORY_KEY, folder, server_round)
     content = RecordDict({
-        "arrays": ArrayRecord(result.state),
-        "metrics": MetricRecord({"num-examples": result.num_examples, "train-loss": result.train_loss}),
-        "client": ConfigRecord({"partition-id": pid, "malicious": result.malicious, "attacked": result.attacked}),
+        protocol.ARRAYS: ArrayRecord(result.state),
+        protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: result.num_examples,
+                                        protocol.TRAIN_LOSS: result.train_loss}),
+        protocol.CLIENT: ConfigRecord({protocol.PARTITION_ID: pid}),
     })
-    if SHADOW_ARRAYS_KEY in msg.content.array_records:
+    if protocol.SHADOW_ARRAYS in msg.content.array_records:
         shadow_memory = load_memory(context.state, SHADOW_MEMORY_KEY, folder, server_round)
-        shadow = local_update(cfg, pid, server_round, msg.content[SHADOW_ARRAYS_KEY].to_torch_state_dict(),
+        shadow = local_update(cfg, pid, server_round, msg.content[protocol.SHADOW_ARRAYS].to_torch_state_dict(),
                               shadow_memory)
         save_memory(context.state, shadow_memory, SHADOW_MEMORY_KEY, folder, server_round)
-        content[SHADOW_ARRAYS_KEY] = ArrayRecord(shadow.state)
+        content[protocol.SHADOW_ARRAYS] = ArrayRecord(shadow.state)
     return Message(content=content, reply_to=msg)

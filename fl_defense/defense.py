@@ -1,73 +1,93 @@
-"""The server-side defense pipeline: trigger inversion when the purifier needs it, then purification.
+"""The server-side defense pipeline: find the trigger (when the purifier needs one), purify, measure.
 
-Pure in the sense of the project: a model and tensors in, a model and a JSON-able record out;
-evaluation, logging and scheduling stay with the caller (the ServerApp or `fl-defense purify`).
+Pure in the sense of the project: a model and tensors in, a model and a JSON-able record out; scheduling,
+logging and files stay with the callers (the ServerApp's scheduled rounds and `fl-defense purify`, which
+share this one `Defender`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from fl_defense.attacks.trigger import Stamp, StampMix, Trigger
+from fl_defense.attacks.trigger import Stamp, StampMix, stamp_from_state
 from fl_defense.config import schedule_rounds
 from fl_defense.data import ImageData, split_for, to_float
-from fl_defense.inversion import DetectionRule, ScanResult, inversion_images, nc_settings, scan, train_reference
-from fl_defense.inversion.reference import fresh_copy
+from fl_defense.inversion.base import Finding, TriggerSource
 from fl_defense.models.base import BackdoorModel
-from fl_defense.purification import CleanSet, build_purifier
+from fl_defense.purification.base import CleanSet, Purifier, build_purifier
+from fl_defense.registry import TRIGGER_SOURCES
 
 
-@dataclass
-class DefenseMemory:
-    """What a run's defense keeps between calls (defense every k rounds).
+@dataclass(frozen=True)
+class FoundTrigger:
+    """The trigger a purifier gets: the stamp, the labels it stands for, and where it came from."""
 
-    The reference model depends only on the clean set, so it is trained once. Every label a scan has
-    flagged is kept, with its latest trigger, for the calls whose scan flags nothing: under continuous
-    training a backdoor that was removed is re-planted by the same attackers, and while it is only
-    partly re-learned its inverted mask is not yet small enough to be flagged. Such a call purifies with
-    each remembered trigger and, where this scan's inversion of its label succeeded, that re-inversion
-    too, taking turns over the stamped images: the re-planted backdoor can answer to the old trigger
-    or, after a purification taught the model to ignore that one, to other features of the attackers'
-    trigger, which the re-inversion finds even when its mask is no smaller than other labels' (Blended,
-    MCL every 5 rounds, round 15: remembered trigger alone 0.71 -> 0.25, with the re-inversion 0.71 ->
-    0.011). All flagged labels are kept, not the last: a natural feature flagged once (Fashion-MNIST's
-    "Bag", when the fading backdoor no longer was) must not make the defense forget the target.
+    stamp: Stamp
+    labels: list[int]
+    source: str
+
+
+class TriggerStage:
+    """Finding the trigger, a stage of the pipeline: a trigger source, and what a run remembers of its findings.
+
+    Every label the source has flagged is kept, with its latest trigger, for the calls whose source flags
+    nothing (defense every k rounds): under continuous training a backdoor that was removed is re-planted by
+    the same attackers, and while it is only partly re-learned its inverted mask is not yet small enough to
+    be flagged. Such a call purifies with each remembered trigger and, where this call's inversion of its
+    label succeeded, that re-inversion too, taking turns over the stamped images: the re-planted backdoor
+    can answer to the old trigger or, after a purification taught the model to ignore that one, to other
+    features of the attackers' trigger, which the re-inversion finds even when its mask is no smaller than
+    other labels' (Blended, MCL every 5 rounds, round 15: remembered trigger alone 0.71 -> 0.25, with the
+    re-inversion 0.71 -> 0.011). All flagged labels are kept, not the last: a natural feature flagged once
+    (Fashion-MNIST's "Bag", when the fading backdoor no longer was) must not make the defense forget the target.
     """
 
-    reference: torch.nn.Module | None = None
-    found: dict[int, tuple[Trigger, int]] = field(default_factory=dict)  # label -> (trigger, call that flagged it)
-    calls: int = 0
+    def __init__(self, source: TriggerSource) -> None:
+        self.source = source
+        self.found: dict[int, tuple[Stamp, int]] = {}  # label -> (trigger, call that flagged it)
+        self.calls = 0
+
+    def __call__(self, model: BackdoorModel, clean: CleanSet, num_classes: int, device: torch.device,
+                 generator: torch.Generator) -> tuple[FoundTrigger | None, dict[str, Any]]:
+        """The trigger to purify with (None: nothing found now or before), and the record of the finding."""
+        self.calls += 1
+        finding = self.source.find(model, clean, num_classes, device, generator)
+        found = self._choose(finding)
+        return found, {**finding.record, "trigger_source": found.source if found else None,
+                       "purified_labels": found.labels if found else []}
+
+    def _choose(self, finding: Finding) -> FoundTrigger | None:
+        trigger = finding.trigger()
+        if trigger is not None:
+            self.found[finding.flagged[0]] = (trigger, self.calls)
+            return FoundTrigger(trigger, finding.flagged[:1], "scan")
+        stamps: list[Stamp] = []
+        sources = []
+        for label, (remembered, call) in self.found.items():
+            current = finding.triggers.get(label)
+            stamps += [remembered] if current is None else [remembered, current]
+            sources.append(f"label {label} of defense call {call}: its trigger"
+                           + ("" if current is None else " and this scan's re-inversion"))
+        if not stamps:
+            return None
+        stamp = stamps[0] if len(stamps) == 1 else StampMix(tuple(stamps))
+        return FoundTrigger(stamp, list(self.found), "; ".join(sources))
 
     def state_dict(self) -> dict[str, Any]:
         """Plain tensors and numbers, for a checkpoint that `torch.load(weights_only=True)` can read."""
-        found = [{"label": label, "call": call, "pattern": t.pattern, "mask": t.mask, "alpha": float(t.alpha)}
-                 for label, (t, call) in self.found.items()]
-        return {"reference": None if self.reference is None else self.reference.state_dict(), "found": found,
-                "calls": self.calls}
+        found = [{"label": label, "call": call, "stamp": stamp.state_dict()}  # type: ignore[attr-defined]
+                 for label, (stamp, call) in self.found.items()]
+        return {"source": self.source.state_dict(), "found": found, "calls": self.calls}
 
-    @classmethod
-    def from_state(cls, state: Mapping[str, Any], model: BackdoorModel) -> DefenseMemory:
-        """The memory of `state_dict` (or of the single-trigger memory of earlier checkpoints); the reference
-        model is rebuilt with `model`'s architecture."""
-        reference = None
-        if state["reference"] is not None:
-            reference = fresh_copy(model, 0)
-            reference.load_state_dict(state["reference"])
-            reference.eval()
-        if "found" in state:
-            entries = state["found"]
-        elif state.get("trigger") is not None:  # a checkpoint of the single-trigger memory
-            entries = [{**state["trigger"], "label": state["trigger_label"], "call": state["trigger_call"]}]
-        else:
-            entries = []
-        found = {int(e["label"]): (Trigger(pattern=e["pattern"], mask=e["mask"], alpha=e["alpha"]), int(e["call"]))
-                 for e in entries}
-        return cls(reference, found, int(state["calls"]))
+    def load_state_dict(self, state: Mapping[str, Any], model: BackdoorModel) -> None:
+        self.source.load_state_dict(state["source"], model)
+        self.found = {int(e["label"]): (stamp_from_state(e["stamp"]), int(e["call"])) for e in state["found"]}
+        self.calls = int(state["calls"])
 
 
 @dataclass
@@ -85,83 +105,57 @@ def server_clean_set(cfg: Mapping[str, Any], data: ImageData) -> CleanSet:
 
 
 def defense_rounds(cfg: Mapping[str, Any]) -> list[int]:
-    """Rounds after whose aggregation the purifier runs: the last one (`end`) or every k-th. None for
-    `shadow`, which is no purifier: it acts in every round's aggregation (server/shadow.py)."""
-    if cfg["defense"] in ("none", "shadow"):
+    """Rounds after whose aggregation the purifier runs: the last one (`end`) or every k-th."""
+    if cfg["defense"] == "none":
         return []
     spec = cfg["defense-schedule"]
     return [cfg["rounds"]] if spec == "end" else schedule_rounds(spec, cfg["rounds"])
 
 
-def detection_rule(cfg: Mapping[str, Any]) -> DetectionRule:
-    return DetectionRule(threshold=cfg["nc-threshold"], log_norms=cfg["nc-statistic"] == "log",
-                         transfer_max=cfg["nc-transfer-max"])
+class Defender:
+    """The configured defense of a run: its purifier and, when that needs a trigger, the trigger stage.
 
-
-def reference_model(model: BackdoorModel, clean: CleanSet, cfg: Mapping[str, Any], device: torch.device,
-                    generator: torch.Generator) -> torch.nn.Module | None:
-    """The clean-set reference model of the scan, or None when the check is off (nc-reference-epochs 0)."""
-    if cfg["nc-reference-epochs"] == 0:
-        return None
-    return train_reference(model, clean.x, clean.y, cfg["nc-reference-epochs"], generator, device)
-
-
-def invert_and_flag(model: BackdoorModel, clean: CleanSet, num_classes: int, cfg: Mapping[str, Any],
-                    device: torch.device, generator: torch.Generator,
-                    reference: torch.nn.Module | None = None) -> tuple[ScanResult, torch.nn.Module | None]:
-    """The configured scan of every label; trains the reference model unless one is passed in."""
-    t0 = time.perf_counter()
-    if reference is None:
-        reference = reference_model(model, clean, cfg, device, generator)
-    result = scan(model, inversion_images(clean.x, cfg, generator), num_classes, mode=cfg["inversion-mode"],
-                  settings=nc_settings(cfg), rule=detection_rule(cfg), generator=generator, device=device,
-                  reference=reference, reference_data=(clean.x, clean.y), num_gpus=cfg["inversion-num-gpus"])
-    result.seconds = time.perf_counter() - t0
-    return result, reference
-
-
-def purification_trigger(result: ScanResult, memory: DefenseMemory) -> tuple[Stamp | None, str | None, list[int]]:
-    """The trigger to purify with, where it comes from, and the labels it stands for (see `DefenseMemory`);
-    a flagged label is remembered."""
-    trigger = result.trigger()
-    if trigger is not None:
-        memory.found[result.flagged[0]] = (trigger, memory.calls)
-        return trigger, "scan", result.flagged[:1]
-    stamps: list[Stamp] = []
-    sources = []
-    for label, (remembered, call) in memory.found.items():
-        current = result.trigger_for(label)
-        stamps += [remembered] if current is None else [remembered, current]
-        sources.append(f"label {label} of defense call {call}: its trigger"
-                       + ("" if current is None else " and this scan's re-inversion"))
-    if not stamps:
-        return None, None, []
-    return (stamps[0] if len(stamps) == 1 else StampMix(tuple(stamps))), "; ".join(sources), list(memory.found)
-
-
-def run_defense(model: BackdoorModel, clean: CleanSet, num_classes: int, cfg: Mapping[str, Any],
-                device: torch.device, generator: torch.Generator,
-                memory: DefenseMemory | None = None) -> DefenseOutcome:
-    """Invert (if needed) and purify, updating `memory` (pass the same one on every call of a run).
-
-    An inversion-based defense whose scan flags nothing purifies with the trigger found by an earlier
-    call of the run, if any (recorded as `trigger_source`); with none, it leaves the model as is.
+    Calling it on a model finds the trigger on the server's clean set, purifies, and measures BA/ASR before and
+    after with `evaluate` (the run's `Evaluator`); pass the same Defender on every call of a run, so that the
+    stage's memory carries over.
     """
-    memory = memory if memory is not None else DefenseMemory()
-    memory.calls += 1
-    purifier = build_purifier(cfg)
-    record: dict[str, Any] = {"defense": cfg["defense"], "purified": False, "inversion_seconds": 0.0}
-    trigger = None
-    if purifier.needs_trigger:
-        result, memory.reference = invert_and_flag(model, clean, num_classes, cfg, device, generator,
-                                                   memory.reference)
-        record.update(result.record())
-        trigger, record["trigger_source"], record["purified_labels"] = purification_trigger(result, memory)
-        if trigger is None:
-            record["purify_seconds"] = 0.0
-            return DefenseOutcome(model, record)
-    t0 = time.perf_counter()
-    purified = purifier.purify(model, clean, trigger, device, generator)
-    record.update(purified=True, purify_seconds=time.perf_counter() - t0)
-    record.update(purifier.report())
-    return DefenseOutcome(purified, record)
+
+    def __init__(self, cfg: Mapping[str, Any], clean: CleanSet, num_classes: int, device: torch.device,
+                 evaluate: Callable[[BackdoorModel], tuple[float, float]]) -> None:
+        self.cfg, self.clean, self.num_classes, self.device, self.evaluate = cfg, clean, num_classes, device, evaluate
+        self.purifier: Purifier = build_purifier(cfg)
+        source = self.purifier.trigger_source()
+        self.stage = None if source is None else TriggerStage(TRIGGER_SOURCES[source](cfg))
+
+    def __call__(self, model: BackdoorModel, generator: torch.Generator) -> DefenseOutcome:
+        ba0, asr0 = self.evaluate(model)
+        record: dict[str, Any] = {"defense": self.cfg["defense"], "purified": False, "inversion_seconds": 0.0}
+        purified, seconds = self._purify(model, generator, record)
+        ba1, asr1 = (ba0, asr0) if purified is model else self.evaluate(purified)
+        record.update(purify_seconds=seconds, ba_before=ba0, asr_before=asr0, ba_after=ba1, asr_after=asr1)
+        if "flagged" in record:
+            record["true_target_found"] = (self.cfg["attack"] != "none"
+                                           and record["flagged"][:1] == [self.cfg["target-label"]])
+        return DefenseOutcome(purified, record)
+
+    def _purify(self, model: BackdoorModel, generator: torch.Generator,
+                record: dict[str, Any]) -> tuple[BackdoorModel, float]:
+        """The purified model (the input model itself when there was no trigger to purify with) and its seconds."""
+        stamp = None
+        if self.stage is not None:
+            found, finding = self.stage(model, self.clean, self.num_classes, self.device, generator)
+            record.update(finding)
+            if found is None:
+                return model, 0.0
+            stamp = found.stamp
+        t0 = time.perf_counter()
+        purified = self.purifier.apply(model, self.clean, stamp, self.device, generator)
+        record.update(purified=True, **self.purifier.report())
+        return purified, time.perf_counter() - t0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.stage is None else self.stage.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any], model: BackdoorModel) -> None:
+        if self.stage is not None and state:
+            self.stage.load_state_dict(state, model)

@@ -3,14 +3,15 @@ durability, how many rounds a backdoor outlives the attack that planted it."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from fl_defense.attacks.base import Attack
+from fl_defense.attacks.base import Attack, evaluation_attack
 from fl_defense.attacks.trigger import Stamp
-from fl_defense.data import to_float
+from fl_defense.data import ImageData, to_float
 from fl_defense.training import autocast
 
 
@@ -60,6 +61,23 @@ def extra_asr(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, atta
     """ASR of each of an attack's extra triggers (DBA's pieces), by name; empty for most attacks."""
     return {name: attack_success_rate(model, images, labels, t, attack.target, batch_size, device)
             for name, t in attack.extra_triggers().items()}
+
+
+class Evaluator:
+    """BA and ASR of any model of a run, on its test set and for its attack's trigger (the configured one, or
+    BadNets' for `attack=none`): what the server reports each round and what a defense is judged by."""
+
+    def __init__(self, cfg: Mapping[str, Any], data: ImageData, device: torch.device) -> None:
+        self.attack = evaluation_attack(cfg, data.spec.shape, data.spec.num_classes)
+        self.data, self.device = data, device
+        self.batch_size, self.amp = cfg["eval-batch-size"], cfg["amp"]
+
+    def __call__(self, model: nn.Module) -> tuple[float, float]:
+        return ba_asr(model, self.data.test_x, self.data.test_y, self.attack, self.batch_size, self.device, self.amp)
+
+    def pieces(self, model: nn.Module) -> dict[str, float]:
+        """ASR of each of the attack's extra triggers (DBA's pieces); empty for most attacks."""
+        return extra_asr(model, self.data.test_x, self.data.test_y, self.attack, self.batch_size, self.device)
 
 
 def attack_windows(attacking_rounds: list[int]) -> list[tuple[int, int]]:

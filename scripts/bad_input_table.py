@@ -24,7 +24,7 @@ def cases() -> list[tuple[list[str], str]]:
 def main() -> None:
     rows = ["| command | exit status | message |", "|---|---|---|"]
     for args, _ in cases():
-        proc = subprocess.run([sys.executable, "-m", "simulations.cli", *args], cwd=ROOT, capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "fl_defense.simulations.cli", *args], cwd=ROOT, capture_output=True,
                               text=True, timeout=120)
         message = " ".join(proc.stderr.split()).removeprefix("fl-defense: error: ").replace("|", "\\|")
         rows.append(f"| `fl-defense {' '.join(args)}` | {proc.returncode} | {message} |")

@@ -1,4 +1,4 @@
-"""Where a run's numbers go: results.json (rewritten atomically each round), TensorBoard, checkpoints."""
+"""Where a run's numbers go: results.json (rewritten atomically each round) and TensorBoard."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from fl_defense.files import atomic_torch_save, atomic_write_json
-from server.strategy import RoundInfo
+from fl_defense.files import atomic_write_json
+from fl_defense.server.strategy import RoundInfo
+
+CURVES = {"ba": "BA", "asr": "ASR"}  # TensorBoard names of the row's fields where they differ
 
 
 class RunReport:
@@ -19,7 +20,7 @@ class RunReport:
     def __init__(self, out_dir: Path, cfg: dict[str, Any], resumed: dict[str, Any] | None = None) -> None:
         """`resumed`: the results of a checkpoint to continue from (rounds and defense records up to its round)."""
         self.out_dir = out_dir
-        (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
         self.writer = SummaryWriter(str(out_dir / "tensorboard"))
         self.results: dict[str, Any] = {"config": cfg, "rounds": [], "defense": []}
         self._t0 = time.perf_counter()
@@ -28,11 +29,12 @@ class RunReport:
                                 resumed_after=[*resumed.get("resumed_after", []), resumed["rounds"][-1]["round"]])
             self._t0 -= float(resumed.get("wall_seconds", 0.0))
 
-    def log_round(self, server_round: int, ba: float, asr: float, info: RoundInfo | None,
-                  eval_seconds: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One round's row; `extra` adds fields (the shadow defense's backbone BA/ASR and record), numbers also
-        as TensorBoard curves."""
-        row: dict[str, Any] = {"round": server_round, "ba": ba, "asr": asr, "eval_seconds": eval_seconds}
+    def log_round(self, server_round: int, fields: dict[str, Any], info: RoundInfo | None,
+                  eval_seconds: float) -> dict[str, Any]:
+        """One round's row: `fields` (`ba`, `asr` and what else the evaluation measured), what the round's training
+        step learned (`info`), and what every wrapper decided; its numbers also as TensorBoard curves."""
+        row: dict[str, Any] = {"round": server_round, "ba": fields["ba"], "asr": fields["asr"],
+                               "eval_seconds": eval_seconds}
         if info is not None:
             row.update({
                 "train_loss": info.train_metrics.get("train-loss"),
@@ -43,16 +45,13 @@ class RunReport:
                 "failures": info.failures,
                 "rejected": info.rejected,
                 "skipped": info.skipped,
+                **info.reports,
             })
-            if info.aggregation:
-                row["aggregation"] = info.aggregation
-        row.update(extra or {})
+        row.update(fields)
         self.results["rounds"].append(row)
-        self.writer.add_scalar("BA", ba, server_round)
-        self.writer.add_scalar("ASR", asr, server_round)
-        for key, value in (extra or {}).items():
+        for key, value in fields.items():
             if isinstance(value, float):
-                self.writer.add_scalar(key, value, server_round)
+                self.writer.add_scalar(CURVES.get(key, key), value, server_round)
         if info is not None:
             if row["train_loss"] is not None:
                 self.writer.add_scalar("train_loss", row["train_loss"], server_round)
@@ -70,11 +69,6 @@ class RunReport:
                 self.writer.add_scalar(f"defense/{key}", record[key], r)
         self.save()
 
-    def save_model(self, state: dict[str, torch.Tensor], server_round: int, cfg: dict[str, Any]) -> None:
-        """The global model of the round with the run's config, so `fl-defense purify` can rebuild its setting."""
-        atomic_torch_save({"round": server_round, "model": state, "config": cfg},
-                          self.out_dir / "checkpoints" / "latest.pt")
-
     def save(self) -> None:
         self.results["wall_seconds"] = time.perf_counter() - self._t0
         atomic_write_json(self.out_dir / "results.json", self.results)
@@ -86,7 +80,7 @@ class RunReport:
 
 
 def format_table(results: dict[str, Any]) -> str:
-    """The end-of-run summary: one line per round, then the final BA/ASR."""
+    """The end-of-run summary: one line per round, then the defense's before/after and the final BA/ASR."""
     lines = [f"{'round':>5} {'BA':>7} {'ASR':>7} {'loss':>7} {'attackers':>9} {'seconds':>8}"]
     for row in results["rounds"]:
         loss = row.get("train_loss")

@@ -1,11 +1,12 @@
 """Checks on every client reply before any strategy sees it: in federated learning the clients are the adversary.
 
-A reply is rejected, with one line saying why, if the client raised; if it does not hold exactly one
-model (plus the shadow model when one was sent) and one metrics record of the keys the ClientApp sends;
-if the model's keys, shapes or dtypes differ from the global model's, or its serialised arrays are larger
-than those shapes need (checked before anything is deserialised); if a value is NaN or infinite; if its
-update of the trainable parameters has an L2 norm above `reply-max-norm`; if `num-examples` is not a
-positive whole number at most the client's partition size; or if it claims another client's partition.
+A reply is rejected, with one line saying why, if the client raised; if it does not hold exactly the
+models it was sent (the global model, and the shadow model when one was sent), one metrics record of the
+protocol's keys and, if any, a client record of the protocol's keys (`fl_defense.protocol`); if a model's
+keys, shapes or dtypes differ from the one sent, or its serialised arrays are larger than those shapes need
+(checked before anything is deserialised); if a value is NaN or infinite; if its update of the trainable
+parameters has an L2 norm above `reply-max-norm`; if `num-examples` is not a positive whole number at most
+the client's partition size; or if it claims another client's partition.
 Flower's own strategies raise on inconsistent replies and FedMedian/FedTrimmedAvg consume them, so these
 checks run first and the strategies only ever see replies that passed.
 """
@@ -19,8 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message
 
+from fl_defense.protocol import ARRAYS, CLIENT, METRIC_KEYS, NUM_EXAMPLES, PARTITION_ID, TRAIN_LOSS
+
 NPY_HEADER_MAX = 4096  # bytes a .npy header may take beyond the data itself
-METRIC_KEYS = frozenset({"num-examples", "train-loss"})
+Sent = Mapping[str, Mapping[str, np.ndarray]]  # what a round's train message held: record key -> arrays
 
 
 @dataclass(frozen=True)
@@ -32,39 +35,37 @@ class ReplySpec:
     trainable: frozenset[str]
     partition_sizes: Mapping[int, int]
     max_update_norm: float
-    extra_array_keys: frozenset[str] = frozenset()
 
     @classmethod
     def from_arrays(cls, arrays: ArrayRecord, trainable: Iterable[str], partition_sizes: Mapping[int, int],
-                    max_update_norm: float, extra_array_keys: Iterable[str] = ()) -> ReplySpec:
+                    max_update_norm: float) -> ReplySpec:
         shapes = {k: tuple(a.shape) for k, a in arrays.items()}
         dtypes = {k: np.dtype(a.dtype) for k, a in arrays.items()}
-        return cls(shapes, dtypes, frozenset(trainable), dict(partition_sizes), max_update_norm,
-                   frozenset(extra_array_keys))
+        return cls(shapes, dtypes, frozenset(trainable), dict(partition_sizes), max_update_norm)
 
 
 class Rejected(Exception):
     """A reply that fails a check; the message is the reason, one line."""
 
 
-def _array(key: str, array: Array, spec: ReplySpec) -> np.ndarray:
+def _array(key: str, array: Array, spec: ReplySpec, what: str) -> np.ndarray:
     """Deserialise one array after checking what it claims, then check what it is."""
     shape, dtype = spec.shapes[key], spec.dtypes[key]
     if tuple(array.shape) != shape:
-        raise Rejected(f"array '{key}' has shape {tuple(array.shape)}, expected {shape}")
+        raise Rejected(f"{what} array '{key}' has shape {tuple(array.shape)}, expected {shape}")
     if str(array.dtype) != str(dtype):
-        raise Rejected(f"array '{key}' has dtype {array.dtype}, expected {dtype}")
+        raise Rejected(f"{what} array '{key}' has dtype {array.dtype}, expected {dtype}")
     limit = math.prod(shape) * dtype.itemsize + NPY_HEADER_MAX
     if len(array.data) > limit:
-        raise Rejected(f"array '{key}' is {len(array.data)} bytes, more than its shape {shape} needs ({limit})")
+        raise Rejected(f"{what} array '{key}' is {len(array.data)} bytes, more than its shape {shape} needs ({limit})")
     try:
         value = array.numpy()
     except Exception as exc:  # noqa: BLE001 - np.load raises many types for malformed bytes
-        raise Rejected(f"array '{key}' cannot be read: {type(exc).__name__}") from None
+        raise Rejected(f"{what} array '{key}' cannot be read: {type(exc).__name__}") from None
     if value.shape != shape or value.dtype != dtype:
-        raise Rejected(f"array '{key}' holds {value.dtype} {value.shape}, not the declared {dtype} {shape}")
+        raise Rejected(f"{what} array '{key}' holds {value.dtype} {value.shape}, not the declared {dtype} {shape}")
     if value.dtype.kind == "f" and not np.isfinite(value).all():
-        raise Rejected(f"array '{key}' has NaN or infinite values")
+        raise Rejected(f"{what} array '{key}' has NaN or infinite values")
     return value
 
 
@@ -77,7 +78,7 @@ def check_model(record: ArrayRecord, sent: Mapping[str, np.ndarray], spec: Reply
         raise Rejected(f"{what} keys differ from the global model's: {', '.join(parts)}")
     squared = 0.0
     for key in spec.shapes:
-        value = _array(key, record[key], spec)
+        value = _array(key, record[key], spec, what)
         if key in spec.trainable:
             squared += float(np.sum((value.astype(np.float64) - sent[key].astype(np.float64)) ** 2))
     norm = math.sqrt(squared)
@@ -85,39 +86,43 @@ def check_model(record: ArrayRecord, sent: Mapping[str, np.ndarray], spec: Reply
         raise Rejected(f"{what} update norm {norm:.4g} is above reply-max-norm {spec.max_update_norm:g}")
 
 
-def check_reply(msg: Message, partition: int, sent: Mapping[str, np.ndarray], spec: ReplySpec) -> None:
+def check_reply(msg: Message, partition: int, sent: Sent, spec: ReplySpec) -> None:
     """Raise `Rejected` with the reason if the reply of the node holding `partition` is not valid."""
     if msg.has_error():
         lines = (msg.error.reason or "").strip().splitlines()
         raise Rejected(f"the client failed: {lines[-1][:200] if lines else 'no reason given'}")
     content = msg.content
     arrays = dict(content.array_records)
-    main = [k for k in arrays if k not in spec.extra_array_keys]
-    if len(main) != 1:
-        raise Rejected(f"expected one model (ArrayRecord), got {len(main)}")
+    if set(arrays) != set(sent):
+        raise Rejected(f"expected the models {sorted(sent)} (ArrayRecords), got {sorted(arrays)}")
     metrics = dict(content.metric_records)
     if len(metrics) != 1:
         raise Rejected(f"expected one MetricRecord, got {len(metrics)}")
     record = next(iter(metrics.values()))
     if set(record.keys()) != METRIC_KEYS:
         raise Rejected(f"metrics keys {sorted(record.keys())} are not {sorted(METRIC_KEYS)}")
-    examples, loss = record["num-examples"], record["train-loss"]
+    examples, loss = record[NUM_EXAMPLES], record[TRAIN_LOSS]
     if isinstance(examples, list) or isinstance(loss, list):
         raise Rejected("num-examples and train-loss must be numbers, not lists")
     size = spec.partition_sizes.get(partition)
+    if size is None:
+        raise Rejected(f"the node holds no partition of this run (partition {partition})")
     if not math.isfinite(examples) or examples <= 0 or examples != int(examples):
         raise Rejected(f"num-examples {examples!r} is not a positive whole number")
-    if size is not None and examples > size:
+    if examples > size:
         raise Rejected(f"num-examples {int(examples)} is more than the {size} samples of partition {partition}")
     if not math.isfinite(loss):
         raise Rejected(f"train-loss {loss!r} is not finite")
-    client = content.config_records.get("client")
-    if client is not None and "partition-id" in client and client["partition-id"] != partition:
-        raise Rejected(f"claims partition {client['partition-id']!r} but the node holds partition {partition}")
-    check_model(arrays[main[0]], sent, spec)
+    client = content.config_records.get(CLIENT)
+    if client is not None and set(client.keys()) != {PARTITION_ID}:
+        raise Rejected(f"client record keys {sorted(client.keys())} are not ['{PARTITION_ID}']")
+    if client is not None and client[PARTITION_ID] != partition:
+        raise Rejected(f"claims partition {client[PARTITION_ID]!r} but the node holds partition {partition}")
+    for key in sorted(arrays, key=lambda k: k != ARRAYS):  # the global model first
+        check_model(arrays[key], sent[key], spec, what="model" if key == ARRAYS else key)
 
 
-def validate(replies: Iterable[Message], partition_of: Callable[[Message], int], sent: Mapping[str, np.ndarray],
+def validate(replies: Iterable[Message], partition_of: Callable[[Message], int], sent: Sent,
              spec: ReplySpec) -> tuple[list[Message], list[dict[str, object]]]:
     """The replies that pass, and for each rejected one its partition and reason."""
     valid, rejected = [], []

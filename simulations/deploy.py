@@ -1,4 +1,4 @@
-"""`python -m simulations.deploy`: the same ServerApp and ClientApp under Flower's deployment engine.
+"""`python -m fl_defense.simulations.deploy`: the same ServerApp and ClientApp under Flower's deployment engine.
 
 A SuperLink and N SuperNodes run as separate processes on this machine, talking over TLS (a throwaway CA
 and a server certificate for 127.0.0.1/localhost) with SuperNode authentication on (each SuperNode signs
@@ -392,7 +392,7 @@ def run_deployment(work: Path, out: Path, supernodes: int, rounds: int, override
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m simulations.deploy", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m fl_defense.simulations.deploy", description=__doc__.split("\n\n")[0])
     p.add_argument("--supernodes", type=int, default=2, help="SuperNodes (= clients, one partition each)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--out", type=Path, default=None, help="results folder (default runs/deploy-<time>)")

@@ -10,14 +10,14 @@ import torch
 from flwr.clientapp import ClientApp
 
 from fl_defense.attacks import evaluation_attack
-from fl_defense.config import ConfigError
-from fl_defense.data import cached_dataset
+from fl_defense.data import data_for
+from fl_defense.errors import ConfigError
 from fl_defense.training import resolve_device
 
 
 def preflight(cfg: dict[str, Any]) -> None:
     """Fail before any training on inputs that cannot work: data, trigger, target label, device, GPUs."""
-    spec = cached_dataset(cfg["dataset"], cfg["data-root"], cfg["download"]).spec
+    spec = data_for(cfg).spec
     evaluation_attack(cfg, spec.shape, spec.num_classes)
     resolve_device(cfg["device"])
     if cfg["num-gpus"] > 0 and not torch.cuda.is_available():
@@ -41,10 +41,9 @@ def run_experiment(cfg: dict[str, Any], out_dir: Path, client_app: ClientApp | N
     `resume` is a checkpoint (`server.checkpoint.load`) to continue from.
     """
     preflight(cfg)
+    from fl_defense.clients.client_app import app
+    from fl_defense.server.server_app import make_server_app
     from flwr.simulation import run_simulation
-
-    from clients.client_app import app
-    from server.server_app import make_server_app
 
     out_dir.mkdir(parents=True, exist_ok=True)
     run_simulation(server_app=make_server_app(cfg, out_dir, resume), client_app=client_app or app,

@@ -11,6 +11,7 @@ standard deviation over seeds (and over any other axis left out with `--over`).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -18,16 +19,17 @@ import re
 import statistics
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from fl_defense.config import OPTIONS, ConfigError, read_toml, resolve
-from fl_defense.data import DatasetNotFoundError
+from fl_defense.config import read_toml, resolve, schema
+from fl_defense.errors import ConfigError
 from fl_defense.files import atomic_write_json
+
 
 class Runner(Protocol):
     """What runs one experiment: `run_experiment`'s signature (config, folder, resume state)."""
@@ -93,9 +95,25 @@ def points(grid: Grid) -> list[dict[str, Any]]:
     return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.axes.values())]
 
 
+def _name_part(value: Any) -> str:
+    """A value as a folder-name part; one whose unsafe characters were replaced gets a hash of the value, so two
+    values that differ only there (`/a/p.npy`, `/a_p.npy`) never share a folder."""
+    text = str(value)
+    safe = re.sub(r"[^A-Za-z0-9.+-]", "_", text)
+    return safe if safe == text else f"{safe}~{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
 def run_name(point: dict[str, Any]) -> str:
-    """A folder name from the grid values: key=value joined by '__', unsafe characters replaced."""
-    return "__".join(f"{k}={re.sub(r'[^A-Za-z0-9.+-]', '_', str(v))}" for k, v in point.items())
+    """A folder name from the grid values: key=value joined by '__' (see `_name_part`)."""
+    return "__".join(f"{k}={_name_part(v)}" for k, v in point.items())
+
+
+def same_config(saved: Any, cfg: dict[str, Any]) -> bool:
+    """Whether a saved run config is this config (keys it lacks count as their defaults; out-dir aside)."""
+    if not isinstance(saved, dict):
+        return False
+    options = schema()
+    return all(saved.get(k, options[k].default) == v for k, v in cfg.items() if k != "out-dir")
 
 
 def finished(out_dir: Path, cfg: dict[str, Any]) -> dict[str, Any] | None:
@@ -105,17 +123,18 @@ def finished(out_dir: Path, cfg: dict[str, Any]) -> dict[str, Any] | None:
         return None
     try:
         results = json.loads(path.read_text())
-    except json.JSONDecodeError:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    saved = results.get("config", {})
-    same = all(saved.get(k, OPTIONS[k].default) == v for k, v in cfg.items() if k != "out-dir")
-    rounds = results.get("rounds") or []
-    return results if same and rounds and rounds[-1]["round"] == cfg["rounds"] else None
+    if not isinstance(results, dict) or not same_config(results.get("config"), cfg):
+        return None
+    rounds = results.get("rounds")
+    last = rounds[-1] if isinstance(rounds, list) and rounds else None
+    return results if isinstance(last, dict) and last.get("round") == cfg["rounds"] else None
 
 
 def interrupted(out_dir: Path, cfg: dict[str, Any]) -> dict[str, Any] | None:
     """The resume checkpoint of an unfinished run of this very config in the folder, if there is one."""
-    from server import checkpoint
+    from fl_defense.server import checkpoint
 
     if not (out_dir / "checkpoints" / checkpoint.NAME).is_file():
         return None
@@ -123,9 +142,7 @@ def interrupted(out_dir: Path, cfg: dict[str, Any]) -> dict[str, Any] | None:
         state = checkpoint.load(out_dir)
     except ConfigError:
         return None  # unreadable: the run starts over
-    saved = state["config"]
-    same = all(saved.get(k, OPTIONS[k].default) == v for k, v in cfg.items() if k != "out-dir")
-    return state if same and int(state["round"]) < cfg["rounds"] else None
+    return state if same_config(state["config"], cfg) and int(state["round"]) < cfg["rounds"] else None
 
 
 def fill(record: RunRecord, results: dict[str, Any]) -> None:
@@ -134,14 +151,72 @@ def fill(record: RunRecord, results: dict[str, Any]) -> None:
     record.seconds = results.get("wall_seconds")
 
 
+@dataclass(frozen=True)
+class Job:
+    """A run of the sweep still to do: its place in the grid, its record to fill, its config."""
+
+    index: int
+    record: RunRecord
+    cfg: dict[str, Any]
+    total: int
+
+    @property
+    def prefix(self) -> str:
+        return f"[sweep {self.index}/{self.total}]"
+
+
+Outcome = dict[str, Any] | BaseException  # a finished run's results, or what stopped it
+Executor = Callable[[list[Job], Callable[[str], None]], Iterator[tuple[Job, Outcome]]]
+
+
+def start(job: Job, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """Announce a job; the resume checkpoint of its interrupted run, if there is one."""
+    partial = interrupted(job.record.out_dir, job.cfg)
+    log(f"{label(job.record, job.prefix)}: " + ("running" if partial is None
+                                                else f"resuming after round {partial['round']}"))
+    return partial
+
+
+def in_process(runner: Runner) -> Executor:
+    """Run the jobs one after another in this process with `runner`."""
+
+    def run(jobs: list[Job], log: Callable[[str], None]) -> Iterator[tuple[Job, Outcome]]:
+        for job in jobs:
+            partial = start(job, log)
+            try:
+                yield job, runner(job.cfg, job.record.out_dir, resume=partial)
+            except ConfigError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one failed run must not stop the others
+                traceback.print_exc(file=sys.stderr)
+                yield job, exc
+
+    return run
+
+
+def finish(job: Job, outcome: Outcome, log: Callable[[str], None]) -> None:
+    """Fill the job's record from its outcome. A user error (a missing dataset, no GPU) would fail every run, so
+    it stops the sweep, serial or parallel alike (finished runs stay on disk); another error fails only this run."""
+    record = job.record
+    if isinstance(outcome, ConfigError):
+        raise outcome
+    if isinstance(outcome, BaseException):
+        record.status, record.error = "failed", f"{type(outcome).__name__}: {outcome}"
+        log(f"{label(record, job.prefix)}: FAILED ({record.error})")
+        return
+    fill(record, outcome)
+    record.status = "done"
+    log(f"{label(record, job.prefix)}: done, BA {record.ba:.4f} ASR {record.asr:.4f}")
+
+
 def run_sweep(grid: Grid, out: Path, runner: Runner, overrides: dict[str, Any] | None = None,
               over: tuple[str, ...] = ("seed",), log: Callable[[str], None] = print,
               parallel: int = 1) -> list[RunRecord]:
-    """Run every point not finished yet, in order; write the summary after each. A run that fails is
-    recorded with its error and the sweep goes on. A progress bar of runs shows on a terminal.
+    """Run every point not finished yet; write the summary after each. A run that fails is recorded with its
+    error and the sweep goes on. A progress bar of runs shows on a terminal.
 
-    With `parallel` > 1 the runs go to Ray as tasks, that many at a time (see `simulations.sweep_ray`);
-    `runner` is then not used: each run is a `fl-defense run` process of its own.
+    With `parallel` > 1 the runs go to Ray as tasks, that many at a time (`simulations.sweep_ray`), each a
+    `fl-defense run` process of its own; else `runner` runs them in this process, in order.
     """
     out.mkdir(parents=True, exist_ok=True)
     stray = set(over) - set(grid.axes)
@@ -149,28 +224,20 @@ def run_sweep(grid: Grid, out: Path, runner: Runner, overrides: dict[str, Any] |
         raise ConfigError(f"--over {sorted(stray)}: not keys of the grid; allowed: {', '.join(grid.axes)}")
     records = [RunRecord(point, (out / run_name(point)).resolve()) for point in points(grid)]
     cfgs = [resolve({**grid.base, **(overrides or {}), **r.point, "out-dir": str(r.out_dir)}) for r in records]
-    with tqdm(total=len(records), desc="sweep", unit="run", file=sys.stderr,
-              disable=not sys.stderr.isatty()) as bar:
+    jobs = [Job(i, r, c, len(records)) for i, (r, c) in enumerate(zip(records, cfgs, strict=True), start=1)]
+    with tqdm(total=len(records), desc="sweep", unit="run", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+        todo = [job for job in jobs if not _cached(job, log)]
+        bar.update(len(jobs) - len(todo))
         if parallel > 1:
-            from simulations.sweep_ray import run_on_ray
+            from fl_defense.simulations.sweep_ray import on_ray
 
-            todo = []
-            for i, (record, cfg) in enumerate(zip(records, cfgs, strict=True), start=1):
-                if _cached(record, cfg, f"[sweep {i}/{len(records)}]", log):
-                    bar.update(1)
-                else:
-                    todo.append((i, record, cfg))
-
-            def done(record: RunRecord) -> None:
-                write_summary(records, grid, out, over)
-                bar.update(1)
-
-            run_on_ray(todo, len(records), parallel, log, done)
+            executor: Executor = on_ray(parallel)
         else:
-            for i, (record, cfg) in enumerate(zip(records, cfgs, strict=True), start=1):
-                _run_one(record, cfg, runner, f"[sweep {i}/{len(records)}]", log)
-                write_summary(records, grid, out, over)
-                bar.update(1)
+            executor = in_process(runner)
+        for job, outcome in executor(todo, log):
+            finish(job, outcome, log)
+            write_summary(records, grid, out, over)
+            bar.update(1)
     log(write_summary(records, grid, out, over))
     return records
 
@@ -179,32 +246,15 @@ def label(record: RunRecord, prefix: str) -> str:
     return f"{prefix} " + ", ".join(f"{k}={v}" for k, v in record.point.items())
 
 
-def _cached(record: RunRecord, cfg: dict[str, Any], prefix: str, log: Callable[[str], None]) -> bool:
-    """Fill `record` from a finished run of this config in its folder, if there is one."""
-    done = finished(record.out_dir, cfg)
+def _cached(job: Job, log: Callable[[str], None]) -> bool:
+    """Fill the job's record from a finished run of its config in its folder, if there is one."""
+    done = finished(job.record.out_dir, job.cfg)
     if done is None:
         return False
-    fill(record, done)
-    record.status = "cached"
-    log(f"{label(record, prefix)}: finished before, BA {record.ba:.4f} ASR {record.asr:.4f}")
+    fill(job.record, done)
+    job.record.status = "cached"
+    log(f"{label(job.record, job.prefix)}: finished before, BA {job.record.ba:.4f} ASR {job.record.asr:.4f}")
     return True
-
-
-def _run_one(record: RunRecord, cfg: dict[str, Any], runner: Runner, prefix: str,
-             log: Callable[[str], None]) -> None:
-    if _cached(record, cfg, prefix, log):
-        return
-    partial = interrupted(record.out_dir, cfg)
-    log(f"{label(record, prefix)}: " + ("running" if partial is None else f"resuming after round {partial['round']}"))
-    try:
-        fill(record, runner(cfg, record.out_dir, resume=partial))
-        record.status = "done"
-    except (ConfigError, DatasetNotFoundError):
-        raise  # a user error (a missing dataset, no GPU) would fail every run: stop; finished runs stay on disk
-    except Exception as exc:  # noqa: BLE001 - one failed run must not stop the others
-        record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
-        log(f"{label(record, prefix)}: FAILED ({record.error})")
-        traceback.print_exc(file=sys.stderr)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

@@ -15,29 +15,24 @@ import os
 import subprocess
 import sys
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from simulations.sweep import RunRecord, fill, interrupted, label
+from fl_defense.simulations.sweep import Executor, Job, Outcome, start
+
+from fl_defense.config import toml_value
+from fl_defense.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = "sweep-run.toml"
 LOG = "sweep-run.log"
+ERROR_PREFIX = "fl-defense: error: "
 
 
 def config_toml(cfg: dict[str, Any]) -> str:
     """A flat TOML table of the run's config, checked to read back as the same values."""
-    lines = []
-    for key, value in cfg.items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, (int, float)):
-            text = repr(value)
-        else:
-            text = json.dumps(str(value))
-        lines.append(f"{json.dumps(key)} = {text}")
-    out = "\n".join(lines) + "\n"
+    out = "".join(f"{json.dumps(key)} = {toml_value(value)}\n" for key, value in cfg.items())
     if tomllib.loads(out) != cfg:
         raise ValueError("config does not round-trip through TOML")
     return out
@@ -51,11 +46,11 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def run_process(cfg: dict[str, Any], resume: bool, env: dict[str, str]) -> dict[str, Any]:
-    """Run one experiment as `fl-defense run` (or `--resume` its folder); its results.json."""
+def run_process(cfg: dict[str, Any], resume: bool, env: dict[str, str]) -> tuple[int, str]:
+    """Run one experiment as `fl-defense run` (or `--resume` its folder); its exit status and its last lines."""
     out = Path(cfg["out-dir"])
     out.mkdir(parents=True, exist_ok=True)
-    args = [sys.executable, "-m", "simulations.cli", "run"]
+    args = [sys.executable, "-m", "fl_defense.simulations.cli", "run"]
     if resume:
         args += ["--resume", str(out)]
     else:
@@ -64,47 +59,48 @@ def run_process(cfg: dict[str, Any], resume: bool, env: dict[str, str]) -> dict[
     with open(out / LOG, "a") as log:
         code = subprocess.run(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=False,
                               preexec_fn=_die_with_parent if sys.platform == "linux" else None).returncode
-    if code != 0:
-        tail = (out / LOG).read_text().strip().splitlines()[-3:]
-        raise RuntimeError(f"fl-defense run exited with {code}: " + " / ".join(tail))
-    return json.loads((out / "results.json").read_text())
+    return code, "\n".join((out / LOG).read_text().strip().splitlines()[-3:])
 
 
-def run_on_ray(todo: list[tuple[int, RunRecord, dict[str, Any]]], total: int, parallel: int,
-               log: Callable[[str], None], done: Callable[[RunRecord], None]) -> None:
-    """Run the (index, record, config) triples as Ray tasks, at most `parallel` at once; fill each record
-    and call `done` as each run ends, in the order they end."""
-    import ray
+def outcome_of(cfg: dict[str, Any], code: int, tail: str) -> Outcome:
+    """The run's results; for exit status 2 the user error it printed, for another failure a RuntimeError."""
+    if code == 0:
+        results: dict[str, Any] = json.loads((Path(cfg["out-dir"]) / "results.json").read_text())
+        return results
+    if code == 2:
+        lines = [line for line in tail.splitlines() if line.startswith(ERROR_PREFIX)]
+        return ConfigError(lines[-1].removeprefix(ERROR_PREFIX) if lines else tail)
+    return RuntimeError(f"fl-defense run exited with {code}: " + " / ".join(tail.splitlines()))
 
-    if not todo:
-        return
-    started = not ray.is_initialized()
-    if started:
-        address = todo[0][2]["ray-address"] or None
-        ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    task = ray.remote(num_cpus=0, max_retries=0)(run_process)
-    env = dict(os.environ)  # the runs see the sweep's environment, not a Ray worker's
-    queue, pending = list(todo), {}
-    try:
-        while queue or pending:
-            while queue and len(pending) < parallel:
-                i, record, cfg = queue.pop(0)
-                partial = interrupted(record.out_dir, cfg)
-                prefix = f"[sweep {i}/{total}]"
-                log(f"{label(record, prefix)}: "
-                    + ("running" if partial is None else f"resuming after round {partial['round']}"))
-                pending[task.remote(cfg, partial is not None, env)] = (prefix, record)
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            prefix, record = pending.pop(ready[0])
-            try:
-                fill(record, ray.get(ready[0]))
-                record.status = "done"
-                log(f"{label(record, prefix)}: done, BA {record.ba:.4f} ASR {record.asr:.4f}")
-            except ray.exceptions.RayTaskError as exc:
-                cause = exc.cause if exc.cause is not None else exc
-                record.status, record.error = "failed", f"{type(cause).__name__}: {cause}"
-                log(f"{label(record, prefix)}: FAILED ({record.error})")
-            done(record)
-    finally:
+
+def on_ray(parallel: int) -> Executor:
+    """Run the jobs as Ray tasks, at most `parallel` at once, each outcome as its run ends."""
+
+    def run(jobs: list[Job], log: Callable[[str], None]) -> Iterator[tuple[Job, Outcome]]:
+        import ray
+
+        if not jobs:
+            return
+        started = not ray.is_initialized()
         if started:
-            ray.shutdown()
+            ray.init(address=jobs[0].cfg["ray-address"] or None, include_dashboard=False, logging_level="ERROR",
+                     log_to_driver=False)
+        task = ray.remote(num_cpus=0, max_retries=0)(run_process)
+        env = dict(os.environ)  # the runs see the sweep's environment, not a Ray worker's
+        queue, pending = list(jobs), {}
+        try:
+            while queue or pending:
+                while queue and len(pending) < parallel:
+                    job = queue.pop(0)
+                    pending[task.remote(job.cfg, start(job, log) is not None, env)] = job
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                job = pending.pop(ready[0])
+                try:
+                    yield job, outcome_of(job.cfg, *ray.get(ready[0]))
+                except ray.exceptions.RayTaskError as exc:
+                    yield job, exc.cause if exc.cause is not None else exc
+        finally:
+            if started:
+                ray.shutdown()
+
+    return run

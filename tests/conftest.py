@@ -12,13 +12,13 @@ from torch.nn import functional as F
 
 from fl_defense.attacks import Trigger, build_attack
 from fl_defense.config import resolve
-from fl_defense.data import SPECS, load_dataset, to_float
+from fl_defense.data import dataset_spec, load_dataset, to_float
 from fl_defense.metrics import attack_success_rate, clean_accuracy
 from fl_defense.models import BackdoorModel, build_model
 from fl_defense.purification import CleanSet
 
 CPU = torch.device("cpu")
-SPEC = SPECS["fashion-mnist"]
+SPEC = dataset_spec("fashion-mnist")
 TARGET = 3
 
 

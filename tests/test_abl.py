@@ -13,11 +13,11 @@ from fl_defense.client_defenses import Memory, build_client_defense
 from fl_defense.client_defenses import abl as abl_module
 from fl_defense.client_defenses.abl import ISOLATED, lga_loss, per_sample_loss
 from fl_defense.config import resolve
-from fl_defense.data import SPECS, cached_dataset
+from fl_defense.data import cached_dataset, dataset_spec
 from fl_defense.models import BackdoorModel, build_model
 
 CPU = torch.device("cpu")
-SPEC = SPECS["fashion-mnist"]
+SPEC = dataset_spec("fashion-mnist")
 
 
 @pytest.mark.parametrize(("loss", "gamma", "value", "grad"), [

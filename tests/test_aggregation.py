@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,11 +17,13 @@ from flwr.supercore.task_identity import TaskIdentity
 from fl_defense.aggregation import foolsgold, foolsgold_weights, normclip, rlr
 from fl_defense.aggregation.base import flat_updates
 from fl_defense.aggregation.flame import flame
-from fl_defense.config import ConfigError, resolve
-from fl_defense.data.datasets import SPECS
+from fl_defense.config import resolve
+from fl_defense.data import dataset_spec
+from fl_defense.errors import ConfigError
 from fl_defense.models import build_model
-from server.aggregation import AGGREGATORS, build_aggregator
-from server.strategy import DefenseStrategy
+from fl_defense.registry import AGGREGATION_RULES
+from fl_defense.server.aggregation import build_aggregator
+from fl_defense.server.strategy import DefenseStrategy, chain_state, load_chain_state
 
 NO_NOISE = torch.Generator().manual_seed(0)
 
@@ -129,7 +132,7 @@ def _reply(partition: int, state: dict[str, torch.Tensor], examples: int) -> Mes
     content = RecordDict({
         "arrays": ArrayRecord(state),
         "metrics": MetricRecord({"num-examples": examples, "train-loss": 0.5}),
-        "client": ConfigRecord({"partition-id": partition, "malicious": False, "attacked": False}),
+        "client": ConfigRecord({"partition-id": partition}),
     })
     node = 9000 + partition
     meta = Metadata(run_id=1, message_id=f"m{node}", src_node_id=node, dst_node_id=0, reply_to_message_id="",
@@ -146,7 +149,7 @@ class Round:
 
     def __init__(self) -> None:
         torch.manual_seed(0)
-        model = build_model("auto", SPECS["fashion-mnist"])
+        model = build_model("auto", dataset_spec("fashion-mnist"))
         self.global_state = dict(model.state_dict())
         self.trainable = {name for name, _ in model.named_parameters()}
         self.params = {k: v for k, v in self.global_state.items() if k in self.trainable}
@@ -168,14 +171,15 @@ class Round:
                 moved[k] = torch.tensor(100 + 7 * partition, dtype=torch.int64)
         return moved
 
-    def aggregate(self, strategy: Strategy, updates: torch.Tensor, examples: list[int]) -> dict[str, torch.Tensor]:
+    def aggregate(self, strategy: Strategy, updates: torch.Tensor, examples: list[int],
+                  server_round: int = 1) -> dict[str, torch.Tensor]:
         """configure_train with the global state, then aggregate one reply per update (partition = row)."""
         nodes = [9000 + p for p in range(len(updates))]
         grid = FakeGrid(nodes)
-        strategy.configure_train(1, ArrayRecord(self.global_state), ConfigRecord(), grid)  # type: ignore[arg-type]
+        strategy.configure_train(server_round, ArrayRecord(self.global_state), ConfigRecord(), grid)  # type: ignore
         self.states = [self.client(u, p) for p, u in enumerate(updates)]
         replies = [_reply(p, s, examples[p]) for p, s in enumerate(self.states)]
-        arrays, _ = strategy.aggregate_train(1, replies)
+        arrays, _ = strategy.aggregate_train(server_round, replies)
         assert arrays is not None
         return dict(arrays.to_torch_state_dict())
 
@@ -233,7 +237,7 @@ def test_foolsgold_downweights_sybils_over_rounds() -> None:
 EXTRA = {"bulyan": {"num-clients": 11, "clients-per-round": 11}, "dp-clip": {"clip-norm": 0.5}}
 
 
-@pytest.mark.parametrize("aggregation", sorted(AGGREGATORS) + ["dp-clip-adaptive"])
+@pytest.mark.parametrize("aggregation", sorted(AGGREGATION_RULES.entries) + ["dp-clip-adaptive"])
 def test_every_builder_aggregates_fake_replies_and_averages_buffers(aggregation: str) -> None:
     name = aggregation.removesuffix("-adaptive")
     extra = {} if aggregation.endswith("-adaptive") else EXTRA.get(name, {})
@@ -290,8 +294,35 @@ def test_defense_strategy_records_what_the_rule_decided() -> None:
     r = Round()
     strategy = DefenseStrategy(build_aggregator(cfg), {9000 + p: p for p in range(10)}, seed=0)
     r.aggregate(strategy, _attacked_updates(r.dim, 10, MALICIOUS), [50] * 10)
-    assert strategy.rounds[1].aggregation["excluded"] == list(MALICIOUS)
+    assert strategy.rounds[1].reports["aggregation"]["excluded"] == list(MALICIOUS)
     assert strategy.rounds[1].sampled == list(range(10))
+
+
+@pytest.mark.parametrize("aggregation", sorted(AGGREGATION_RULES.entries) + ["dp-clip-adaptive"])
+def test_every_rule_resumes_from_its_saved_state(aggregation: str, tmp_path: Path) -> None:
+    """Round 2 after restoring round 1's saved state (through a weights-only file, as --resume does) equals round
+    2 of the uninterrupted rule, for every registered rule; where the rule has state, a fresh rule that skipped
+    the restore gives another round 2, so a rule whose state_dict misses something fails here."""
+    name = aggregation.removesuffix("-adaptive")
+    extra = {} if aggregation.endswith("-adaptive") else EXTRA.get(name, {})
+    cfg = _cfg(name, **{"dp-noise-multiplier": 0.5, **extra})
+    n = cfg["clients-per-round"]
+    r = Round()
+    # the attackers' look-alike updates in round 1 only: a rule that remembers them (FoolsGold) treats round 2 so
+    first, second = _attacked_updates(r.dim, n, MALICIOUS, seed=1), _attacked_updates(r.dim, n, (), seed=2)
+    examples = [40 + 5 * p for p in range(n)]
+    straight = build_aggregator(cfg)
+    r.aggregate(straight, first, examples, server_round=1)
+    torch.save(chain_state(straight), tmp_path / "state.pt")
+    expected = r.aggregate(straight, second, examples, server_round=2)
+
+    resumed = build_aggregator(cfg)
+    load_chain_state(resumed, torch.load(tmp_path / "state.pt", weights_only=True))
+    got = r.aggregate(resumed, second, examples, server_round=2)
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    if any(chain_state(straight)):
+        fresh = r.aggregate(build_aggregator(cfg), second, examples, server_round=2)
+        assert not all(torch.equal(fresh[k], expected[k]) for k in expected), "the state changes round 2"
 
 
 # --- configurations the rules cannot honour ---------------------------------------------------------------------

@@ -12,20 +12,20 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
 
-from clients.behaviour import local_update, poisoned_shard, round_seed
-from clients.client_app import MEMORY_KEY, load_memory, save_memory
-from clients.client_app import train as client_train
 from fl_defense.attacks import build_attack, malicious_clients, poison_data
 from fl_defense.client_defenses.abl import ISOLATED
+from fl_defense.clients.behaviour import local_update, poisoned_shard, round_seed
+from fl_defense.clients.client_app import MEMORY_KEY, load_memory, save_memory
+from fl_defense.clients.client_app import train as client_train
 from fl_defense.config import resolve
-from fl_defense.data import SPECS, cached_dataset, split_for
+from fl_defense.data import cached_dataset, dataset_spec, split_for
 from fl_defense.models import build_model
 from fl_defense.training import train_local
 
 
 def _global_state(cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    return build_model(cfg["model"], SPECS[cfg["dataset"]]).state_dict()
+    return build_model(cfg["model"], dataset_spec(cfg["dataset"])).state_dict()
 
 
 def test_benign_and_malicious_clients(small_cfg: dict[str, Any]) -> None:
@@ -62,7 +62,7 @@ def test_boosted_update_is_bounded(small_cfg: dict[str, Any]) -> None:
     evil = next(iter(malicious_clients(cfg["num-clients"], cfg["malicious-fraction"], cfg["seed"])))
     g = _global_state(cfg)
     out = local_update(cfg, evil, 1, g, {})
-    model = build_model(cfg["model"], SPECS[cfg["dataset"]])
+    model = build_model(cfg["model"], dataset_spec(cfg["dataset"]))
     trainable = [n for n, _ in model.named_parameters()]
     norm = torch.sqrt(sum(((out.state[k] - g[k]).double() ** 2).sum() for k in trainable))
     assert abs(norm.item() - 1.0) < 1e-4
@@ -71,7 +71,7 @@ def test_boosted_update_is_bounded(small_cfg: dict[str, Any]) -> None:
 def _plain_sgd(cfg: dict[str, Any], images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, pid: int,
                server_round: int, g: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """What an honest client without a client defense must compute: the run's SGD from the round seed."""
-    model = build_model(cfg["model"], SPECS[cfg["dataset"]])
+    model = build_model(cfg["model"], dataset_spec(cfg["dataset"]))
     model.load_state_dict(g)
     train_local(model, images, labels, indices, epochs=cfg["local-epochs"], batch_size=cfg["batch-size"], lr=cfg["lr"],
                 momentum=cfg["momentum"], weight_decay=cfg["weight-decay"],
@@ -98,7 +98,7 @@ def test_honest_client_is_plain_sgd_on_its_shard(small_cfg: dict[str, Any]) -> N
 
 def test_poison_data_stamps_an_exact_seeded_share() -> None:
     data = cached_dataset("fashion-mnist", "", True)
-    attack = build_attack(resolve({"poison-rate": 0.3, "target-label": 2}), SPECS["fashion-mnist"].shape, 10)
+    attack = build_attack(resolve({"poison-rate": 0.3, "target-label": 2}), dataset_spec("fashion-mnist").shape, 10)
     assert attack is not None
     x, y = data.train_x[:500], data.train_y[:500]
     x0, y0 = x.clone(), y.clone()
@@ -169,7 +169,7 @@ def test_client_app_keeps_abl_memory_across_rounds(small_cfg: dict[str, Any]) ->
         reply = client_train(_train_message(cfg, server_round, g), context)
         assert not reply.has_error()
         g = reply.content["arrays"].to_torch_state_dict()
-        assert reply.content["client"]["attacked"] is True
+        assert dict(reply.content["client"]) == {"partition-id": evil}, "a reply says nothing of itself but its partition"
     isolated = load_memory(context.state)[ISOLATED]
     n = len(split_for(cfg).clients[evil])
     assert len(isolated) == round(cfg["abl-isolation-ratio"] * n)
@@ -210,7 +210,7 @@ def test_amp_client_update_is_float32_close_to_full_precision_and_learns(small_c
     delta_mixed = torch.cat([(mixed.state[k] - g[k]).flatten() for k in g if g[k].is_floating_point()])
     assert torch.nn.functional.cosine_similarity(delta_full, delta_mixed, dim=0) > 0.9
     data = cached_dataset("fashion-mnist", "", True)
-    model = build_model(small_cfg["model"], SPECS[small_cfg["dataset"]])
+    model = build_model(small_cfg["model"], dataset_spec(small_cfg["dataset"]))
     model.load_state_dict(g)
     seen: list[torch.dtype] = []
     indices = torch.arange(512)

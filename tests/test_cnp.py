@@ -8,14 +8,15 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import Backdoored
 
+from conftest import Backdoored
 from fl_defense.config import resolve
-from fl_defense.defense import run_defense
+from fl_defense.defense import Defender
+from fl_defense.inversion.anp import anp_target
 from fl_defense.models import BackdoorModel
 from fl_defense.purification import build_purifier
 from fl_defense.purification.base import frozen_copy
-from fl_defense.purification.cnp import CNP, NeuronGates, anp_target, cnp_loss
+from fl_defense.purification.cnp import CNP, NeuronGates, cnp_loss
 
 CPU = torch.device("cpu")
 
@@ -99,6 +100,7 @@ def test_cnp_with_the_true_trigger_removes_most_of_the_backdoor(bd: Backdoored) 
     assert bd.ba(out) > bd.ba(bd.model) - 0.05
     assert 1 <= len(purifier.pruned) <= 12
     assert purifier.report()["cnp_pruned"] == [f"{name}[{i}]" for name, i in purifier.pruned]
+    assert purifier.report()["cnp_pruned_share"] == len(purifier.pruned) / 48  # the small CNN's 16 + 32 BN neurons
 
 
 @pytest.mark.parametrize(("ratio", "count"), [(0.001, 1), (0.1, 4), (0.25, 12)])
@@ -117,20 +119,20 @@ def test_pruning_zeroes_exactly_the_share_asked_for(bd: Backdoored, ratio: float
         assert torch.all(maps[0 if name == "body.1" else 1][:, i] == 0), "a pruned neuron still fires"
 
 
-def test_cnp_needs_the_scan_trigger_only_when_told_to(bd: Backdoored) -> None:
-    assert build_purifier(resolve({"defense": "cnp"})).needs_trigger
-    assert not build_purifier(resolve({"defense": "cnp", "cnp-target": "anp"})).needs_trigger
-    with pytest.raises(ValueError, match="inverted trigger"):
-        build_purifier(resolve({"defense": "cnp"})).purify(bd.model, bd.clean, None, CPU, torch.Generator())
+def test_cnp_asks_for_the_run_s_trigger_source_or_its_own_guess() -> None:
+    assert build_purifier(resolve({"defense": "cnp"})).trigger_source() == "nc"
+    assert build_purifier(resolve({"defense": "cnp", "cnp-target": "anp"})).trigger_source() == "anp"
+    assert build_purifier(resolve({"defense": "cnp", "inversion": "anp"})).trigger_source() == "anp"
 
 
 def test_pipeline_runs_cnp_with_its_own_target(bd_blended: Backdoored) -> None:
     cfg = resolve({"defense": "cnp", "cnp-target": "anp", "cnp-epochs": 2, "nc-epochs": 3, "nc-images": 500,
-                   "device": "cpu"})
-    outcome = run_defense(bd_blended.model, bd_blended.clean, 10, cfg, CPU, torch.Generator().manual_seed(0))
+                   "device": "cpu", "target-label": bd_blended.target})
+    defender = Defender(cfg, bd_blended.clean, 10, CPU, lambda m: (bd_blended.ba(m), bd_blended.asr(m)))
+    outcome = defender(bd_blended.model, torch.Generator().manual_seed(0))
     record = outcome.record
-    assert record["purified"] and record["trigger_source"] == "cnp-anp"
-    assert record["flagged"] == [bd_blended.target]
+    assert record["purified"] and record["trigger_source"] == "scan" and record["true_target_found"]
+    assert record["flagged"] == [bd_blended.target] and sum(record["anp_label_growth"]) == 0
     assert "mask_l1" not in record, "no NC scan ran"
     assert record["inversion_seconds"] > 0 and record["purify_seconds"] > 0 and record["cnp_pruned"]
     assert outcome.model is not bd_blended.model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import tomllib
 from pathlib import Path
 
@@ -9,9 +10,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fl_defense.config import OPTIONS, ConfigError, load_toml, parse_set, resolve, schedule_rounds
+from fl_defense.config import load_toml, parse_set, resolve, schedule_rounds, schema
+from fl_defense.errors import ConfigError
+from fl_defense.registry import CATALOG
 
 ROOT = Path(__file__).resolve().parents[1]
+OPTIONS = schema()
+
+
+def _sync_config():  # noqa: ANN202 - the script as a module
+    spec = importlib.util.spec_from_file_location("sync_config", ROOT / "scripts" / "sync_config.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_defaults_resolve_and_match_pyproject_run_config() -> None:
@@ -20,6 +32,25 @@ def test_defaults_resolve_and_match_pyproject_run_config() -> None:
     flwr_cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert flwr_cfg == cfg
     assert resolve(flwr_cfg) == cfg
+
+
+def test_the_mirrors_are_what_the_registries_generate() -> None:
+    """pyproject's run config and default.toml are written from the registries (scripts/sync_config.py): a method
+    whose options changed without the mirrors being regenerated fails here, help text included."""
+    sync = _sync_config()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert sync.pyproject_text(pyproject) == pyproject
+    assert sync.default_toml_text() == (ROOT / "simulations" / "configs" / "default.toml").read_text()
+
+
+def test_every_registered_method_s_options_are_config_keys() -> None:
+    """Each registry's key lists exactly its members (and extra values), and every member's options are keys."""
+    for registry in CATALOG:
+        assert OPTIONS[registry.key].choices == registry.choices()
+        for entry in registry:
+            assert entry.summary, f"{registry.key}={entry.name} has no one-line description"
+            for option in entry.options:
+                assert OPTIONS[option.key] is option
 
 
 def test_strings_from_set_are_typed() -> None:
@@ -32,6 +63,8 @@ def test_strings_from_set_are_typed() -> None:
     ({"rounds": "ten"}, "'rounds'"),
     ({"rounds": 0}, "an integer >= 1"),
     ({"attack": "trojan"}, "one of none, badnets, blended"),
+    ({"defense": "shadow", "strategy-wrapper": "none"}, "stands for strategy-wrapper=shadow"),
+    ({"plugins": "no_such_module_here"}, "cannot import 'no_such_module_here'"),
     ({"clean-fraction": 1.0}, "(0, 1)"),
     ({"clean-fraction": 0.0}, "(0, 1)"),
     ({"malicious-fraction": 1.5}, "[0, 1]"),
@@ -60,6 +93,12 @@ def test_bad_values_name_the_key_and_what_is_allowed(overrides: dict, needle: st
 def test_set_needs_key_value() -> None:
     with pytest.raises(ConfigError, match="expected key=value"):
         parse_set(["rounds"])
+
+
+def test_defense_shadow_is_an_alias_of_the_strategy_wrapper() -> None:
+    cfg = resolve({"defense": "shadow"})
+    assert (cfg["defense"], cfg["strategy-wrapper"]) == ("none", "shadow")
+    assert resolve({"defense": "shadow", "strategy-wrapper": "shadow"}) == cfg
 
 
 def test_toml_flat_and_flower_layout(tmp_path: Path) -> None:

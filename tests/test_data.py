@@ -13,9 +13,13 @@ import torch
 import torchvision.datasets.cifar
 from PIL import Image
 
-from fl_defense.data import SPECS, DatasetNotFoundError, load_dataset, prepare_debian_fashion_mnist
-from fl_defense.data.datasets import DEBIAN_FASHION_MNIST, FASHION_MNIST_FILES
-from fl_defense.models import ResNet18, SmallCNN, build_model
+from fl_defense.data import DatasetNotFoundError, dataset_spec, load_dataset
+from fl_defense.data.fashion_mnist import DEBIAN_FASHION_MNIST, prepare_debian_fashion_mnist
+from fl_defense.data.fashion_mnist import FILES as FASHION_MNIST_FILES
+from fl_defense.models import build_model
+from fl_defense.models.cnn import SmallCNN
+from fl_defense.models.resnet import ResNet18
+from fl_defense.registry import DATASETS
 
 # ---- (a) Fashion-MNIST from the Debian package -----------------------------------------------------------
 
@@ -51,7 +55,7 @@ def test_debian_prepare_without_source_returns_none(tmp_path: Path) -> None:
 
 def test_load_fashion_mnist_from_prepared_root(debian_root: Path) -> None:
     data = load_dataset("fashion-mnist", data_root=str(debian_root), download=False)
-    assert data.spec is SPECS["fashion-mnist"]
+    assert data.spec is dataset_spec("fashion-mnist")
     assert data.train_x.shape == (60000, 1, 28, 28) and data.test_x.shape == (10000, 1, 28, 28)
     assert data.train_x.dtype == torch.uint8 and data.test_x.dtype == torch.uint8
     assert data.train_y.dtype == torch.int64 and data.test_y.dtype == torch.int64
@@ -65,13 +69,13 @@ def test_load_fashion_mnist_from_prepared_root(debian_root: Path) -> None:
 # ---- (b) a data-root without the data --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(SPECS))
+@pytest.mark.parametrize("name", sorted(DATASETS.choices()))
 def test_empty_data_root_says_how_to_get_the_data(tmp_path: Path, name: str) -> None:
     with pytest.raises(DatasetNotFoundError) as info:
         load_dataset(name, data_root=str(tmp_path), download=True)  # a given data-root never downloads
     message = str(info.value)
     assert "data-root" in message and str(tmp_path) in message
-    assert SPECS[name].how_to_get in message
+    assert dataset_spec(name).how_to_get in message
     assert list(tmp_path.iterdir()) == []  # nothing was downloaded or created
 
 
@@ -127,7 +131,7 @@ def tiny_cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, n
 def test_cifar10_loads_as_chw_uint8(tiny_cifar: tuple[Path, np.ndarray, list[int]]) -> None:
     root, data, labels = tiny_cifar
     ds = load_dataset("cifar10", data_root=str(root))
-    assert ds.spec is SPECS["cifar10"]
+    assert ds.spec is dataset_spec("cifar10")
     assert ds.train_x.shape == (20, 3, 32, 32) and ds.test_x.shape == (3, 3, 32, 32)
     assert ds.train_x.dtype == torch.uint8 and ds.train_x.is_contiguous()
     assert torch.equal(ds.train_x, torch.from_numpy(data))
@@ -187,7 +191,7 @@ def tiny_gtsrb(tmp_path: Path) -> Path:
 
 def test_gtsrb_resizes_to_32_and_caches(tiny_gtsrb: Path) -> None:
     ds = load_dataset("gtsrb", data_root=str(tiny_gtsrb))
-    assert ds.spec is SPECS["gtsrb"]
+    assert ds.spec is dataset_spec("gtsrb")
     assert ds.train_x.shape == (6, 3, 32, 32) and ds.test_x.shape == (3, 3, 32, 32)
     assert ds.train_x.dtype == torch.uint8 and ds.test_x.dtype == torch.uint8
     assert ds.train_y.tolist() == [0, 0, 1, 1, 2, 2] and ds.test_y.tolist() == [2, 0, 1]
@@ -207,7 +211,7 @@ def test_gtsrb_second_load_reads_the_cache(tiny_gtsrb: Path) -> None:
 
 
 def test_gtsrb_auto_model_has_43_classes(tiny_gtsrb: Path) -> None:
-    model = build_model("auto", SPECS["gtsrb"]).eval()
+    model = build_model("auto", dataset_spec("gtsrb")).eval()
     assert isinstance(model, ResNet18)
     with torch.no_grad():
         assert model(torch.rand(1, 3, 32, 32)).shape == (1, 43)
@@ -217,7 +221,7 @@ def test_gtsrb_auto_model_has_43_classes(tiny_gtsrb: Path) -> None:
 
 
 def test_small_cnn_forward_is_classify_of_features() -> None:
-    model = build_model("auto", SPECS["fashion-mnist"]).eval()
+    model = build_model("auto", dataset_spec("fashion-mnist")).eval()
     assert isinstance(model, SmallCNN)
     x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -228,7 +232,7 @@ def test_small_cnn_forward_is_classify_of_features() -> None:
 
 @pytest.mark.parametrize(("name", "dataset"), [("cnn", "fashion-mnist"), ("resnet18", "cifar10")])
 def test_normalisation_buffers_stay_out_of_state_dict(name: str, dataset: str) -> None:
-    spec = SPECS[dataset]
+    spec = dataset_spec(dataset)
     model = build_model(name, spec)
     buffers = dict(model.named_buffers())
     assert torch.equal(buffers["mean"].flatten(), torch.tensor(spec.mean))
@@ -241,7 +245,7 @@ def test_normalisation_buffers_stay_out_of_state_dict(name: str, dataset: str) -
 
 def test_features_see_normalised_pixels() -> None:
     """features(x) is embed((x - mean) / std): a mean-grey image reaches the body as zeros."""
-    spec = SPECS["fashion-mnist"]
+    spec = dataset_spec("fashion-mnist")
     model = build_model("cnn", spec).eval()
     x = torch.full((1, 1, 28, 28), spec.mean[0])
     with torch.no_grad():
@@ -249,5 +253,5 @@ def test_features_see_normalised_pixels() -> None:
 
 
 def test_unknown_model_raises() -> None:
-    with pytest.raises(ValueError, match="unknown model"):
-        build_model("vgg", SPECS["cifar10"])
+    with pytest.raises(ValueError, match="is not one of auto, cnn"):
+        build_model("vgg", dataset_spec("cifar10"))

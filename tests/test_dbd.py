@@ -8,24 +8,17 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import Backdoored
 from torch.nn import functional as F
 
+from conftest import Backdoored
 from fl_defense.client_defenses import build_client_defense
 from fl_defense.client_defenses.augment import color_jitter, random_blur, simclr_augment, weak_augment
 from fl_defense.client_defenses.dbd import (
-    MEMORY_PREFIX,
-    _projection_head,
-    mixmatch_losses,
-    mixup,
-    nt_xent,
-    phase,
-    sce,
-    semi_supervised_split,
-    sharpen,
+    MEMORY_PREFIX, _projection_head, mixmatch_losses, mixup, nt_xent, phase, sce, semi_supervised_split, sharpen,
 )
-from fl_defense.config import ConfigError, resolve
-from fl_defense.data import SPECS, load_dataset, to_float
+from fl_defense.config import resolve
+from fl_defense.data import dataset_spec, load_dataset
+from fl_defense.errors import ConfigError
 from fl_defense.models import BackdoorModel, build_model
 
 CPU = torch.device("cpu")
@@ -46,7 +39,7 @@ def shard() -> tuple[torch.Tensor, torch.Tensor]:
 
 def _model() -> BackdoorModel:
     torch.manual_seed(0)
-    return build_model("cnn", SPECS["fashion-mnist"])
+    return build_model("cnn", dataset_spec("fashion-mnist"))
 
 
 def _state(model: BackdoorModel) -> dict[str, torch.Tensor]:

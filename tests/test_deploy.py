@@ -9,8 +9,7 @@ import ssl
 from pathlib import Path
 
 import pytest
-
-from simulations.deploy import deployment, make_material, run_deployment, start_supernode
+from fl_defense.simulations.deploy import deployment, make_material, run_deployment, start_supernode
 
 
 def _processes_with_home(home: Path) -> list[int]:

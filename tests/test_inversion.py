@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 
 from fl_defense.attacks.trigger import StampMix
 from fl_defense.config import resolve
-from fl_defense.defense import DefenseMemory, defense_rounds, invert_and_flag, purification_trigger, run_defense
-from fl_defense.inversion import LabelInversion, NCSettings, ScanResult, anomaly_indices, invert
+from fl_defense.defense import Defender, TriggerStage, defense_rounds
+from fl_defense.inversion import Finding, LabelInversion, NCSettings, ScanResult, TriggerSource, anomaly_indices, invert
+from fl_defense.inversion.nc import NeuralCleanseScan
 from fl_defense.inversion.ray_scan import _POOL, pool_size
 
 CPU = torch.device("cpu")
@@ -29,7 +28,7 @@ def test_anomaly_index_by_hand() -> None:
 
 def _scan(model_setting, **overrides):  # noqa: ANN001, ANN202 - fixture object
     cfg = resolve({"nc-images": 500, **overrides})
-    return invert_and_flag(model_setting.model, model_setting.clean, 10, cfg, CPU, torch.Generator().manual_seed(0))[0]
+    return NeuralCleanseScan(cfg).find(model_setting.model, model_setting.clean, 10, CPU, torch.Generator().manual_seed(0))
 
 
 def test_flagged_labels_come_lowest_transfer_first() -> None:
@@ -49,7 +48,7 @@ def test_flagged_labels_come_lowest_transfer_first() -> None:
 
 def test_scan_flags_the_target_of_a_backdoored_model(bd) -> None:  # noqa: ANN001 - fixture
     result = _scan(bd)
-    assert result.flagged[:1] == [bd.target], result.record()
+    assert result.flagged[:1] == [bd.target], result.record
     trigger = result.trigger()
     assert trigger is not None
     assert trigger.mask.shape == (1, 28, 28) and 0 <= trigger.mask.min() and trigger.mask.max() <= 1
@@ -60,7 +59,7 @@ def test_scan_flags_the_target_of_a_backdoored_model(bd) -> None:  # noqa: ANN00
 
 def test_scan_flags_nothing_on_a_clean_model(clean_model) -> None:  # noqa: ANN001 - fixture
     result = _scan(clean_model)
-    assert result.flagged == [], result.record()
+    assert result.flagged == [], result.record
 
 
 @pytest.mark.parametrize("settings", [
@@ -80,72 +79,87 @@ def test_batched_equals_per_label_arithmetic(bd, settings: NCSettings) -> None: 
         assert a.norm == pytest.approx(b.norm, rel=1e-4)
 
 
+def _defender(cfg, setting) -> Defender:  # noqa: ANN001 - fixture object
+    return Defender(cfg, setting.clean, 10, CPU, lambda m: (setting.ba(m), setting.asr(m)))
+
+
 def test_defense_pipeline_skips_purification_when_nothing_is_flagged(clean_model) -> None:  # noqa: ANN001
     cfg = resolve({"defense": "mcl", "nc-images": 500})
-    outcome = run_defense(clean_model.model, clean_model.clean, 10, cfg, CPU, torch.Generator().manual_seed(0))
+    outcome = _defender(cfg, clean_model)(clean_model.model, torch.Generator().manual_seed(0))
     assert outcome.model is clean_model.model
     assert outcome.record["purified"] is False and outcome.record["flagged"] == []
+    assert outcome.record["ba_after"] == outcome.record["ba_before"] and "true_target_found" in outcome.record
 
 
 def test_defense_pipeline_inverts_then_purifies_and_remembers_the_trigger(bd, clean_model) -> None:  # noqa: ANN001
-    cfg = resolve({"defense": "mcl", "nc-images": 500, "mcl-epochs": 4})
-    memory = DefenseMemory()
-    outcome = run_defense(bd.model, bd.clean, 10, cfg, CPU, torch.Generator().manual_seed(0), memory)
-    assert outcome.record["purified"] is True and outcome.record["flagged"][:1] == [bd.target]
-    assert outcome.record["trigger_source"] == "scan" and list(memory.found) == [bd.target]
-    assert outcome.record["purified_labels"] == [bd.target]
-    assert bd.asr(outcome.model) < 0.1
+    cfg = resolve({"defense": "mcl", "nc-images": 500, "mcl-epochs": 4, "target-label": bd.target})
+    defender = _defender(cfg, bd)
+    outcome = defender(bd.model, torch.Generator().manual_seed(0))
+    record = outcome.record
+    assert record["purified"] is True and record["flagged"][:1] == [bd.target] and record["true_target_found"]
+    assert record["trigger_source"] == "scan" and record["purified_labels"] == [bd.target]
+    assert defender.stage is not None and list(defender.stage.found) == [bd.target]
+    assert record["asr_after"] == bd.asr(outcome.model) < 0.1 < 0.9 < record["asr_before"]
     assert bd.ba(outcome.model) > bd.ba(bd.model) - 0.05
     # a later call whose scan flags nothing purifies with the remembered trigger
-    later = run_defense(clean_model.model, clean_model.clean, 10, cfg, CPU, torch.Generator().manual_seed(1), memory)
+    later = defender(clean_model.model, torch.Generator().manual_seed(1))
     assert later.record["flagged"] == [] and later.record["purified"] is True
     assert later.record["trigger_source"].startswith(f"label {bd.target} of defense call 1: its trigger")
-    assert memory.calls == 2 and memory.reference is not None
+    assert defender.stage.calls == 2 and isinstance(defender.stage.source, NeuralCleanseScan)
+    assert defender.stage.source.reference is not None
 
 
-def _scan_result(norms: list[float], flagged: list[int]) -> ScanResult:
-    inversions = [LabelInversion(t, torch.full((1, 4, 4), n / 16), torch.rand(1, 4, 4), n, 0.99, 3, True)
+class Scripted(TriggerSource):
+    """A trigger source that returns the findings it was given, one per call."""
+
+    def __init__(self, findings: list[Finding]) -> None:
+        super().__init__({})
+        self.findings = list(findings)
+
+    def find(self, model, clean, num_classes, device, generator) -> Finding:  # noqa: ANN001
+        return self.findings.pop(0)
+
+
+def _finding(norms: list[float], flagged: list[int], failed: tuple[int, ...] = ()) -> Finding:
+    inversions = [LabelInversion(t, torch.full((1, 4, 4), n / 16), torch.rand(1, 4, 4), n, 0.99, 3, t not in failed)
                   for t, n in enumerate(norms)]
-    return ScanResult(inversions, anomaly_indices(np.array(norms), log=True), None, flagged, 0.0, "loop")
+    result = ScanResult(inversions, anomaly_indices(np.array(norms), log=True), None, flagged, 0.0, "loop")
+    triggers = {t: trigger for t in range(len(norms)) if (trigger := result.trigger_for(t)) is not None}
+    return Finding(flagged, triggers, result.record())
+
+
+def _stage_calls(*findings: Finding) -> tuple[TriggerStage, list]:  # noqa: ANN001
+    stage = TriggerStage(Scripted(list(findings)))
+    return stage, [stage(None, None, 6, CPU, torch.Generator())[0] for _ in findings]  # type: ignore[arg-type]
 
 
 def test_remembered_trigger_is_mixed_with_its_labels_re_inversion() -> None:
-    memory = DefenseMemory(calls=1)
-    trigger, source, labels = purification_trigger(_scan_result([5.0, 50, 48, 52, 47, 55], [0]), memory)
-    assert (source, labels) == ("scan", [0]) and memory.found == {0: (trigger, 1)}
-    remembered = trigger
-    memory.calls = 2
-    later = _scan_result([80.0, 50, 48, 52, 47, 55], [])
-    trigger, source, labels = purification_trigger(later, memory)
-    assert source == "label 0 of defense call 1: its trigger and this scan's re-inversion" and labels == [0]
-    assert isinstance(trigger, StampMix) and trigger.stamps[0] is remembered
+    later = _finding([80.0, 50, 48, 52, 47, 55], [])
+    stage, (first, mixed, alone) = _stage_calls(_finding([5.0, 50, 48, 52, 47, 55], [0]), later,
+                                                _finding([80.0, 50, 48, 52, 47, 55], [], failed=(0,)))
+    assert (first.source, first.labels) == ("scan", [0])
+    remembered = first.stamp
+    assert mixed.source == "label 0 of defense call 1: its trigger and this scan's re-inversion" and mixed.labels == [0]
+    assert isinstance(mixed.stamp, StampMix) and mixed.stamp.stamps[0] is remembered
     x = torch.rand(6, 1, 4, 4)
-    again = later.trigger_for(0)
-    assert again is not None
+    again = later.triggers[0]
     expected = torch.cat([remembered.apply(x[0::2]), again.apply(x[1::2])])
-    assert torch.equal(trigger.apply(x)[[0, 2, 4, 1, 3, 5]], expected)  # every other image each
-    assert memory.found == {0: (remembered, 1)}  # a mix is not remembered
-    failed = _scan_result([80.0, 50, 48, 52, 47, 55], [])
-    failed.inversions[0] = dataclasses.replace(failed.inversions[0], reached=False)
-    assert purification_trigger(failed, memory) == (remembered, "label 0 of defense call 1: its trigger", [0])
-    assert purification_trigger(_scan_result([40.0, 50, 48, 52, 47, 55], []), DefenseMemory()) == (None, None, [])
+    assert torch.equal(mixed.stamp.apply(x)[[0, 2, 4, 1, 3, 5]], expected)  # every other image each
+    assert stage.found == {0: (remembered, 1)}  # a mix is not remembered
+    assert (alone.stamp, alone.source, alone.labels) == (remembered, "label 0 of defense call 1: its trigger", [0])
+    assert _stage_calls(_finding([40.0, 50, 48, 52, 47, 55], []))[1] == [None]
 
 
 def test_a_later_flag_adds_to_the_memory_and_keeps_the_target() -> None:
     """A natural feature flagged once (Bag, when the fading backdoor was not) must not replace the target."""
-    memory = DefenseMemory(calls=1)
-    target, _, _ = purification_trigger(_scan_result([5.0, 50, 48, 52, 47, 55], [0]), memory)
-    memory.calls = 2
-    bag, source, labels = purification_trigger(_scan_result([50.0, 50, 48, 52, 47, 6], [5]), memory)
-    assert (source, labels) == ("scan", [5]) and set(memory.found) == {0, 5}
-    memory.calls = 3
-    failed = _scan_result([80.0, 50, 48, 52, 47, 55], [])
-    failed.inversions[0] = dataclasses.replace(failed.inversions[0], reached=False)
-    trigger, source, labels = purification_trigger(failed, memory)
-    assert labels == [0, 5] and isinstance(trigger, StampMix)
-    assert trigger.stamps[0] is target and trigger.stamps[1] is bag and len(trigger.stamps) == 3
-    assert source == ("label 0 of defense call 1: its trigger; "
-                      "label 5 of defense call 2: its trigger and this scan's re-inversion")
+    stage, (target, bag, mixed) = _stage_calls(_finding([5.0, 50, 48, 52, 47, 55], [0]),
+                                               _finding([50.0, 50, 48, 52, 47, 6], [5]),
+                                               _finding([80.0, 50, 48, 52, 47, 55], [], failed=(0,)))
+    assert (bag.source, bag.labels) == ("scan", [5]) and set(stage.found) == {0, 5}
+    assert mixed.labels == [0, 5] and isinstance(mixed.stamp, StampMix)
+    assert mixed.stamp.stamps[0] is target.stamp and mixed.stamp.stamps[1] is bag.stamp and len(mixed.stamp.stamps) == 3
+    assert mixed.source == ("label 0 of defense call 1: its trigger; "
+                            "label 5 of defense call 2: its trigger and this scan's re-inversion")
 
 
 @pytest.mark.parametrize(("defense", "schedule", "rounds", "expected"), [

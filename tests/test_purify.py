@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import torch
-
 from fl_defense.config import resolve
-from simulations.purify import purify
+from fl_defense.simulations.purify import purify
 
 
 def test_purify_checkpoint_writes_report_and_model(bd, tmp_path: Path) -> None:  # noqa: ANN001 - fixture

@@ -7,10 +7,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,16 +14,20 @@ import pytest
 import torch
 from flwr.app import RecordDict
 
-from clients.client_app import load_memory, save_memory
+from benchmarks.common import kill_after_round
 from fl_defense.attacks import Trigger
-from fl_defense.config import ConfigError, resolve
-from fl_defense.data import SPECS
-from fl_defense.defense import DefenseMemory
+from fl_defense.clients.client_app import load_memory, save_memory
+from fl_defense.config import resolve
+from fl_defense.data import dataset_spec
+from fl_defense.defense import TriggerStage
+from fl_defense.errors import ConfigError
+from fl_defense.files import atomic_torch_save
+from fl_defense.inversion.nc import NeuralCleanseScan
 from fl_defense.models import build_model
-from server import checkpoint
-from server.aggregation import build_aggregator
-from simulations.cli import main
-from simulations.runner import run_experiment
+from fl_defense.server import checkpoint
+from fl_defense.server.checkpoint import Checkpointer
+from fl_defense.simulations.cli import main
+from fl_defense.simulations.runner import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,63 +65,48 @@ def test_random_states_round_trip() -> None:
     assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1]) and expected[2] == again[2]
 
 
-def test_defense_memory_round_trips_through_a_weights_only_file(tmp_path: Path) -> None:
-    model = build_model("cnn", SPECS["fashion-mnist"])
-    reference = build_model("cnn", SPECS["fashion-mnist"])
+def test_trigger_stage_round_trips_through_a_weights_only_file(tmp_path: Path) -> None:
+    """The memory of flagged labels and the NC source's reference model survive a checkpoint."""
+    model = build_model("cnn", dataset_spec("fashion-mnist"))
+    stage = TriggerStage(NeuralCleanseScan(resolve()))
+    stage.source.reference = build_model("cnn", dataset_spec("fashion-mnist"))
     triggers = [Trigger(torch.rand(1, 28, 28), torch.rand(1, 28, 28), 1.0) for _ in range(2)]
-    memory = DefenseMemory(reference, {3: (triggers[0], 2), 8: (triggers[1], 4)}, 4)
-    checkpoint.save(tmp_path / "m.pt", {"defense": memory.state_dict()})
-    back = DefenseMemory.from_state(torch.load(tmp_path / "m.pt", weights_only=True)["defense"], model)
+    stage.found, stage.calls = {3: (triggers[0], 2), 8: (triggers[1], 4)}, 4
+    atomic_torch_save({"defense": stage.state_dict()}, tmp_path / "m.pt")
+    back = TriggerStage(NeuralCleanseScan(resolve()))
+    back.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True)["defense"], model)
     assert back.calls == 4 and list(back.found) == [3, 8]
-    for label, (t, call) in memory.found.items():
+    for label, (t, call) in stage.found.items():
         assert back.found[label][1] == call and torch.equal(back.found[label][0].mask, t.mask)
         assert torch.equal(back.found[label][0].pattern, t.pattern)
-    assert back.reference is not None
-    assert all(torch.equal(a, b) for a, b in zip(back.reference.state_dict().values(),
-                                                 reference.state_dict().values(), strict=True))
-    empty = DefenseMemory.from_state(DefenseMemory().state_dict(), model)
-    assert empty.reference is None and empty.found == {} and empty.calls == 0
+    assert back.source.reference is not None
+    assert all(torch.equal(a, b) for a, b in zip(back.source.reference.state_dict().values(),
+                                                 stage.source.reference.state_dict().values(), strict=True))
+    empty = TriggerStage(NeuralCleanseScan(resolve()))
+    empty.load_state_dict(TriggerStage(NeuralCleanseScan(resolve())).state_dict(), model)
+    assert empty.source.reference is None and empty.found == {} and empty.calls == 0
 
 
-def test_defense_memory_reads_a_single_trigger_checkpoint() -> None:
-    """Checkpoints written before the memory kept every flagged label resume with their one label."""
-    t = Trigger(torch.rand(1, 28, 28), torch.rand(1, 28, 28), 1.0)
-    old = {"reference": None, "trigger": {"pattern": t.pattern, "mask": t.mask, "alpha": 1.0}, "trigger_label": 3,
-           "trigger_call": 2, "calls": 5}
-    back = DefenseMemory.from_state(old, build_model("cnn", SPECS["fashion-mnist"]))
-    assert back.calls == 5 and list(back.found) == [3] and back.found[3][1] == 2
-    assert torch.equal(back.found[3][0].mask, t.mask)
-    none = DefenseMemory.from_state({**old, "trigger": None, "trigger_label": None, "trigger_call": None},
-                                    build_model("cnn", SPECS["fashion-mnist"]))
-    assert none.found == {}
+def test_a_checkpoint_of_an_earlier_format_is_refused_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"format": "fl-defense-resume/1", "round": 3}, tmp_path / "checkpoints" / checkpoint.NAME)
+    with pytest.raises(ConfigError, match="written by an earlier fl-defense.*resume it with the version"):
+        checkpoint.load(tmp_path)
 
 
-@pytest.mark.parametrize("rule", ["foolsgold", "fedavgm", "dp-clip", "fedavg"])
-def test_rule_state_round_trips(rule: str, tmp_path: Path) -> None:
-    cfg = resolve({"aggregation": rule})
-    agg = build_aggregator(cfg)
-    inner = agg.inner
-    if rule == "foolsgold":
-        inner.history = {3: torch.rand(5), 7: torch.rand(5)}
-    elif rule == "fedavgm":
-        from flwr.app import ArrayRecord
+def test_final_model_is_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash while final.pt is written (the sweep takes its existence as "finished") leaves no final.pt."""
+    writer = Checkpointer(tmp_path, resolve())
 
-        inner.current_arrays = ArrayRecord({"w": torch.rand(4)})
-        inner.momentum_vector = [np.random.rand(4).astype(np.float32)]
-    elif rule == "dp-clip":
-        inner.clipping_norm = 1.234
-    checkpoint.save(tmp_path / "a.pt", {"aggregator": agg.state_dict()})
-    fresh = build_aggregator(cfg)
-    fresh.load_state_dict(torch.load(tmp_path / "a.pt", weights_only=True)["aggregator"])
-    if rule == "foolsgold":
-        assert set(fresh.inner.history) == {3, 7} and torch.equal(fresh.inner.history[3], inner.history[3])
-    elif rule == "fedavgm":
-        assert np.array_equal(fresh.inner.momentum_vector[0], inner.momentum_vector[0])
-        assert np.array_equal(fresh.inner.current_arrays["w"].numpy(), inner.current_arrays["w"].numpy())
-    elif rule == "dp-clip":
-        assert fresh.inner.clipping_norm == 1.234
-    else:
-        assert agg.state_dict() == {}
+    def torn(obj: object, path: Path) -> None:
+        Path(path).write_bytes(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torn)
+    with pytest.raises(OSError, match="disk full"):
+        writer.model("final.pt", 20, {"w": torch.zeros(2)})
+    assert not (tmp_path / "checkpoints" / "final.pt").exists()
+    assert list((tmp_path / "checkpoints").iterdir()) == [], "no temporary file is left behind"
 
 
 def test_client_memory_on_disk_is_what_a_fresh_node_restores(tmp_path: Path) -> None:
@@ -147,24 +132,7 @@ def test_killed_run_resumes_with_the_numbers_of_an_uninterrupted_run(tmp_path: P
     straight = run_experiment(resolve({**settings, "out-dir": str(tmp_path / "a")}), tmp_path / "a")
 
     out = tmp_path / "b"
-    args = [sys.executable, "-m", "simulations.cli", "run", "--out", str(out)]
-    for k, v in settings.items():
-        args += ["--set", f"{k}={v}"]
-    # the server's float results depend on its torch threads: one, as in this process (conftest's one_thread)
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.Popen(args, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)
-    ckpt = out / "checkpoints" / checkpoint.NAME
-    deadline = time.monotonic() + 300
-    killed_after = 0
-    while time.monotonic() < deadline and proc.poll() is None:
-        if ckpt.is_file():
-            killed_after = int(torch.load(ckpt, weights_only=True)["round"])
-            if killed_after >= 3:
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-        time.sleep(0.05)
-    proc.wait(timeout=60)
+    killed_after = kill_after_round(settings, out, 3)
     assert 3 <= killed_after < 6, "the run was killed mid-way"
     saved = checkpoint.load(out)
     assert saved["round"] >= killed_after

@@ -12,16 +12,18 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from clients.client_app import SHADOW_ARRAYS_KEY
 from fl_defense.aggregation import average_states
-from fl_defense.aggregation.spectre import drop_count, filter_clients, que_scores
-from fl_defense.config import ConfigError, resolve
-from fl_defense.data.datasets import SPECS
+from fl_defense.attacks import ground_truth, malicious_clients
+from fl_defense.config import resolve
+from fl_defense.data import dataset_spec
 from fl_defense.defense import defense_rounds
+from fl_defense.errors import ConfigError
 from fl_defense.models import build_model
-from server.aggregation import build_aggregator
-from server.shadow import FROZEN, ShadowSchedule, ShadowStrategy
-from server.strategy import DefenseStrategy
+from fl_defense.protocol import SHADOW_ARRAYS as SHADOW_ARRAYS_KEY
+from fl_defense.server.aggregation import build_aggregator
+from fl_defense.server.strategy import DefenseStrategy, ServerContext
+from fl_defense.server.wrappers.shadow import FROZEN, ShadowSchedule, ShadowStrategy
+from fl_defense.server.wrappers.spectre import drop_count, filter_clients, que_scores
 
 # --- SPECTRE ---------------------------------------------------------------------------------------------------
 
@@ -109,13 +111,12 @@ def _moved(state: dict[str, torch.Tensor], g: torch.Generator, scale: float) -> 
             for k, v in state.items()}
 
 
-def _reply(node: int, partition: int, backbone: dict[str, torch.Tensor], shadow: dict[str, torch.Tensor],
-           malicious: bool) -> Message:
+def _reply(node: int, partition: int, backbone: dict[str, torch.Tensor], shadow: dict[str, torch.Tensor]) -> Message:
     content = RecordDict({
         "arrays": ArrayRecord(backbone),
         SHADOW_ARRAYS_KEY: ArrayRecord(shadow),
         "metrics": MetricRecord({"num-examples": 100 + 10 * partition, "train-loss": 1.0}),
-        "client": ConfigRecord({"partition-id": partition, "malicious": malicious, "attacked": malicious}),
+        "client": ConfigRecord({"partition-id": partition}),
     })
     meta = Metadata(run_id=1, message_id=f"m{node}", src_node_id=node, dst_node_id=0, reply_to_message_id="",
                     group_id="1", created_at=time.time(), ttl=60.0, message_type=MessageType.TRAIN)
@@ -125,20 +126,23 @@ def _reply(node: int, partition: int, backbone: dict[str, torch.Tensor], shadow:
 @pytest.mark.usefixtures("server_identity")
 @pytest.mark.parametrize("aggregation", ["fedavg", "fedmedian"])
 def test_malicious_replies_are_dropped_from_the_shadow_which_is_the_fedavg_of_the_kept(aggregation: str) -> None:
-    cfg = resolve({"defense": "shadow", "aggregation": aggregation, "num-clients": 10, "clients-per-round": 10,
-                   "malicious-fraction": 0.2, "device": "cpu"})
+    cfg = resolve({"strategy-wrapper": "shadow", "aggregation": aggregation, "num-clients": 10,
+                   "clients-per-round": 10, "malicious-fraction": 0.2, "device": "cpu"})
     torch.manual_seed(0)
-    initial = build_model("cnn", SPECS["fashion-mnist"]).state_dict()
+    initial = build_model("cnn", dataset_spec("fashion-mnist")).state_dict()
     nodes = {7000 + 13 * p: p for p in range(10)}
-    bad = {3, 8}
-    backbone = DefenseStrategy(build_aggregator(cfg), nodes, cfg["seed"])
+    bad = set(malicious_clients(10, 0.2, cfg["seed"]))
     accuracies: list[float] = []
 
     def accuracy(arrays: ArrayRecord) -> float:
         accuracies.append(0.5)
         return 0.5
 
-    strategy = ShadowStrategy(backbone, ArrayRecord(initial), cfg, accuracy)
+    def truth(partitions: list[int], server_round: int) -> tuple[list[int], list[int]]:
+        return ground_truth(cfg, partitions, server_round)
+
+    shadow = ShadowStrategy(build_aggregator(cfg), cfg, ServerContext(ArrayRecord(initial), accuracy, truth))
+    strategy = DefenseStrategy(shadow, nodes, cfg["seed"], truth=truth)
     messages = list(strategy.configure_train(1, ArrayRecord(initial), ConfigRecord(), FakeGrid(list(nodes))))
     assert len(messages) == 10
     sent = messages[0].content[SHADOW_ARRAYS_KEY].to_torch_state_dict()
@@ -154,25 +158,25 @@ def test_malicious_replies_are_dropped_from_the_shadow_which_is_the_fedavg_of_th
             state["head.weight"] = state["head.weight"] + backdoor
         shadows[p] = _moved(initial, g, 0.01)
         weights[p] = 100.0 + 10 * p
-        replies.append(_reply(node, p, state, shadows[p], malicious=p in bad))
+        replies.append(_reply(node, p, state, shadows[p]))
     arrays, metrics = strategy.aggregate_train(1, reversed(replies))
 
     assert arrays is not None and metrics is not None
     assert SHADOW_ARRAYS_KEY not in arrays and set(arrays.keys()) == set(initial)
-    record = strategy.records[1]
+    record = strategy.rounds[1].reports["shadow"]
     assert record["state"] == "started" and record["partitions"] == list(range(10))
     assert bad <= set(record["dropped"]) and len(record["dropped"]) == 3 and record["malicious_kept"] == []
-    assert backbone.rounds[1].malicious == sorted(bad)
+    assert strategy.rounds[1].malicious == sorted(bad)
     kept = record["kept"]
     expected = average_states([shadows[p] for p in kept], [weights[p] for p in kept])
-    assert strategy.shadow is not None
-    got = strategy.shadow.to_torch_state_dict()
+    assert shadow.shadow is not None
+    got = shadow.shadow.to_torch_state_dict()
     assert all(torch.allclose(got[k].double(), expected[k].double(), atol=1e-6) for k in expected)
     assert all(got[k].dtype == initial[k].dtype for k in initial), "integer counters stay integers"
-    assert strategy.deployed(arrays) is strategy.shadow
+    assert strategy.deployed(arrays) is shadow.shadow and strategy.server() is shadow
     assert record["backbone_clean_acc"] == 0.5 and record["shadow_clean_acc"] == 0.5 and len(accuracies) == 2
 
-    strategy.schedule.phase = FROZEN
+    shadow.schedule.phase = FROZEN
     frozen = list(strategy.configure_train(2, arrays, ConfigRecord(), FakeGrid(list(nodes))))
     assert all(SHADOW_ARRAYS_KEY not in m.content.array_records for m in frozen), "a frozen shadow costs no training"
 
@@ -193,7 +197,7 @@ def test_shadow_is_not_a_purifier_and_bad_settings_fail_early() -> None:
 @pytest.mark.simulation
 def test_shadow_through_flower_and_ray(tmp_path: Path) -> None:
     """4 clients, 1 malicious, so one client a round is dropped; min-delta 1 freezes the shadow after round 2."""
-    from simulations.runner import run_experiment
+    from fl_defense.simulations.runner import run_experiment
 
     cfg = resolve({"num-clients": 4, "clients-per-round": 4, "train-fraction": 0.05, "rounds": 3,
                    "malicious-fraction": 0.25, "device": "cpu", "defense": "shadow", "shadow-patience": 1,

@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-
 from fl_defense.attacks import malicious_clients
 from fl_defense.config import resolve
-from simulations.runner import run_experiment
+from fl_defense.simulations.runner import run_experiment
 
 
 @pytest.mark.simulation

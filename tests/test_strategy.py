@@ -7,13 +7,13 @@ import time
 
 import numpy as np
 import pytest
-from flwr.app import (
-    Array, ArrayRecord, ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict,
-)
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, FedMedian
 from flwr.supercore.task_identity import TaskIdentity
 
-from server.strategy import DefenseStrategy
+from fl_defense.attacks import ground_truth, malicious_clients
+from fl_defense.config import resolve
+from fl_defense.server.strategy import DefenseStrategy
 
 
 class FakeGrid:
@@ -26,11 +26,12 @@ class FakeGrid:
         return list(self.nodes)
 
 
-def _reply(node: int, partition: int, value: float, malicious: bool = False) -> Message:
+def _reply(node: int, partition: int, value: float, claims: dict[str, bool] | None = None) -> Message:
+    """A train reply; `claims` adds what a client might say about itself (the protocol has no such keys)."""
     content = RecordDict({
         "arrays": ArrayRecord({"w": Array(np.full(3, value, dtype=np.float32))}),
         "metrics": MetricRecord({"num-examples": 10 + partition, "train-loss": value}),
-        "client": ConfigRecord({"partition-id": partition, "malicious": malicious, "attacked": malicious}),
+        "client": ConfigRecord({"partition-id": partition, **(claims or {})}),
     })
     meta = Metadata(run_id=1, message_id=f"m{node}", src_node_id=node, dst_node_id=0, reply_to_message_id="",
                     group_id="1", created_at=time.time(), ttl=60.0, message_type=MessageType.TRAIN)
@@ -66,9 +67,8 @@ def test_aggregation_is_independent_of_reply_order_and_records_attackers() -> No
     values = {501: 0.1, 502: 0.7, 503: 0.3}
     results = []
     for order in ([501, 502, 503], [503, 501, 502]):
-        strategy = DefenseStrategy(FedAvg(), mapping, seed=0)
-        arrays, metrics = strategy.aggregate_train(
-            1, [_reply(n, mapping[n], values[n], malicious=n == 502) for n in order])
+        strategy = DefenseStrategy(FedAvg(), mapping, seed=0, truth=lambda parts, r: ([1], [1]))
+        arrays, metrics = strategy.aggregate_train(1, [_reply(n, mapping[n], values[n]) for n in order])
         results.append(arrays["w"].numpy())
         info = strategy.rounds[1]
         assert info.sampled == [0, 1, 2]
@@ -91,3 +91,22 @@ def test_hook_replaces_the_aggregate_and_sees_the_round() -> None:
     assert seen == [4]
     assert np.array_equal(arrays["w"].numpy(), np.zeros(3, dtype=np.float32))
     assert strategy.rounds[4].malicious == []
+
+
+def test_who_attacked_comes_from_the_config_not_from_the_clients_word() -> None:
+    """An honest partition claiming to be the attacker, and the real attacker claiming to be honest: the record
+    names the config's malicious client, and only in the rounds of its attack schedule."""
+    cfg = resolve({"num-clients": 4, "clients-per-round": 4, "malicious-fraction": 0.25,
+                   "attack-schedule": "window:2-3"})
+    (bad,) = malicious_clients(4, 0.25, cfg["seed"])
+    honest = next(p for p in range(4) if p != bad)
+    mapping = {700 + p: p for p in range(4)}
+    strategy = DefenseStrategy(FedAvg(), mapping, seed=0, truth=lambda parts, r: ground_truth(cfg, parts, r))
+    for server_round in (1, 2):
+        replies = [_reply(700 + p, p, 0.5, {"malicious": p == honest, "attacked": p == honest}) for p in range(4)]
+        strategy.aggregate_train(server_round, replies)
+    assert strategy.rounds[1].malicious == [bad] and strategy.rounds[1].attacked == []
+    assert strategy.rounds[2].malicious == [bad] and strategy.rounds[2].attacked == [bad]
+    poisoned = resolve({**cfg, "threat": "poisoned-data", "attack-schedule": "always"})
+    assert ground_truth(poisoned, range(4), 1) == ([bad], [bad])
+    assert ground_truth(resolve({**cfg, "attack": "none"}), range(4), 2) == ([bad], [])

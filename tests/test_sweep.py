@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from fl_defense.config import ConfigError, resolve
-from simulations.cli import main
-from simulations.sweep import Grid, load_grid, points, run_name, run_sweep, summarize
+from fl_defense.config import resolve
+from fl_defense.errors import ConfigError
+from fl_defense.simulations.cli import main
+from fl_defense.simulations.sweep import Grid, load_grid, points, run_name, run_sweep, summarize
 
 GRID = """
 [base]
@@ -66,7 +66,9 @@ def test_points_and_names(grid_file: Path) -> None:
     pts = points(grid)
     assert len(pts) == 12 and pts[0] == {"attack": "badnets", "defense": "none", "seed": 0}
     assert run_name(pts[0]) == "attack=badnets__defense=none__seed=0"
-    assert run_name({"trigger-pattern": "/a/b c.png"}) == "trigger-pattern=_a_b_c.png"
+    assert run_name({"trigger-pattern": "/a/b c.png"}).startswith("trigger-pattern=_a_b_c.png~")
+    assert run_name({"trigger-pattern": "/a/p.npy"}) != run_name({"trigger-pattern": "/a_p.npy"}), "one folder each"
+    assert run_name({"seed": 3, "attack": "blended"}) == "seed=3__attack=blended"
     assert len({run_name(p) for p in pts}) == 12
 
 
@@ -91,18 +93,21 @@ def test_interrupted_sweep_resumes_without_redoing_finished_runs(grid_file: Path
 def test_a_run_interrupted_mid_way_goes_on_from_its_checkpoint(grid_file: Path, tmp_path: Path) -> None:
     """A run killed after some rounds left its resume checkpoint: the sweep hands it to the runner; a
     checkpoint of another config or a corrupt one means the run starts over."""
-    from server import checkpoint
+    from fl_defense.server import checkpoint
+
+    from fl_defense.files import atomic_torch_save
 
     grid, out = load_grid(grid_file), tmp_path / "sweep"
     names = [run_name(p) for p in points(grid)]
     cfgs = {name: resolve({**grid.base, **p, "out-dir": str((out / name).resolve())})
             for name, p in zip(names, points(grid), strict=True)}
-    state = {"round": 1, "arrays": {}, "aggregator": {}, "shadow": None, "defense": {}, "results": {}, "rng": {}}
+    state = {"format": checkpoint.FORMAT, "round": 1, "arrays": {}, "strategy": [], "defense": {}, "results": {},
+             "rng": {}}
     for name in names[:3]:
         (out / name / "checkpoints").mkdir(parents=True)
-    checkpoint.save(out / names[0] / "checkpoints" / checkpoint.NAME, {**state, "config": cfgs[names[0]]})
+    atomic_torch_save({**state, "config": cfgs[names[0]]}, out / names[0] / "checkpoints" / checkpoint.NAME)
     other = {**cfgs[names[1]], "lr": 0.5}
-    checkpoint.save(out / names[1] / "checkpoints" / checkpoint.NAME, {**state, "config": other})
+    atomic_torch_save({**state, "config": other}, out / names[1] / "checkpoints" / checkpoint.NAME)
     (out / names[2] / "checkpoints" / checkpoint.NAME).write_bytes(b"not a checkpoint")
     runner = FakeRunner()
     run_sweep(grid, out, runner, log=lambda _: None)
@@ -161,7 +166,7 @@ def test_the_example_grid_is_valid() -> None:
 
 
 def test_run_config_round_trips_through_toml() -> None:
-    from simulations.sweep_ray import config_toml
+    from fl_defense.simulations.sweep_ray import config_toml
 
     cfg = resolve({"attack": "blended", "trigger-alpha": 0.15, "ray-address": "", "lr": 1e-5, "download": False})
     assert tomllib.loads(config_toml(cfg)) == cfg
@@ -186,3 +191,26 @@ def test_parallel_sweep_runs_as_ray_tasks_and_resumes(tmp_path: Path) -> None:
     again = json.loads((out / "summary.json").read_text())
     assert [r["status"] for r in again["runs"]] == ["cached", "cached"]
     assert stamps == {d: (out / d / "results.json").stat().st_mtime_ns for d in stamps}
+
+
+@pytest.mark.simulation
+@pytest.mark.parametrize("parallel", ["1", "2"])
+def test_a_user_error_in_the_runs_stops_the_sweep_with_exit_2_serial_or_parallel(
+        tmp_path: Path, parallel: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A data-root without the data passes the grid's checks but fails every run: both control flows stop at
+    the first run with that one line and exit status 2 (a parallel run is its own process that exits 2)."""
+    grid = tmp_path / "grid.toml"
+    grid.write_text(f'[base]\nrounds = 1\nnum-clients = 2\nclients-per-round = 2\ndata-root = "{tmp_path / "none"}"\n'
+                    'download = false\n\n[grid]\nseed = [0, 1]\n')
+    assert main(["sweep", "--grid", str(grid), "--out", str(tmp_path / "sweep"), "--parallel", parallel]) == 2
+    err = capsys.readouterr().err
+    assert "error: dataset 'fashion-mnist' not found under data-root" in err and "Traceback" not in err
+
+
+def test_outcomes_of_run_processes() -> None:
+    from fl_defense.simulations.sweep_ray import outcome_of
+
+    user = outcome_of({"out-dir": "/nonexistent"}, 2, "noise\nfl-defense: error: config key 'x': bad")
+    assert isinstance(user, ConfigError) and str(user) == "config key 'x': bad"
+    crash = outcome_of({"out-dir": "/nonexistent"}, 1, "Traceback\nRuntimeError: boom")
+    assert isinstance(crash, RuntimeError) and not isinstance(crash, ConfigError) and "exited with 1" in str(crash)

@@ -14,7 +14,8 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from fl_defense.attacks import Attack, Trigger, TriggerError, build_attack, named_pattern, square_mask
-from fl_defense.config import ConfigError, resolve
+from fl_defense.config import resolve
+from fl_defense.errors import ConfigError
 
 GRAY = (1, 28, 28)
 COLOUR = (3, 32, 32)

@@ -10,22 +10,25 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, Metadata, MetricRecord, RecordDict
+from flwr.app import (
+    Array, ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, Metadata, MetricRecord, RecordDict,
+)
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg, FedMedian
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clients import client_app as real
+from fl_defense.clients import client_app as real
 from fl_defense.config import resolve
-from fl_defense.data import SPECS
+from fl_defense.data import dataset_spec
 from fl_defense.models import build_model
-from server.strategy import DefenseStrategy
-from server.validation import ReplySpec, Rejected, check_reply, validate
+from fl_defense.server.strategy import DefenseStrategy
+from fl_defense.server.validation import Rejected, ReplySpec, check_reply, validate
 
-MODEL = build_model("cnn", SPECS["fashion-mnist"])
+MODEL = build_model("cnn", dataset_spec("fashion-mnist"))
 GLOBAL = ArrayRecord(MODEL.state_dict())
-SENT = {k: a.numpy() for k, a in GLOBAL.items()}
+SENT_MODEL = {k: a.numpy() for k, a in GLOBAL.items()}
+SENT = {"arrays": SENT_MODEL}  # what the round's train message held
 TRAINABLE = [n for n, _ in MODEL.named_parameters()]
 SIZES = {p: 100 for p in range(6)}
 SPEC = ReplySpec.from_arrays(GLOBAL, TRAINABLE, SIZES, max_update_norm=1000.0)
@@ -34,18 +37,17 @@ FLOAT_KEY = TRAINABLE[0]
 
 def _state(shift: float = 0.01) -> dict[str, np.ndarray]:
     return {k: (v + shift).astype(v.dtype) if v.dtype.kind == "f" and k in TRAINABLE else v.copy()
-            for k, v in SENT.items()}
+            for k, v in SENT_MODEL.items()}
 
 
 def _reply(node: int, partition: int, state: dict[str, Any] | None = None, examples: Any = 50,
            loss: Any = 0.5, metrics: dict[str, Any] | None = None, arrays: ArrayRecord | None = None,
-           claims: int | None = None) -> Message:
+           claims: int | None = None, client: dict[str, Any] | None = None) -> Message:
     record = arrays if arrays is not None else ArrayRecord({k: Array(v) for k, v in (state or _state()).items()})
     content = RecordDict({
         "arrays": record,
         "metrics": MetricRecord(metrics if metrics is not None else {"num-examples": examples, "train-loss": loss}),
-        "client": ConfigRecord({"partition-id": partition if claims is None else claims, "malicious": False,
-                                "attacked": False}),
+        "client": ConfigRecord({"partition-id": partition if claims is None else claims, **(client or {})}),
     })
     meta = Metadata(run_id=1, message_id=f"m{node}", src_node_id=node, dst_node_id=0, reply_to_message_id="",
                     group_id="1", created_at=time.time(), ttl=60.0, message_type=MessageType.TRAIN)
@@ -93,7 +95,7 @@ BAD_REPLIES = {
     "the client failed: RuntimeError: CUDA out of memory": lambda: _error(9),
     "has NaN or infinite values": lambda: _reply(9, 0, _nan()),
     "has shape": lambda: _reply(9, 0, _with(FLOAT_KEY, np.zeros((2, 2), np.float32))),
-    "has dtype float64": lambda: _reply(9, 0, _with(FLOAT_KEY, SENT[FLOAT_KEY].astype(np.float64))),
+    "has dtype float64": lambda: _reply(9, 0, _with(FLOAT_KEY, SENT_MODEL[FLOAT_KEY].astype(np.float64))),
     "bytes, more than its shape": lambda: _reply(9, 0, arrays=_liar()),
     "missing": lambda: _reply(9, 0, arrays=_missing()),
     "extra ['backdoor.w']": lambda: _reply(9, 0, arrays=_extra()),
@@ -106,6 +108,8 @@ BAD_REPLIES = {
     "train-loss nan is not finite": lambda: _reply(9, 0, loss=float("nan")),
     "metrics keys": lambda: _reply(9, 0, metrics={"num-examples": 5, "train-loss": 0.1, "accuracy": 1.0}),
     "claims partition 3": lambda: _reply(9, 0, claims=3),
+    "client record keys ['attacked', 'malicious', 'partition-id']": lambda: _reply(
+        9, 0, client={"malicious": False, "attacked": False}),
 }
 
 
@@ -115,13 +119,25 @@ def test_each_malformed_reply_is_rejected_with_its_reason(reason: str) -> None:
         check_reply(BAD_REPLIES[reason](), 0, SENT, SPEC)
 
 
-def test_a_valid_reply_passes_and_two_models_need_the_shadow_key() -> None:
+def test_a_valid_reply_passes_and_a_reply_holds_exactly_the_models_it_was_sent() -> None:
     check_reply(_reply(9, 0), 0, SENT, SPEC)
     two = _reply(9, 0)
     two.content["shadow-arrays"] = ArrayRecord({k: Array(v) for k, v in _state().items()})
-    with pytest.raises(Rejected, match="expected one model"):
+    with pytest.raises(Rejected, match=r"expected the models \['arrays'\]"):
         check_reply(two, 0, SENT, SPEC)
-    check_reply(two, 0, SENT, ReplySpec.from_arrays(GLOBAL, TRAINABLE, SIZES, 1000.0, ["shadow-arrays"]))
+    with_shadow = {**SENT, "shadow-arrays": SENT_MODEL}
+    check_reply(two, 0, with_shadow, SPEC)
+    with pytest.raises(Rejected, match=r"expected the models \['arrays', 'shadow-arrays'\]"):
+        check_reply(_reply(9, 0), 0, with_shadow, SPEC)
+    two.content["shadow-arrays"] = ArrayRecord({k: Array(v) for k, v in _nan().items()})
+    with pytest.raises(Rejected, match="shadow-arrays.*NaN"):
+        check_reply(two, 0, with_shadow, SPEC)
+
+
+def test_a_node_without_a_partition_of_the_run_is_rejected() -> None:
+    """A node the server could not map to a partition (-1) has no size to check `num-examples` against."""
+    with pytest.raises(Rejected, match="holds no partition of this run"):
+        check_reply(_reply(9, -1), -1, SENT, SPEC)
 
 
 def _strategy(inner: Any, min_replies: int = 1) -> DefenseStrategy:
@@ -156,6 +172,18 @@ def test_too_few_valid_replies_skip_the_round() -> None:
     assert strategy.rounds[3].skipped and len(strategy.rounds[3].rejected) == 2
 
 
+def _should_pass(kind: str, x: float, state: dict[str, np.ndarray]) -> bool:
+    """The verdict a reply of this kind must get: computed here from the rules, not from the validator."""
+    if kind in ("nan", "inf", "shape", "dtype", "error", "keys"):
+        return False
+    if kind == "examples":
+        return bool(np.isfinite(x)) and int(x) == x and 1 <= x <= 100
+    if kind == "loss":
+        return bool(np.isfinite(x))
+    update = np.sqrt(sum(float(np.sum((state[k].astype(np.float64) - SENT_MODEL[k]) ** 2)) for k in TRAINABLE))
+    return bool(np.isfinite(state[FLOAT_KEY]).all()) and update <= 1000.0
+
+
 @settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(
     st.sampled_from(["ok", "nan", "inf", "shape", "dtype", "scale", "examples", "loss", "error", "keys"]),
@@ -163,7 +191,7 @@ def test_too_few_valid_replies_skip_the_round() -> None:
     min_size=1, max_size=6))
 def test_no_reply_however_malformed_crashes_the_server_or_makes_the_model_nan(
         replies: list[tuple[str, float]]) -> None:
-    msgs = []
+    msgs, expected_valid = [], set()
     for node, (kind, x) in enumerate(replies, start=1):
         state = _state()
         if kind == "nan":
@@ -186,10 +214,13 @@ def test_no_reply_however_malformed_crashes_the_server_or_makes_the_model_nan(
             msgs.append(_reply(node, node - 1, state, loss=x))
         else:
             msgs.append(_reply(node, node - 1, state))
+        if _should_pass(kind, x, state):
+            expected_valid.add(node)
     strategy = _strategy(FedAvg())
     arrays, _ = strategy.aggregate_train(1, msgs)
     valid, rejected = validate(msgs, strategy._partition, SENT, SPEC)
-    assert len(valid) + len(rejected) == len(msgs)
+    assert {m.metadata.src_node_id for m in valid} == expected_valid
+    assert {r["node"] for r in rejected} == set(range(1, len(msgs) + 1)) - expected_valid
     if arrays is not None:
         assert all(np.isfinite(a.numpy()).all() for a in arrays.values())
     else:
@@ -231,8 +262,7 @@ def test_fault_injection_through_flower_and_ray(tmp_path: Path) -> None:
     """Of 6 clients, one returns NaN, one raises, one a wrong shape, one 1e9 examples: the run completes on the
     other two, the model stays finite, and results.json counts every rejection with its reason."""
     import ray.cloudpickle
-
-    from simulations.runner import run_experiment
+    from fl_defense.simulations.runner import run_experiment
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     cfg = resolve({"num-clients": 6, "clients-per-round": 6, "train-fraction": 0.05, "rounds": 2,

@@ -11,25 +11,21 @@ may keep state between the client's rounds in `memory`, which the ClientApp stor
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
 from fl_defense.attacks.base import Attack
-from fl_defense.config import ConfigError
+from fl_defense.errors import ConfigError
+from fl_defense.registry import ATTACKER_TRAININGS, Option, non_negative, positive
 from fl_defense.training import ModelHook, train_local
-
-ATTACKER_TRAININGS: dict[str, type[AttackerTraining]] = {}
 
 Memory = dict[str, torch.Tensor]
 
-
-def register(cls: type[AttackerTraining]) -> type[AttackerTraining]:
-    """Class decorator: make a method selectable by its `name` (config key `attack-training`)."""
-    ATTACKER_TRAININGS[cls.name] = cls
-    return cls
+SCHEDULE_RE = re.compile(r"^(always|never|every:[1-9]\d*|window:\d+-\d+(,\d+-\d+)*)$")
 
 
 @dataclass(frozen=True)
@@ -46,6 +42,21 @@ def trainable_anchor(model: torch.nn.Module, global_state: Mapping[str, torch.Te
                      device: torch.device) -> dict[str, torch.Tensor]:
     """The global model's trainable parameters, on `device`: what an attacker measures its update from."""
     return {name: global_state[name].detach().to(device) for name, _ in model.named_parameters()}
+
+
+ParamsHook = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], None]
+
+
+def anchored(model: torch.nn.Module, global_state: Mapping[str, torch.Tensor], device: torch.device,
+             hook: ParamsHook) -> ModelHook:
+    """A model hook that calls `hook(parameters, anchor)` with the trained model's parameters and the global
+    model's (`trainable_anchor`): how PGD and constrain-and-scale measure their update."""
+    anchor = trainable_anchor(model, global_state, device)
+
+    def call(m: torch.nn.Module) -> None:
+        hook(dict(m.named_parameters()), anchor)
+
+    return call
 
 
 class AttackerTraining:
@@ -82,14 +93,37 @@ class AttackerTraining:
                            step_hook=shape.step_hook, amp=cfg["amp"])
 
 
-@register
+@ATTACKER_TRAININGS.register("plain")
 class Plain(AttackerTraining):
-    name = "plain"
+    """Plain SGD on the poisoned batches."""
 
 
 def build_attacker_training(cfg: Mapping[str, Any]) -> AttackerTraining:
     """The configured method (config key `attack-training`)."""
-    name = cfg["attack-training"]
-    if name not in ATTACKER_TRAININGS:
-        raise ConfigError(f"config key 'attack-training': {name!r} is not one of {', '.join(ATTACKER_TRAININGS)}")
-    return ATTACKER_TRAININGS[name](cfg)
+    method: AttackerTraining = ATTACKER_TRAININGS[cfg["attack-training"]](cfg)
+    return method
+
+
+ATTACKER_KEYS = ("boost", "norm-bound", "attack-schedule", "attack-training")
+
+
+def _check_honest_victims(cfg: Mapping[str, Any]) -> None:
+    """Under threat poisoned-data the poisoned clients are honest: no attacker key may be set."""
+    if cfg["threat"] != "poisoned-data":
+        return
+    options = {o.key: o for o in ATTACKER_TRAININGS.all_options()}
+    for key in ATTACKER_KEYS:
+        if cfg[key] != options[key].default:
+            raise ConfigError(f"config key '{key}': {cfg[key]!r} shapes an attacker's own training, but under "
+                              f"threat poisoned-data the poisoned clients are honest; allowed: "
+                              f"{options[key].default!r}, or threat malicious-client")
+
+
+ATTACKER_TRAININGS.family(options=[
+    positive("boost", 1.0, "malicious update scale (model replacement)"),
+    non_negative("norm-bound", 0.0, "L2 bound on a malicious update; 0: unbounded"),
+    Option("attack-schedule", "always", "rounds in which malicious clients attack",
+           check=lambda v: bool(SCHEDULE_RE.match(v)), allowed="always, never, every:K, or window:A-B[,C-D...]"),
+    non_negative("malicious-epochs", 0, "local epochs of a malicious client in its attacking rounds (DBA's MNIST "
+                 "setting: 10 against the benign 1); 0: local-epochs"),
+], checks=[_check_honest_victims])

@@ -7,13 +7,14 @@ from typing import Any
 
 import torch
 
-from fl_defense.attacks.base import Attack, register
+from fl_defense.attacks.base import Attack
 from fl_defense.attacks.trigger import square_mask
+from fl_defense.registry import ATTACKS
 
 
-@register
+@ATTACKS.register("badnets", summary="BadNets (Gu et al. 2017): a small opaque patch, by default a 4x4 checkerboard")
 class BadNets(Attack):
-    name = "badnets"
+    uses_mask = True
     default_alpha = 1.0
 
     def default_mask(self, cfg: Mapping[str, Any], shape: tuple[int, int, int]) -> torch.Tensor:

@@ -1,27 +1,26 @@
-"""Attack interface and registry: an attack turns config into a trigger and poisons batches.
+"""Attack interface: an attack turns config into a trigger and poisons batches (`attack=`).
 
-`attack=` selects the trigger and how a batch is poisoned (BadNets, Blended, DBA, WaNet, SIG);
-`attack-training` (see `fl_defense.attacks.attacker`) selects how the attacker trains on it (plain,
-PGD, constrain-and-scale, Neurotoxin), so any trigger combines with any way of hiding its update.
+`attack=` selects the trigger and how a batch is poisoned (BadNets, Blended, DBA, WaNet, SIG), one module
+each; `attack-training` (see `fl_defense.attacks.attacker`) selects how the attacker trains on it (plain,
+PGD, constrain-and-scale, Neurotoxin), so any trigger combines with any way of hiding its update. The
+trigger keys every attack reads are declared here, for the whole family.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from fl_defense.attacks.trigger import Stamp, Trigger, load_image_file, named_pattern
-from fl_defense.config import ConfigError
+from fl_defense.data.datasets import dataset_spec
+from fl_defense.errors import ConfigError
+from fl_defense.registry import ATTACKS, Option, between, non_negative
 
-ATTACKS: dict[str, type[Attack]] = {}
-
-
-def register(cls: type[Attack]) -> type[Attack]:
-    """Class decorator: make an attack selectable by its `name` from config."""
-    ATTACKS[cls.name] = cls
-    return cls
+LOCATION_RE = re.compile(r"^(bottom-right|bottom-left|top-right|top-left|center|\d+,\d+)$")
 
 
 class Attack:
@@ -33,6 +32,7 @@ class Attack:
 
     name: ClassVar[str]
     clean_label: ClassVar[bool] = False
+    uses_mask: ClassVar[bool] = False  # whether `trigger-mask` means something to it
     default_alpha: ClassVar[float] = 1.0
     default_pattern: ClassVar[str] = "checkerboard"
 
@@ -69,7 +69,7 @@ class Attack:
         return self.default_mask(cfg, shape)
 
     def default_mask(self, cfg: Mapping[str, Any], shape: tuple[int, int, int]) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"attack {self.name!r} builds its own trigger")
 
     def poison_batch(self, x: torch.Tensor, y: torch.Tensor,
                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,6 +96,45 @@ def build_attack(cfg: Mapping[str, Any], shape: tuple[int, int, int], num_classe
     """The configured attack, or None for `attack=none`."""
     if cfg["attack"] == "none":
         return None
-    if cfg["attack"] not in ATTACKS:
-        raise ConfigError(f"config key 'attack': {cfg['attack']!r} is not one of none, {', '.join(ATTACKS)}")
-    return ATTACKS[cfg["attack"]](cfg, shape, num_classes)
+    attack: Attack = ATTACKS[cfg["attack"]](cfg, shape, num_classes)
+    return attack
+
+
+def _check_trigger_fits(cfg: Mapping[str, Any]) -> None:
+    spec = dataset_spec(cfg["dataset"])
+    if cfg["target-label"] >= spec.num_classes:
+        raise ConfigError(f"config key 'target-label': {cfg['target-label']} is out of range for {cfg['dataset']}; "
+                          f"allowed: 0..{spec.num_classes - 1}")
+    if cfg["trigger-size"] > spec.size:
+        raise ConfigError(f"config key 'trigger-size': {cfg['trigger-size']} is larger than the {spec.size}x"
+                          f"{spec.size} images of {cfg['dataset']}; allowed: 0..{spec.size}")
+
+
+def _check_trigger_files(cfg: Mapping[str, Any]) -> None:
+    for key in ("trigger-pattern", "trigger-mask"):
+        path = cfg[key]
+        if path.lower().endswith((".npy", ".png")) and not Path(path).is_file():
+            raise ConfigError(f"config key '{key}': file {path!r} " +
+                              ("is a folder" if Path(path).is_dir() else "does not exist"))
+    masked = [e.name for e in ATTACKS if e.obj.uses_mask]
+    if cfg["trigger-mask"] and cfg["attack"] not in masked:
+        raise ConfigError(f"config key 'trigger-mask': a trigger mask needs attack {' or '.join(masked)}, not "
+                          f"{cfg['attack']!r}")
+
+
+ATTACKS.family(options=[
+    Option("trigger-pattern", "auto", "trigger pattern of badnets, blended and dba; auto: badnets checkerboard, "
+           "blended noise, dba white; or checkerboard, white, noise, or a .npy/.png file",
+           check=lambda v: v in ("auto", "checkerboard", "white", "noise") or v.lower().endswith((".npy", ".png")),
+           allowed="auto, checkerboard, white, noise, or a path ending in .npy or .png"),
+    Option("trigger-mask", "", "trigger mask file (.npy/.png); empty: derived from size and location",
+           check=lambda v: v == "" or v.lower().endswith((".npy", ".png")), allowed="empty, or a path ending in .npy or .png"),
+    non_negative("trigger-size", 0, "side of the trigger square in pixels; 0: badnets max(3, side/7), blended the "
+                 "whole image"),
+    Option("trigger-location", "bottom-right", "where the trigger square sits", check=lambda v: bool(LOCATION_RE.match(v)),
+           allowed="bottom-right, bottom-left, top-right, top-left, center, or 'row,col'"),
+    between("trigger-alpha", 0.0, "trigger opacity; 0: badnets 1.0, blended 0.2", 0, 1),
+    Option("target-label", 0, "label the backdoor maps triggered inputs to", check=lambda v: v >= 0,
+           allowed="an integer in [0, num_classes)"),
+    between("poison-rate", 0.5, "share of each malicious batch that is triggered and relabelled", 0, 1, "(]"),
+], checks=[_check_trigger_fits, _check_trigger_files])

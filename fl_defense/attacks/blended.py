@@ -7,13 +7,14 @@ from typing import Any
 
 import torch
 
-from fl_defense.attacks.base import Attack, register
+from fl_defense.attacks.base import Attack
 from fl_defense.attacks.trigger import square_mask
+from fl_defense.registry import ATTACKS
 
 
-@register
+@ATTACKS.register("blended", summary="Blended (Chen et al. 2017): a full-image pattern (default seeded noise) blended at trigger-alpha 0.2")
 class Blended(Attack):
-    name = "blended"
+    uses_mask = True
     default_alpha = 0.2
     default_pattern = "noise"
 

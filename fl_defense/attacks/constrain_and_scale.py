@@ -15,8 +15,9 @@ from collections.abc import Mapping
 
 import torch
 
-from fl_defense.attacks.attacker import AttackerTraining, Memory, Shaping, register, trainable_anchor
+from fl_defense.attacks.attacker import AttackerTraining, Memory, Shaping, anchored
 from fl_defense.config import expected_malicious
+from fl_defense.registry import ATTACKER_TRAININGS, between, non_negative
 
 
 @torch.no_grad()
@@ -35,9 +36,14 @@ def add_anomaly_gradient(params: Mapping[str, torch.Tensor], anchor: Mapping[str
             p.grad.add_((p - anchor[n]) / norm, alpha=1 - alpha)
 
 
-@register
+@ATTACKER_TRAININGS.register("constrain-and-scale", options=[
+    between("cs-alpha", 0.7, "constrain-and-scale: weight alpha of the classification loss; 1 - alpha weighs the L2 "
+            "distance to the global model (1: no anomaly term)", 0, 1, "(]"),
+    non_negative("cs-gamma", 0.0, "constrain-and-scale: the attackers' update scale gamma (model replacement), times "
+                 "boost; 0: clients-per-round / malicious expected per round (the paper's n / eta with eta 1, shared "
+                 "by the attackers)"),
+], summary="constrain-and-scale (Bagdasaryan et al. 2020): an anomaly-evasion loss, then the update scaled by gamma")
 class ConstrainAndScale(AttackerTraining):
-    name = "constrain-and-scale"
 
     def scale(self) -> float:
         gamma = self.cfg["cs-gamma"] or self.cfg["clients-per-round"] / max(1, expected_malicious(self.cfg))
@@ -45,10 +51,5 @@ class ConstrainAndScale(AttackerTraining):
 
     def shaping(self, model: torch.nn.Module, global_state: Mapping[str, torch.Tensor], images: torch.Tensor,
                 labels: torch.Tensor, indices: torch.Tensor, device: torch.device, memory: Memory) -> Shaping:
-        anchor = trainable_anchor(model, global_state, device)
         alpha = float(self.cfg["cs-alpha"])
-
-        def anomaly(m: torch.nn.Module) -> None:
-            add_anomaly_gradient(dict(m.named_parameters()), anchor, alpha)
-
-        return Shaping(grad_hook=anomaly)
+        return Shaping(grad_hook=anchored(model, global_state, device, lambda p, a: add_anomaly_gradient(p, a, alpha)))

@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from fl_defense.attacks.base import Attack, register
+from fl_defense.attacks.base import Attack
 from fl_defense.attacks.trigger import Stamp, Trigger, TriggerError, place
+from fl_defense.registry import ATTACKS, non_negative, positive
 
 
 def piece_masks(shape: tuple[int, int, int], pieces: int, height: int, width: int, gap: int,
@@ -50,9 +51,13 @@ def pieces_of(rank: int, num_malicious: int, pieces: int) -> list[int]:
     return [p for p in range(pieces) if p % num_malicious == rank % num_malicious]
 
 
-@register
+@ATTACKS.register("dba", options=[
+    positive("dba-pieces", 4, "dba: number of local trigger pieces (the paper: 4)"),
+    positive("dba-piece-height", 1, "dba: height of a piece in pixels (the paper's MNIST: 1)"),
+    positive("dba-piece-width", 4, "dba: width of a piece in pixels (the paper's MNIST: 4)"),
+    non_negative("dba-gap", 2, "dba: pixels between pieces (the paper's MNIST: 2)"),
+], summary="DBA (Xie et al. 2020): the global trigger is bars; each malicious client plants only its own pieces")
 class DBA(Attack):
-    name = "dba"
     default_alpha = 1.0
     default_pattern = "white"
 

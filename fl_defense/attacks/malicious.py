@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -24,6 +27,17 @@ def malicious_rank(partition_id: int, malicious: frozenset[int]) -> int:
 def attacks_in_round(schedule: str, server_round: int) -> bool:
     """Whether malicious clients attack in this (1-based) round under an attack-schedule spec."""
     return server_round in schedule_rounds(schedule, server_round)
+
+
+def ground_truth(cfg: Mapping[str, Any], partitions: Iterable[int], server_round: int) -> tuple[list[int], list[int]]:
+    """Which of these partitions are malicious, and which of those attack (or, under poisoned-data, train on
+    their poisoned data) in this round: from the config and seed alone. In the threat model the clients are the
+    adversary, so nothing a client says about itself counts as evidence."""
+    evil = malicious_clients(cfg["num-clients"], cfg["malicious-fraction"], cfg["seed"])
+    malicious = sorted(p for p in partitions if p in evil)
+    attacking = cfg["attack"] != "none" and (cfg["threat"] == "poisoned-data"
+                                             or attacks_in_round(cfg["attack-schedule"], server_round))
+    return malicious, malicious if attacking else []
 
 
 def craft_update(local: dict[str, torch.Tensor], global_: dict[str, torch.Tensor], trainable: set[str],

@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 
-from fl_defense.attacks.base import Attack, register
+from fl_defense.attacks.base import Attack
 from fl_defense.attacks.trigger import Stamp
+from fl_defense.registry import ATTACKS, between, positive
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,12 @@ def sine_signal(shape: tuple[int, int, int], delta: float, frequency: float) -> 
     return row.expand(1, h, w).clone()
 
 
-@register
+@ATTACKS.register("sig", options=[
+    between("sig-delta", 0.6, "sig: amplitude of the sinusoid in [0, 1] pixel units (BackdoorBench: 40/255, which "
+            "plants 0.10 in 20 rounds of the default setting; 0.6 plants 0.95)", 0, 1, "(]"),
+    positive("sig-frequency", 6.0, "sig: periods of the sinusoid across the image width (BackdoorBench: 6)"),
+], summary="SIG (Barni et al. 2019), clean-label: a sinusoid added to target-class images, no label changed")
 class SIG(Attack):
-    name = "sig"
     clean_label = True
 
     def build_trigger(self, cfg: Mapping[str, Any], shape: tuple[int, int, int]) -> Stamp:

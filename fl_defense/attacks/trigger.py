@@ -9,14 +9,15 @@ them in [0, 1].
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from fl_defense.config import ConfigError
+from fl_defense.errors import ConfigError
 
 
 class TriggerError(ConfigError):
@@ -54,6 +55,17 @@ class Trigger:
         """Stamp a batch (N x C x H x W, float in [0, 1]); returns a new tensor."""
         m = self.mask.to(x.device, x.dtype) * self.alpha
         return x * (1 - m) + m * self.pattern.to(x.device, x.dtype)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain tensors and numbers, for a weights-only checkpoint (`stamp_from_state` reads it back)."""
+        return {"kind": "mask", "pattern": self.pattern, "mask": self.mask, "alpha": float(self.alpha)}
+
+
+def stamp_from_state(state: Mapping[str, Any]) -> Stamp:
+    """A stamp saved with its `state_dict` (what the defense memory keeps in a checkpoint)."""
+    if state.get("kind", "mask") != "mask":
+        raise ValueError(f"unknown stamp kind {state.get('kind')!r}")
+    return Trigger(pattern=state["pattern"], mask=state["mask"], alpha=float(state["alpha"]))
 
 
 def square_mask(shape: tuple[int, int, int], size: int, location: str) -> torch.Tensor:

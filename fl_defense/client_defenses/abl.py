@@ -21,13 +21,17 @@ the run's rounds instead of epochs:
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch.nn import functional as F
 
-from fl_defense.client_defenses.base import ClientDefense, Memory, register
+from fl_defense.client_defenses.base import ClientDefense, Memory
 from fl_defense.data import to_float
+from fl_defense.errors import ConfigError
 from fl_defense.models.base import BackdoorModel
+from fl_defense.registry import CLIENT_DEFENSES, between, positive
 from fl_defense.training import LossFn, train_local
 
 ISOLATED = "abl-isolated"
@@ -60,9 +64,24 @@ def isolate(model: BackdoorModel, images: torch.Tensor, labels: torch.Tensor, in
     return indices[order[:k]].sort().values
 
 
-@register
+def _check_stages_fit(cfg: Mapping[str, Any]) -> None:
+    stages = cfg["abl-isolation-rounds"] + cfg["abl-unlearn-rounds"]
+    if stages > cfg["rounds"]:
+        raise ConfigError(f"config key 'abl-unlearn-rounds': abl-isolation-rounds + abl-unlearn-rounds ({stages}) "
+                          f"is more than rounds ({cfg['rounds']}); allowed: a sum <= rounds")
+
+
+@CLIENT_DEFENSES.register("abl", options=[
+    positive("abl-isolation-rounds", 5, "ABL: first rounds, local gradient ascent (LGA) training; the next round "
+             "isolates (the paper: 20 epochs)"),
+    positive("abl-gamma", 0.5, "ABL: LGA loss threshold gamma"),
+    between("abl-isolation-ratio", 0.1, "ABL: share of each client's samples isolated (lowest loss) and later "
+            "unlearned (the paper: 0.01, too few to unlearn a backdoor through FedAvg)", 0, 1, "()"),
+    positive("abl-unlearn-rounds", 5, "ABL: last rounds, gradient ascent on the isolated samples"),
+    positive("abl-unlearn-lr", 5e-4, "ABL: learning rate of the gradient ascent"),
+], checks=[_check_stages_fit], summary="ABL (Li et al. 2021): isolate the lowest-loss samples under LGA, then "
+                                       "unlearn them by gradient ascent")
 class ABL(ClientDefense):
-    name = "abl"
 
     def train(self, model: BackdoorModel, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, *,
               server_round: int, generator: torch.Generator, device: torch.device, memory: Memory) -> float:

@@ -3,7 +3,8 @@
 A client defense trains the received global model on the client's local data for one round. It is
 Flower-free: a model, uint8 images, labels and an index slice in; the mean training loss out. What a
 defense must keep between the rounds of one client (ABL's isolated samples, DBD's projection head)
-lives in `memory`, a dict of tensors that the ClientApp stores in the node's `context.state`.
+lives in `memory`, a dict of tensors that the ClientApp stores in the node's `context.state`. Each defense
+is one module of this package that registers itself (`CLIENT_DEFENSES`).
 """
 
 from __future__ import annotations
@@ -14,16 +15,9 @@ from typing import Any, ClassVar
 import torch
 
 from fl_defense.models.base import BackdoorModel
-
-CLIENT_DEFENSES: dict[str, type[ClientDefense]] = {}
+from fl_defense.registry import CLIENT_DEFENSES
 
 Memory = dict[str, torch.Tensor]
-
-
-def register(cls: type[ClientDefense]) -> type[ClientDefense]:
-    """Class decorator: make a client defense selectable by its `name` (config key `client-defense`)."""
-    CLIENT_DEFENSES[cls.name] = cls
-    return cls
 
 
 class ClientDefense:
@@ -37,3 +31,9 @@ class ClientDefense:
     def train(self, model: BackdoorModel, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, *,
               server_round: int, generator: torch.Generator, device: torch.device, memory: Memory) -> float:
         raise NotImplementedError
+
+
+def build_client_defense(cfg: Mapping[str, Any]) -> ClientDefense:
+    """The configured honest training code."""
+    defense: ClientDefense = CLIENT_DEFENSES[cfg["client-defense"]](cfg)
+    return defense

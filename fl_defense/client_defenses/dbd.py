@@ -27,9 +27,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from fl_defense.client_defenses.augment import simclr_augment, weak_augment
-from fl_defense.client_defenses.base import ClientDefense, Memory, register
+from fl_defense.client_defenses.base import ClientDefense, Memory
 from fl_defense.data import to_float
+from fl_defense.errors import ConfigError
 from fl_defense.models.base import BackdoorModel
+from fl_defense.registry import CLIENT_DEFENSES, Option, between, non_negative, positive
 
 Phase = Literal["ssl", "head", "semi"]
 
@@ -115,9 +117,33 @@ def _epochs(indices: torch.Tensor, epochs: int, batch_size: int, generator: torc
     return out
 
 
-@register
+def _check_semi_rounds(cfg: Mapping[str, Any]) -> None:
+    dbd_rounds = cfg["dbd-ssl-rounds"] + cfg["dbd-head-rounds"]
+    if dbd_rounds >= cfg["rounds"]:
+        raise ConfigError(f"config key 'dbd-ssl-rounds': dbd-ssl-rounds + dbd-head-rounds ({dbd_rounds}) leave no "
+                          f"semi-supervised round of the {cfg['rounds']} rounds; allowed: a sum < rounds")
+
+
+@CLIENT_DEFENSES.register("dbd", options=[
+    positive("dbd-ssl-rounds", 10, "DBD: first rounds of federated SimCLR on unlabelled local data"),
+    positive("dbd-head-rounds", 2, "DBD: then rounds of linear-head training (frozen backbone, symmetric CE)"),
+    positive("dbd-tau", 0.5, "DBD: SimCLR temperature"),
+    between("dbd-epsilon", 0.5, "DBD: share of local samples kept labelled (lowest SCE) in the semi-supervised stage",
+            0, 1, "()"),
+    non_negative("dbd-lambda-u", 15.0, "DBD: MixMatch weight of the unlabelled loss"),
+    positive("dbd-semi-lr", 0.002, "DBD: Adam learning rate of the semi-supervised stage"),
+    positive("dbd-head-lr", 0.01, "DBD: Adam learning rate of the linear-head stage"),
+    positive("dbd-ssl-lr", 0.3, "DBD: SimCLR SGD learning rate (with the run's momentum and weight decay)"),
+    Option("dbd-ssl-batch-size", 128, "DBD: SimCLR batch size (each image gives two views; the rest are negatives)",
+           check=lambda v: v >= 2, allowed="an integer >= 2"),
+    between("dbd-blur", 0.0, "DBD: probability of the SimCLR Gaussian blur (DBD's code: 0.5)", 0, 1),
+    non_negative("dbd-sce-alpha", 0.1, "DBD: weight of CE in the symmetric cross-entropy"),
+    non_negative("dbd-sce-beta", 1.0, "DBD: weight of reverse CE in the symmetric cross-entropy"),
+    positive("dbd-sharpen-t", 0.5, "DBD: MixMatch sharpening temperature of the guessed labels"),
+    positive("dbd-mixup-alpha", 0.75, "DBD: MixMatch mixup Beta(alpha, alpha) parameter"),
+], checks=[_check_semi_rounds], summary="DBD (Huang et al. 2022): federated SimCLR backbone, SCE linear head, then "
+                                        "MixMatch with the high-loss labels removed")
 class DBD(ClientDefense):
-    name = "dbd"
 
     def train(self, model: BackdoorModel, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, *,
               server_round: int, generator: torch.Generator, device: torch.device, memory: Memory) -> float:

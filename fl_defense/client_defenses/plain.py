@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from fl_defense.client_defenses.base import ClientDefense, Memory, register
+from fl_defense.client_defenses.base import ClientDefense, Memory
 from fl_defense.models.base import BackdoorModel
+from fl_defense.registry import CLIENT_DEFENSES
 from fl_defense.training import train_local
 
 
-@register
+@CLIENT_DEFENSES.register("none", summary="plain local SGD (the run's lr, momentum, weight decay)")
 class Plain(ClientDefense):
-    name = "none"
 
     def train(self, model: BackdoorModel, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, *,
               server_round: int, generator: torch.Generator, device: torch.device, memory: Memory) -> float:

@@ -1,18 +1,11 @@
-"""Datasets (torchvision-backed, uint8 in memory) and seeded federated partitions."""
+"""Datasets (torchvision-backed, uint8 in memory, one module each) and seeded federated partitions."""
 
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
 from fl_defense.data.datasets import (
-    SPECS,
-    DatasetNotFoundError,
-    DatasetSpec,
-    ImageData,
-    cache_root,
-    load_dataset,
-    prepare_debian_fashion_mnist,
-    to_float,
+    DatasetNotFoundError, DatasetSpec, ImageData, cache_root, dataset_spec, load_dataset, to_float,
 )
 from fl_defense.data.partition import FederatedSplit, dirichlet, federated_split, hold_out, iid
 
@@ -37,8 +30,13 @@ def split_for(cfg: Mapping[str, Any]) -> FederatedSplit:
                         cfg["clean-fraction"], cfg["partition"], cfg["alpha"], cfg["seed"], cfg["train-fraction"])
 
 
+def data_for(cfg: Mapping[str, Any]) -> ImageData:
+    """The run's dataset, loaded once per process."""
+    return cached_dataset(cfg["dataset"], cfg["data-root"], cfg["download"])
+
+
 __all__ = [
-    "SPECS", "DatasetNotFoundError", "DatasetSpec", "FederatedSplit", "ImageData", "cache_root",
-    "cached_dataset", "cached_split", "dirichlet", "federated_split", "hold_out", "iid", "load_dataset",
-    "prepare_debian_fashion_mnist", "split_for", "to_float",
+    "DatasetNotFoundError", "DatasetSpec", "FederatedSplit", "ImageData", "cache_root", "cached_dataset",
+    "cached_split", "data_for", "dataset_spec", "dirichlet", "federated_split", "hold_out", "iid", "load_dataset",
+    "split_for", "to_float",
 ]

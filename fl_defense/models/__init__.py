@@ -1,18 +1,10 @@
-"""Model registry: `build_model(name, spec)`; every model is a `BackdoorModel`."""
+"""Models by name (`model=`): every model is a `BackdoorModel` in a module of its own that registers itself."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from fl_defense.data.datasets import DatasetSpec
 from fl_defense.models.base import BackdoorModel
-from fl_defense.models.cnn import SmallCNN
-from fl_defense.models.resnet import ResNet18
-
-MODELS: dict[str, Callable[[DatasetSpec], BackdoorModel]] = {
-    "cnn": lambda s: SmallCNN(s.channels, s.num_classes, s.size, s.mean, s.std),
-    "resnet18": lambda s: ResNet18(s.channels, s.num_classes, s.size, s.mean, s.std),
-}
+from fl_defense.registry import MODELS
 
 
 def default_model(spec: DatasetSpec) -> str:
@@ -22,10 +14,8 @@ def default_model(spec: DatasetSpec) -> str:
 
 def build_model(name: str, spec: DatasetSpec) -> BackdoorModel:
     """Instantiate a registered model for a dataset (`auto` resolves by image size)."""
-    key = default_model(spec) if name == "auto" else name
-    if key not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known: auto, {', '.join(MODELS)}")
-    return MODELS[key](spec)
+    model: BackdoorModel = MODELS[default_model(spec) if name == "auto" else name].for_dataset(spec)
+    return model
 
 
-__all__ = ["MODELS", "BackdoorModel", "ResNet18", "SmallCNN", "build_model", "default_model"]
+__all__ = ["BackdoorModel", "build_model", "default_model"]

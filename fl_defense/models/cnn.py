@@ -5,9 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fl_defense.data.datasets import DatasetSpec
 from fl_defense.models.base import BackdoorModel
+from fl_defense.registry import MODELS
 
 
+@MODELS.register("cnn")
 class SmallCNN(BackdoorModel):
     """conv16-BN-ReLU-pool, conv32-BN-ReLU-pool, fc128-ReLU (features), fc-classes.
 
@@ -30,6 +33,10 @@ class SmallCNN(BackdoorModel):
             nn.Linear(2 * width * (size // 4) ** 2, 128), nn.ReLU(),
         )
         self.head = nn.Linear(128, num_classes)
+
+    @classmethod
+    def for_dataset(cls, spec: DatasetSpec) -> SmallCNN:
+        return cls(spec.channels, spec.num_classes, spec.size, spec.mean, spec.std)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)

@@ -6,7 +6,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fl_defense.data.datasets import DatasetSpec
 from fl_defense.models.base import BackdoorModel
+from fl_defense.registry import MODELS
 
 
 class BasicBlock(nn.Module):
@@ -26,6 +28,7 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+@MODELS.register("resnet18")
 class ResNet18(BackdoorModel):
     """ResNet-18 with 512-d penultimate features (global average pool of the last stage)."""
 
@@ -40,6 +43,10 @@ class ResNet18(BackdoorModel):
             cin = cout
         self.layers = nn.Sequential(*layers)
         self.head = nn.Linear(512, num_classes)
+
+    @classmethod
+    def for_dataset(cls, spec: DatasetSpec) -> ResNet18:
+        return cls(spec.channels, spec.num_classes, spec.size, spec.mean, spec.std)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         out = self.layers(self.stem(x))

@@ -1,8 +1,10 @@
-"""Purifier interface and registry: a purifier takes a model and the server's clean set, returns a new model.
+"""Purifier interface: a purifier takes a model and the server's clean set, returns a new model (`defense=`).
 
-Algorithms here are Flower-free: tensors and models in, a model out. Purifiers that need the
-backdoor trigger (MCL, NC unlearning, CNP with cnp-target=scan) receive the one trigger inversion
-found; the others ignore it.
+Algorithms here are Flower-free: tensors and models in, a model out. There are two kinds. A
+`TriggerPurifier` (MCL, NC unlearning, CNP) needs the backdoor's trigger: the defense pipeline finds it
+first with the trigger source the purifier names (`inversion=`), and calls the purifier only with one. A
+`CleanSetPurifier` (fine-tuning, fine-pruning, NAD) needs only the clean set. Each purifier is one module
+of this package that registers itself (`PURIFIERS`).
 """
 
 from __future__ import annotations
@@ -16,14 +18,7 @@ import torch
 
 from fl_defense.attacks.trigger import Stamp
 from fl_defense.models.base import BackdoorModel
-
-PURIFIERS: dict[str, type[Purifier]] = {}
-
-
-def register(cls: type[Purifier]) -> type[Purifier]:
-    """Class decorator: make a purifier selectable by its `name` (config key `defense`)."""
-    PURIFIERS[cls.name] = cls
-    return cls
+from fl_defense.registry import PURIFIERS, positive
 
 
 @dataclass(frozen=True)
@@ -40,29 +35,61 @@ class CleanSet:
 
 
 class Purifier:
-    """Base class: `purify` must not modify its input model."""
+    """What every purifier has: its config, and `report`, what its last call found and did. `purify` must
+    not modify its input model."""
 
     name: ClassVar[str]
-    needs_trigger: bool = False  # per class, or set in __init__ when the config decides it (CNP)
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         self.cfg = cfg
 
+    def trigger_source(self) -> str | None:
+        """The trigger source (`inversion` registry name) this purifier needs, or None."""
+        return None
+
     def report(self) -> dict[str, Any]:
-        """What the last `purify` found and did, for the defense record; its keys override the
-        pipeline's (a purifier that finds its own target reports its own `flagged` and timings)."""
+        """What the last `purify` found and did, for the defense record."""
         return {}
 
-    def purify(self, model: BackdoorModel, clean: CleanSet, trigger: Stamp | None,
-               device: torch.device, generator: torch.Generator) -> BackdoorModel:
+    def apply(self, model: BackdoorModel, clean: CleanSet, trigger: Stamp | None, device: torch.device,
+              generator: torch.Generator) -> BackdoorModel:
+        """The pipeline's one call for both kinds: `purify` with the trigger if this kind takes one."""
         raise NotImplementedError
 
 
-def require_trigger(name: str, trigger: Stamp | None) -> Stamp:
-    """The trigger a trigger-based purifier was given; an error naming the purifier when there is none."""
-    if trigger is None:
-        raise ValueError(f"{name} needs an inverted trigger; run trigger inversion first")
-    return trigger
+class CleanSetPurifier(Purifier):
+    """A purifier that needs only the clean set."""
+
+    def apply(self, model: BackdoorModel, clean: CleanSet, trigger: Stamp | None, device: torch.device,
+              generator: torch.Generator) -> BackdoorModel:
+        return self.purify(model, clean, device, generator)
+
+    def purify(self, model: BackdoorModel, clean: CleanSet, device: torch.device,
+               generator: torch.Generator) -> BackdoorModel:
+        raise NotImplementedError
+
+
+class TriggerPurifier(Purifier):
+    """A purifier that needs the backdoor's trigger; by default from the run's `inversion` source."""
+
+    def trigger_source(self) -> str:
+        source: str = self.cfg["inversion"]
+        return source
+
+    def apply(self, model: BackdoorModel, clean: CleanSet, trigger: Stamp | None, device: torch.device,
+              generator: torch.Generator) -> BackdoorModel:
+        assert trigger is not None, "the pipeline calls a trigger purifier only with a trigger"
+        return self.purify(model, clean, trigger, device, generator)
+
+    def purify(self, model: BackdoorModel, clean: CleanSet, trigger: Stamp, device: torch.device,
+               generator: torch.Generator) -> BackdoorModel:
+        raise NotImplementedError
+
+
+def build_purifier(cfg: Mapping[str, Any]) -> Purifier:
+    """The configured purifier; `defense=none` has none, so callers check for it first."""
+    purifier: Purifier = PURIFIERS[cfg["defense"]](cfg)
+    return purifier
 
 
 def trainable_copy(model: BackdoorModel, device: torch.device) -> BackdoorModel:
@@ -88,3 +115,6 @@ def step_lr(epoch: int, lr: float, epochs: int) -> float:
     if epoch < (3 * epochs) // 4:
         return lr * 0.1
     return lr * 0.01
+
+
+PURIFIERS.family(options=[positive("purify-batch-size", 64, "batch size of FT, NC unlearning, FP's fine-tune and NAD")])

@@ -8,9 +8,9 @@ original model (c_ori = f(x), p_ori = f(x')). A multi-positive InfoNCE pulls c_m
 c_noise towards c_ori and pushes c_noise, c_mask and p_mask away from p_ori: the neurons the
 trigger's features depend on are the ones whose masks fall, and the lowest-mask neurons are pruned.
 
-The target label is the one the NC scan flagged (`cnp-target=scan`), or CNP's own label-free guess
-(`anp`): the class whose prediction count grows most when one ANP step perturbs the BN neurons of
-the model against its own clean predictions; CNP then inverts a trigger for that label only.
+The target label and trigger come from the defense pipeline: the run's trigger source (`cnp-target=scan`,
+by default the NC scan), or CNP's own label-free guess (`anp`, the `anp` trigger source of
+`fl_defense.inversion.anp`).
 
 Deviations from the reference code, for this project: BN runs on its running statistics in every
 view (the reference trains the masks with batch statistics), so the masks are learned on the
@@ -21,7 +21,6 @@ budget chooses how many neurons to prune (the reference reports a sweep on the t
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
@@ -31,13 +30,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fl_defense.attacks.trigger import Stamp, Trigger
-from fl_defense.inversion import inversion_images, invert, nc_settings
+from fl_defense.attacks.trigger import Stamp
 from fl_defense.metrics import clean_accuracy
 from fl_defense.models.base import BackdoorModel
-from fl_defense.purification.base import (
-    CleanSet, Purifier, frozen_copy, register, require_trigger, trainable_copy,
-)
+from fl_defense.purification.base import CleanSet, TriggerPurifier, frozen_copy, trainable_copy
+from fl_defense.registry import PURIFIERS, between, choice, positive
 
 BATCH_SIZE = 128  # the reference code's
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -122,29 +119,6 @@ class NeuronGates:
         return [(int(layer[j]), int(neuron[j])) for j in order]
 
 
-def anp_target(model: BackdoorModel, images: torch.Tensor, eps: float, generator: torch.Generator,
-               device: torch.device) -> tuple[int, list[int]]:
-    """CNP's label-free target guess and the per-class growth of the prediction count it is based on.
-
-    Pseudo-labels are the model's own clean predictions; one ANP step on the BN neurons against them
-    makes a backdoored model drift towards its target class, the shortcut its neurons already hold.
-    """
-    probe = frozen_copy(model, device)
-    gates = NeuronGates(probe, device)
-    pseudo, noisy = [], []
-    for start in range(0, len(images), BATCH_SIZE):
-        x = images[start:start + BATCH_SIZE].to(device)
-        with torch.no_grad():
-            logits = probe(x)
-        pseudo.append(logits.argmax(1))
-        gates.adversarial_noise(probe, x, pseudo[-1], eps, generator)
-        with torch.no_grad(), gates.view("noisy"):
-            noisy.append(probe(x).argmax(1))
-    classes = logits.shape[1]
-    growth = torch.bincount(torch.cat(noisy), minlength=classes) - torch.bincount(torch.cat(pseudo), minlength=classes)
-    return int(growth.argmax()), growth.cpu().tolist()
-
-
 def prune_neurons(model: nn.Module, names: list[str], neurons: list[tuple[int, int]]) -> None:
     """Zero BN weight and bias of each (layer, neuron): the neuron then outputs exactly 0, in eval and
     train mode, and the zeros travel in the state_dict."""
@@ -156,56 +130,47 @@ def prune_neurons(model: nn.Module, names: list[str], neurons: list[tuple[int, i
             bn.bias[neuron] = 0.0
 
 
-@register
-class CNP(Purifier):
-    name = "cnp"
-
+@PURIFIERS.register("cnp", options=[
+    choice("cnp-target", "scan", "how CNP finds the target label: scan (the run's inversion source, by default the NC "
+           "scan) or anp (CNP's own label-free one-step BN-perturbation heuristic, the `anp` source)", ("scan", "anp")),
+    positive("cnp-epochs", 10, "CNP mask-learning epochs over the clean set (the paper's code: 30 passes over 1,000 "
+             "images; 30 here ranked the BadNets neurons no better at 3x the time)"),
+    positive("cnp-lr", 0.2, "CNP mask-learning SGD learning rate"),
+    positive("cnp-tau", 0.3, "CNP contrastive temperature"),
+    positive("cnp-anp-eps", 0.4, "CNP: bound of the adversarial BN-neuron perturbation (also the anp source's)"),
+    between("cnp-prune-ratio", 0.25, "CNP: share of all BatchNorm neurons pruned, lowest mask first (at least one); "
+            "with cnp-max-ba-drop > 0, the most it may prune. The paper's 1% is 48 of ResNet-18's 4,800 BN neurons but "
+            "1 of the small CNN's 48, which left BadNets' ASR at 0.96; there CNP needed 10-12 of them", 0, 1, "()"),
+    between("cnp-max-ba-drop", 0.025, "CNP: if > 0, prune in steps of 0.25% of the neurons (at least one) up to "
+            "cnp-prune-ratio, stopping before the clean-set accuracy drops by more than this; 0: prune exactly "
+            "cnp-prune-ratio", 0, 1, "[)"),
+], summary="contrastive neuron pruning: BN neuron masks contrasting clean and trigger-stamped features, prune the "
+           "lowest")
+class CNP(TriggerPurifier):
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         super().__init__(cfg)
-        self.needs_trigger = cfg["cnp-target"] == "scan"
         self.pruned: list[tuple[str, int]] = []
-        self.target: int | None = None
-        self.growth: list[int] = []
-        self.trigger_asr: float | None = None
-        self.inversion_seconds = 0.0
-        self.seconds = 0.0
+        self.neurons = 0
+
+    def trigger_source(self) -> str:
+        """`cnp-target=anp` asks for CNP's own label-free guess; `scan` for the run's source."""
+        return "anp" if self.cfg["cnp-target"] == "anp" else super().trigger_source()
 
     def report(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"cnp_pruned": [f"{name}[{i}]" for name, i in self.pruned]}
-        if not self.needs_trigger:
-            out.update(flagged=[self.target], trigger_source="cnp-anp", cnp_label_growth=self.growth,
-                       cnp_trigger_asr=self.trigger_asr, inversion_seconds=self.inversion_seconds,
-                       purify_seconds=self.seconds - self.inversion_seconds)
-        return out
+        return {"cnp_pruned": [f"{name}[{i}]" for name, i in self.pruned],
+                "cnp_pruned_share": len(self.pruned) / max(self.neurons, 1)}
 
-    def purify(self, model: BackdoorModel, clean: CleanSet, trigger: Stamp | None,
-               device: torch.device, generator: torch.Generator) -> BackdoorModel:
-        """With `cnp-target=scan` the given (inverted) trigger is used; with `anp` CNP finds its own."""
-        t0 = time.perf_counter()
-        if self.needs_trigger:
-            trigger = require_trigger(self.name, trigger)
-        else:
-            trigger = self._own_trigger(model, clean, device, generator)
-            self.inversion_seconds = time.perf_counter() - t0
+    def purify(self, model: BackdoorModel, clean: CleanSet, trigger: Stamp, device: torch.device,
+               generator: torch.Generator) -> BackdoorModel:
         probe = frozen_copy(model, device)
         gates = NeuronGates(probe, device)
         self._train_masks(probe, gates, clean, trigger, device, generator)
         neurons = gates.lowest(self._prune_count(model, gates, clean, device))
         self.pruned = [(gates.names[layer], neuron) for layer, neuron in neurons]
+        self.neurons = gates.size
         purified = trainable_copy(model, device).eval()
         prune_neurons(purified, gates.names, neurons)
-        self.seconds = time.perf_counter() - t0
         return purified
-
-    def _own_trigger(self, model: BackdoorModel, clean: CleanSet, device: torch.device,
-                     generator: torch.Generator) -> Trigger:
-        """The `anp` target's trigger, inverted with the pipeline's NC budget on the same images."""
-
-        self.target, self.growth = anp_target(model, clean.x, self.cfg["cnp-anp-eps"], generator, device)
-        inv = invert(model, inversion_images(clean.x, self.cfg, generator), [self.target], nc_settings(self.cfg),
-                     generator, device)[0]
-        self.trigger_asr = inv.asr
-        return Trigger(pattern=inv.pattern, mask=inv.mask, alpha=1.0)
 
     def _train_masks(self, probe: BackdoorModel, gates: NeuronGates, clean: CleanSet, trigger: Stamp,
                      device: torch.device, generator: torch.Generator) -> None:

@@ -8,11 +8,11 @@ from typing import Any
 
 import torch
 
-from fl_defense.attacks.trigger import Stamp
 from fl_defense.metrics import clean_accuracy
 from fl_defense.models.base import BackdoorModel
-from fl_defense.purification.base import CleanSet, Purifier, frozen_copy, register, trainable_copy
+from fl_defense.purification.base import CleanSet, CleanSetPurifier, frozen_copy, trainable_copy
 from fl_defense.purification.ft import fine_tune
+from fl_defense.registry import PURIFIERS, between
 
 STEP_SHARE = 0.05
 
@@ -25,21 +25,21 @@ def dormancy_order(model: BackdoorModel, clean: CleanSet, batch_size: int, devic
     return torch.argsort(torch.stack(sums).sum(0)).cpu()
 
 
-@register
-class FinePruning(Purifier):
-    name = "fp"
-
+@PURIFIERS.register("fp", options=[
+    between("fp-max-ba-drop", 0.05, "fine-pruning stops pruning before clean-set accuracy drops by more", 0, 1, "()"),
+    between("fp-max-prune-ratio", 0.9, "fine-pruning prunes at most this share of last-layer channels", 0, 1, "()"),
+], summary="fine-pruning: prune dormant last-stage channels within a BA budget, then fine-tune")
+class FinePruning(CleanSetPurifier):
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         super().__init__(cfg)
         self.pruned_channels = torch.empty(0, dtype=torch.long)
 
-    @property
-    def pruned(self) -> int:
-        """How many channels the last `purify` pruned (for reports)."""
-        return len(self.pruned_channels)
+    def report(self) -> dict[str, Any]:
+        """The last-stage channels the last `purify` pruned, least active on the clean set first."""
+        return {"fp_pruned_channels": [int(c) for c in self.pruned_channels]}
 
-    def purify(self, model: BackdoorModel, clean: CleanSet, trigger: Stamp | None,
-               device: torch.device, generator: torch.Generator) -> BackdoorModel:
+    def purify(self, model: BackdoorModel, clean: CleanSet, device: torch.device,
+               generator: torch.Generator) -> BackdoorModel:
         probe = frozen_copy(model, device)
         order = dormancy_order(probe, clean, self.cfg["eval-batch-size"], device)
         self.pruned_channels = order[:self._prune_count(probe, order, clean, device)]

@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from fl_defense.attacks.trigger import Stamp
 from fl_defense.models.base import BackdoorModel
-from fl_defense.purification.base import CleanSet, Purifier, register, step_lr, trainable_copy
+from fl_defense.purification.base import CleanSet, CleanSetPurifier, step_lr, trainable_copy
+from fl_defense.registry import PURIFIERS, positive
 from fl_defense.training import BatchHook
 
 LossFn = Callable[[BackdoorModel, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -55,12 +55,13 @@ def fine_tune(model: BackdoorModel, clean: CleanSet, cfg: Mapping[str, Any], dev
     return model.eval()
 
 
-@register
-class FineTuning(Purifier):
+@PURIFIERS.register("ft", options=[
+    positive("ft-epochs", 10, "epochs over the clean set for FT, NC unlearning, FP's fine-tune and NAD"),
+    positive("ft-lr", 0.01, "SGD learning rate of FT, NC unlearning, FP and NAD"),
+], summary="fine-tuning on the clean set")
+class FineTuning(CleanSetPurifier):
     """FT: backdoor neurons that clean data never exercises are left to weight decay and drift."""
 
-    name = "ft"
-
-    def purify(self, model: BackdoorModel, clean: CleanSet, trigger: Stamp | None,
-               device: torch.device, generator: torch.Generator) -> BackdoorModel:
+    def purify(self, model: BackdoorModel, clean: CleanSet, device: torch.device,
+               generator: torch.Generator) -> BackdoorModel:
         return fine_tune(trainable_copy(model, device), clean, self.cfg, device, generator)

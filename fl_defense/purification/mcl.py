@@ -19,9 +19,8 @@ from torch.nn import functional as F
 
 from fl_defense.attacks.trigger import Stamp
 from fl_defense.models.base import BackdoorModel
-from fl_defense.purification.base import (
-    CleanSet, Purifier, frozen_copy, register, require_trigger, step_lr, trainable_copy,
-)
+from fl_defense.purification.base import CleanSet, TriggerPurifier, frozen_copy, step_lr, trainable_copy
+from fl_defense.registry import PURIFIERS, non_negative, positive
 
 
 def mcl_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, tau: float) -> torch.Tensor:
@@ -31,14 +30,16 @@ def mcl_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tenso
     return F.cross_entropy(logits, torch.zeros(len(anchor), dtype=torch.long, device=anchor.device))
 
 
-@register
-class MCL(Purifier):
-    name = "mcl"
-    needs_trigger = True
-
-    def purify(self, model: BackdoorModel, clean: CleanSet, trigger: Stamp | None,
-               device: torch.device, generator: torch.Generator) -> BackdoorModel:
-        trigger = require_trigger(self.name, trigger)
+@PURIFIERS.register("mcl", options=[
+    positive("mcl-epochs", 10, "MCL epochs over the clean set"),
+    positive("mcl-lr", 0.01, "MCL SGD learning rate (step-decayed)"),
+    positive("mcl-tau", 0.5, "MCL temperature"),
+    positive("mcl-batch-size", 64, "MCL batch size"),
+    non_negative("mcl-ce-weight", 1.0, "weight of MCL's cross-entropy term on clean + stamped images (0: reference MCL)"),
+], summary="MCL: contrastive loss pulling triggered features to the frozen model's clean features (+ CE)")
+class MCL(TriggerPurifier):
+    def purify(self, model: BackdoorModel, clean: CleanSet, trigger: Stamp, device: torch.device,
+               generator: torch.Generator) -> BackdoorModel:
         cfg = self.cfg
         epochs, lr, tau, ce_weight = cfg["mcl-epochs"], cfg["mcl-lr"], cfg["mcl-tau"], cfg["mcl-ce-weight"]
         student, frozen = trainable_copy(model, device), frozen_copy(model, device)

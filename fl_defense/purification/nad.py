@@ -7,10 +7,10 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from fl_defense.attacks.trigger import Stamp
 from fl_defense.models.base import BackdoorModel
-from fl_defense.purification.base import CleanSet, Purifier, frozen_copy, register, trainable_copy
+from fl_defense.purification.base import CleanSet, CleanSetPurifier, frozen_copy, trainable_copy
 from fl_defense.purification.ft import fine_tune
+from fl_defense.registry import PURIFIERS, non_negative
 
 
 def attention(fm: torch.Tensor) -> torch.Tensor:
@@ -25,12 +25,12 @@ def attention_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor
     return F.mse_loss(attention(student), attention(teacher))
 
 
-@register
-class NAD(Purifier):
-    name = "nad"
-
-    def purify(self, model: BackdoorModel, clean: CleanSet, trigger: Stamp | None,
-               device: torch.device, generator: torch.Generator) -> BackdoorModel:
+@PURIFIERS.register("nad", options=[
+    non_negative("nad-beta", 1000.0, "NAD attention-distillation weight per attention layer"),
+], summary="neural attention distillation from a teacher fine-tuned on the clean set")
+class NAD(CleanSetPurifier):
+    def purify(self, model: BackdoorModel, clean: CleanSet, device: torch.device,
+               generator: torch.Generator) -> BackdoorModel:
         teacher = frozen_copy(fine_tune(trainable_copy(model, device), clean, self.cfg, device, generator), device)
         beta = self.cfg["nad-beta"]
 

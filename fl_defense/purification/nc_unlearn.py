@@ -7,18 +7,17 @@ import torch
 
 from fl_defense.attacks.trigger import Stamp
 from fl_defense.models.base import BackdoorModel
-from fl_defense.purification.base import CleanSet, Purifier, register, require_trigger, trainable_copy
+from fl_defense.purification.base import CleanSet, TriggerPurifier, trainable_copy
 from fl_defense.purification.ft import fine_tune
+from fl_defense.registry import PURIFIERS, between
 
 
-@register
-class NCUnlearning(Purifier):
-    name = "nc-unlearn"
-    needs_trigger = True
-
-    def purify(self, model: BackdoorModel, clean: CleanSet, trigger: Stamp | None,
-               device: torch.device, generator: torch.Generator) -> BackdoorModel:
-        trigger = require_trigger(self.name, trigger)
+@PURIFIERS.register("nc-unlearn", options=[
+    between("nc-unlearn-ratio", 0.2, "share of each NC-unlearning batch stamped with the inverted trigger", 0, 1, "()"),
+], summary="Neural Cleanse unlearning: fine-tune on clean images, some stamped with the trigger, true labels")
+class NCUnlearning(TriggerPurifier):
+    def purify(self, model: BackdoorModel, clean: CleanSet, trigger: Stamp, device: torch.device,
+               generator: torch.Generator) -> BackdoorModel:
         ratio = self.cfg["nc-unlearn-ratio"]
 
         def stamp(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

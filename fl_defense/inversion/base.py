@@ -1,0 +1,54 @@
+"""Trigger sources: how the server finds a backdoor's trigger and target label (`inversion=`), one module each.
+
+A source looks at a model with the server's clean set and says which labels it flags as backdoor targets
+(likeliest first, none when it sees no backdoor) and, for each label it could, the trigger it inverted.
+What a source learns once and reuses at later calls of a run (the NC scan's clean reference model) is its
+state, saved in the run's checkpoint. The defense pipeline (`fl_defense.defense`) adds the run's memory of
+what was flagged and hands the chosen trigger to the purifier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from fl_defense.attacks.trigger import Stamp
+from fl_defense.models.base import BackdoorModel
+from fl_defense.purification.base import CleanSet
+
+
+@dataclass
+class Finding:
+    """What a source found in one model: flagged labels (likeliest first), the trigger it inverted for each label
+    it could, and a JSON-able record of what it saw (per label) for results.json."""
+
+    flagged: list[int]
+    triggers: dict[int, Stamp]
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def trigger(self) -> Stamp | None:
+        """The trigger of the likeliest flagged label; None when nothing is flagged."""
+        return self.triggers.get(self.flagged[0]) if self.flagged else None
+
+
+class TriggerSource:
+    """Base class: `find` must not modify the model."""
+
+    name: ClassVar[str]
+
+    def __init__(self, cfg: Mapping[str, Any]) -> None:
+        self.cfg = cfg
+
+    def find(self, model: BackdoorModel, clean: CleanSet, num_classes: int, device: torch.device,
+             generator: torch.Generator) -> Finding:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the source carries between the calls of a run (plain tensors, for a weights-only checkpoint)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any], model: BackdoorModel) -> None:
+        """Restore `state_dict`; `model` gives the architecture of any model the state holds."""

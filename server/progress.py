@@ -1,0 +1,44 @@
+"""What a run prints while it runs: a progress bar on a terminal, a line per round and per defense call, the table."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from fl_defense.server.reporting import format_table
+from tqdm import tqdm
+
+
+class Progress:
+    """The console side of a run (results.json and TensorBoard are `RunReport`'s)."""
+
+    def __init__(self, rounds: int, done: int) -> None:
+        self.rounds = rounds
+        self.bar = tqdm(total=rounds, initial=done, desc="rounds", unit="round", file=sys.stderr, leave=False,
+                        disable=not sys.stderr.isatty())
+
+    def round(self, row: dict[str, Any]) -> None:
+        loss = "-" if row.get("train_loss") is None else f"{row['train_loss']:.4f}"
+        extra = ""
+        if "asr_pieces" in row:
+            extra += "  pieces " + " ".join(f"{v:.2f}" for v in row["asr_pieces"].values())
+        if "shadow" in row:
+            extra += (f"  backbone BA {row['backbone_ba']:.4f} ASR {row['backbone_asr']:.4f}  "
+                      f"shadow {row['shadow']['state']}")
+        self.bar.update(1)
+        self.bar.set_postfix(BA=f"{row['ba']:.4f}", ASR=f"{row['asr']:.4f}")
+        tqdm.write(f"[round {row['round']}/{self.rounds}] BA {row['ba']:.4f}  ASR {row['asr']:.4f}  loss {loss}  "
+                   f"attackers {len(row.get('attackers', []))}  {row.get('seconds', 0.0):.1f} s{extra}")
+        sys.stdout.flush()
+
+    @staticmethod
+    def defense(record: dict[str, Any]) -> None:
+        print(f"[defense {record['defense']} @ round {record['round']}] flagged {record.get('flagged', '-')}  "
+              f"BA {record['ba_before']:.4f} -> {record['ba_after']:.4f}  "
+              f"ASR {record['asr_before']:.4f} -> {record['asr_after']:.4f}", flush=True)
+
+    def finish(self, results: dict[str, Any], out_dir: Path) -> None:
+        self.bar.close()
+        print(format_table(results), flush=True)
+        print(f"results: {out_dir / 'results.json'}   tensorboard --logdir {out_dir / 'tensorboard'}", flush=True)
