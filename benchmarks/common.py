@@ -18,13 +18,22 @@ from fl_defense.attacks import Attack, evaluation_attack
 from fl_defense.config import resolve
 from fl_defense.data import ImageData, cached_dataset, hold_out, to_float
 from fl_defense.models import BackdoorModel, build_model
+from fl_defense.provenance import code_version, describe
 from fl_defense.purification import CleanSet
 from fl_defense.training import train_local
+
+__all__ = ["CACHE", "README", "Setting", "central_model", "code_version", "kill_after_round", "provenance",
+           "write_block"]
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CACHE = HERE / ".cache"
 README = HERE / "README.md"
+
+
+def provenance() -> str:
+    """The line under every table a benchmark writes: commit, versions, machine."""
+    return describe()
 
 
 def write_block(name: str, text: str, readme: Path = README) -> None:

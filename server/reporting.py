@@ -1,4 +1,5 @@
-"""Where a run's numbers go: results.json (rewritten atomically each round) and TensorBoard."""
+"""Where a run's numbers go: results.json (rewritten atomically each round, with the provenance of the code and
+machine that made it) and TensorBoard."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 
 from fl_defense.files import atomic_write_json
+from fl_defense.provenance import provenance
 from fl_defense.server.strategy import RoundInfo
 
 CURVES = {"ba": "BA", "asr": "ASR"}  # TensorBoard names of the row's fields where they differ
@@ -22,11 +24,13 @@ class RunReport:
         self.out_dir = out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         self.writer = SummaryWriter(str(out_dir / "tensorboard"))
-        self.results: dict[str, Any] = {"config": cfg, "rounds": [], "defense": []}
+        self.results: dict[str, Any] = {"config": cfg, "provenance": provenance(), "rounds": [], "defense": []}
         self._t0 = time.perf_counter()
         if resumed is not None:
             self.results.update(rounds=list(resumed["rounds"]), defense=list(resumed["defense"]),
-                                resumed_after=[*resumed.get("resumed_after", []), resumed["rounds"][-1]["round"]])
+                                provenance=resumed.get("provenance"),
+                                resumed_after=[*resumed.get("resumed_after", []), resumed["rounds"][-1]["round"]],
+                                resumed_provenance=[*resumed.get("resumed_provenance", []), provenance()])
             self._t0 -= float(resumed.get("wall_seconds", 0.0))
 
     def log_round(self, server_round: int, fields: dict[str, Any], info: RoundInfo | None,

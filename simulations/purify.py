@@ -15,6 +15,7 @@ from fl_defense.errors import ConfigError
 from fl_defense.files import atomic_torch_save, atomic_write_json, ensure_writable_folder, read_torch_file
 from fl_defense.metrics import Evaluator
 from fl_defense.models import build_model
+from fl_defense.provenance import provenance
 from fl_defense.registry import PURIFIERS
 from fl_defense.training import resolve_device
 
@@ -55,7 +56,8 @@ def purify(checkpoint: str, overrides: dict[str, Any], out_dir: Path | None) -> 
     t0 = time.perf_counter()
     defender = Defender(cfg, server_clean_set(cfg, data), data.spec.num_classes, device, Evaluator(cfg, data, device))
     outcome = defender(model, torch.Generator().manual_seed(cfg["seed"]))
-    record = {"checkpoint": str(checkpoint), **outcome.record, "seconds": time.perf_counter() - t0, "config": cfg}
+    record = {"checkpoint": str(checkpoint), **outcome.record, "seconds": time.perf_counter() - t0, "config": cfg,
+              "provenance": provenance()}
     print(f"{cfg['defense']}: flagged {record.get('flagged', '-')}  BA {record['ba_before']:.4f} -> "
           f"{record['ba_after']:.4f}  ASR {record['asr_before']:.4f} -> {record['asr_after']:.4f}  "
           f"({record['seconds']:.1f} s)", flush=True)

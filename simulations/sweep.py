@@ -29,6 +29,7 @@ from tqdm import tqdm
 from fl_defense.config import read_toml, resolve, schema
 from fl_defense.errors import ConfigError
 from fl_defense.files import atomic_write_json
+from fl_defense.provenance import provenance
 
 
 class Runner(Protocol):
@@ -298,7 +299,7 @@ def write_summary(records: list[RunRecord], grid: Grid, out: Path, over: tuple[s
     keys = [k for k in grid.axes if k not in over]
     text = format_summary(rows, keys)
     atomic_write_json(out / "summary.json", {
-        "axes": grid.axes, "base": grid.base, "over": list(over), "groups": rows,
+        "axes": grid.axes, "base": grid.base, "over": list(over), "provenance": provenance(), "groups": rows,
         "runs": [{"point": r.point, "dir": r.out_dir.name, "status": r.status, "ba": r.ba, "asr": r.asr,
                   "seconds": r.seconds, "error": r.error} for r in records]})
     (out / "summary.md").write_text(text + "\n")

@@ -42,7 +42,7 @@ class Backdoored:
 
 def _train(poisoned: bool, attack_name: str = "badnets") -> Backdoored:
     """2 central epochs on 6000 real images; when poisoned, 10% of each batch carries the trigger: a 4x4
-    BadNets patch, or for `blended` full-image noise at alpha 0.2."""
+    BadNets patch, for `blended` full-image noise at alpha 0.2, for `wanet` the default warp."""
     torch.manual_seed(0)
     data = load_dataset("fashion-mnist")
     attack = build_attack(resolve({"attack": attack_name, "trigger-size": 4 if attack_name == "badnets" else 0,
@@ -79,6 +79,14 @@ def bd() -> Backdoored:
 def bd_blended() -> Backdoored:
     """The same CNN with a Blended backdoor to the same target (checked: ASR > 0.9, BA > 0.75)."""
     out = _train(poisoned=True, attack_name="blended")
+    assert out.asr(out.model) > 0.9 and out.ba(out.model) > 0.75, "precondition: the backdoor was planted"
+    return out
+
+
+@pytest.fixture(scope="session")
+def bd_wanet() -> Backdoored:
+    """The same CNN with a WaNet backdoor (the default warp, s 4) to the same target (checked: ASR > 0.9)."""
+    out = _train(poisoned=True, attack_name="wanet")
     assert out.asr(out.model) > 0.9 and out.ba(out.model) > 0.75, "precondition: the backdoor was planted"
     return out
 

@@ -84,7 +84,7 @@ def _defender(cfg, setting) -> Defender:  # noqa: ANN001 - fixture object
 
 
 def test_defense_pipeline_skips_purification_when_nothing_is_flagged(clean_model) -> None:  # noqa: ANN001
-    cfg = resolve({"defense": "mcl", "nc-images": 500})
+    cfg = resolve({"defense": "mcl", "inversion": "nc", "nc-images": 500})
     outcome = _defender(cfg, clean_model)(clean_model.model, torch.Generator().manual_seed(0))
     assert outcome.model is clean_model.model
     assert outcome.record["purified"] is False and outcome.record["flagged"] == []
@@ -92,7 +92,7 @@ def test_defense_pipeline_skips_purification_when_nothing_is_flagged(clean_model
 
 
 def test_defense_pipeline_inverts_then_purifies_and_remembers_the_trigger(bd, clean_model) -> None:  # noqa: ANN001
-    cfg = resolve({"defense": "mcl", "nc-images": 500, "mcl-epochs": 4, "target-label": bd.target})
+    cfg = resolve({"defense": "mcl", "inversion": "nc", "nc-images": 500, "mcl-epochs": 4, "target-label": bd.target})
     defender = _defender(cfg, bd)
     outcome = defender(bd.model, torch.Generator().manual_seed(0))
     record = outcome.record
@@ -106,7 +106,7 @@ def test_defense_pipeline_inverts_then_purifies_and_remembers_the_trigger(bd, cl
     assert later.record["flagged"] == [] and later.record["purified"] is True
     assert later.record["trigger_source"].startswith(f"label {bd.target} of defense call 1: its trigger")
     assert defender.stage.calls == 2 and isinstance(defender.stage.source, NeuralCleanseScan)
-    assert defender.stage.source.reference is not None
+    assert defender.stage.source.reference.model is not None
 
 
 class Scripted(TriggerSource):

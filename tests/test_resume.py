@@ -69,7 +69,7 @@ def test_trigger_stage_round_trips_through_a_weights_only_file(tmp_path: Path) -
     """The memory of flagged labels and the NC source's reference model survive a checkpoint."""
     model = build_model("cnn", dataset_spec("fashion-mnist"))
     stage = TriggerStage(NeuralCleanseScan(resolve()))
-    stage.source.reference = build_model("cnn", dataset_spec("fashion-mnist"))
+    stage.source.reference.model = build_model("cnn", dataset_spec("fashion-mnist"))
     triggers = [Trigger(torch.rand(1, 28, 28), torch.rand(1, 28, 28), 1.0) for _ in range(2)]
     stage.found, stage.calls = {3: (triggers[0], 2), 8: (triggers[1], 4)}, 4
     atomic_torch_save({"defense": stage.state_dict()}, tmp_path / "m.pt")
@@ -79,12 +79,12 @@ def test_trigger_stage_round_trips_through_a_weights_only_file(tmp_path: Path) -
     for label, (t, call) in stage.found.items():
         assert back.found[label][1] == call and torch.equal(back.found[label][0].mask, t.mask)
         assert torch.equal(back.found[label][0].pattern, t.pattern)
-    assert back.source.reference is not None
-    assert all(torch.equal(a, b) for a, b in zip(back.source.reference.state_dict().values(),
-                                                 stage.source.reference.state_dict().values(), strict=True))
+    assert back.source.reference.model is not None
+    assert all(torch.equal(a, b) for a, b in zip(back.source.reference.model.state_dict().values(),
+                                                 stage.source.reference.model.state_dict().values(), strict=True))
     empty = TriggerStage(NeuralCleanseScan(resolve()))
     empty.load_state_dict(TriggerStage(NeuralCleanseScan(resolve())).state_dict(), model)
-    assert empty.source.reference is None and empty.found == {} and empty.calls == 0
+    assert empty.source.reference.model is None and empty.found == {} and empty.calls == 0
 
 
 def test_a_checkpoint_of_an_earlier_format_is_refused_with_one_line(tmp_path: Path) -> None:

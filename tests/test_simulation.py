@@ -38,6 +38,10 @@ def test_backdoor_is_planted_through_flower_and_ray(tmp_path: Path) -> None:
         "what the defense returned is the round's global model"
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["config"] == cfg
+    made_by = on_disk["provenance"]
+    assert len(made_by["commit"]) == 40 and isinstance(made_by["dirty"], bool)
+    assert set(made_by["versions"]) == {"torch", "torchvision", "flwr", "ray", "numpy"}
+    assert all(made_by["versions"].values()) and made_by["device"] == "cpu" and made_by["torch_threads"] >= 1
     assert (tmp_path / "checkpoints" / "final.pt").is_file()
     assert any((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 

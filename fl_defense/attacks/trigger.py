@@ -9,7 +9,7 @@ them in [0, 1].
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -61,11 +61,21 @@ class Trigger:
         return {"kind": "mask", "pattern": self.pattern, "mask": self.mask, "alpha": float(self.alpha)}
 
 
+def _mask_from_state(state: Mapping[str, Any]) -> Stamp:
+    return Trigger(pattern=state["pattern"], mask=state["mask"], alpha=float(state["alpha"]))
+
+
+# How each kind of stamp that a trigger source produces is rebuilt from its `state_dict` (a source module that
+# produces another kind adds it here).
+STAMP_KINDS: dict[str, Callable[[Mapping[str, Any]], Stamp]] = {"mask": _mask_from_state}
+
+
 def stamp_from_state(state: Mapping[str, Any]) -> Stamp:
     """A stamp saved with its `state_dict` (what the defense memory keeps in a checkpoint)."""
-    if state.get("kind", "mask") != "mask":
-        raise ValueError(f"unknown stamp kind {state.get('kind')!r}")
-    return Trigger(pattern=state["pattern"], mask=state["mask"], alpha=float(state["alpha"]))
+    kind = state.get("kind", "mask")
+    if kind not in STAMP_KINDS:
+        raise ValueError(f"unknown stamp kind {kind!r}; known: {', '.join(STAMP_KINDS)}")
+    return STAMP_KINDS[kind](state)
 
 
 def square_mask(shape: tuple[int, int, int], size: int, location: str) -> torch.Tensor:

@@ -2,8 +2,8 @@
 
 A source looks at a model with the server's clean set and says which labels it flags as backdoor targets
 (likeliest first, none when it sees no backdoor) and, for each label it could, the trigger it inverted.
-What a source learns once and reuses at later calls of a run (the NC scan's clean reference model) is its
-state, saved in the run's checkpoint. The defense pipeline (`fl_defense.defense`) adds the run's memory of
+What a source learns once and reuses at later calls of a run (the clean reference model that tells backdoors
+from natural features, a generator's weights) is its state, saved in the run's checkpoint. The defense pipeline (`fl_defense.defense`) adds the run's memory of
 what was flagged and hands the chosen trigger to the purifier.
 """
 
@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 
 from fl_defense.attacks.trigger import Stamp
+from fl_defense.inversion.reference import CleanReference
 from fl_defense.models.base import BackdoorModel
 from fl_defense.purification.base import CleanSet
 
@@ -23,11 +24,13 @@ from fl_defense.purification.base import CleanSet
 @dataclass
 class Finding:
     """What a source found in one model: flagged labels (likeliest first), the trigger it inverted for each label
-    it could, and a JSON-able record of what it saw (per label) for results.json."""
+    it could, a JSON-able record of what it saw (per label) for results.json, and, where it checked, each label's
+    transfer rate to the clean reference model (what orders flagged labels: a backdoor's trigger fools it least)."""
 
     flagged: list[int]
     triggers: dict[int, Stamp]
     record: dict[str, Any] = field(default_factory=dict)
+    transfer: list[float] | None = None
 
     def trigger(self) -> Stamp | None:
         """The trigger of the likeliest flagged label; None when nothing is flagged."""
@@ -35,12 +38,14 @@ class Finding:
 
 
 class TriggerSource:
-    """Base class: `find` must not modify the model."""
+    """Base class: `find` must not modify the model. `reference` is the clean reference model, for the sources
+    that check transfer (`nc-reference-epochs` of training, at their first call)."""
 
     name: ClassVar[str]
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         self.cfg = cfg
+        self.reference = CleanReference(int(cfg.get("nc-reference-epochs", 0)))
 
     def find(self, model: BackdoorModel, clean: CleanSet, num_classes: int, device: torch.device,
              generator: torch.Generator) -> Finding:
@@ -48,7 +53,8 @@ class TriggerSource:
 
     def state_dict(self) -> dict[str, Any]:
         """What the source carries between the calls of a run (plain tensors, for a weights-only checkpoint)."""
-        return {}
+        return {"reference": self.reference.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any], model: BackdoorModel) -> None:
         """Restore `state_dict`; `model` gives the architecture of any model the state holds."""
+        self.reference.load_state_dict(state.get("reference"), model)

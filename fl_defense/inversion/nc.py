@@ -17,7 +17,6 @@ import torch
 
 from fl_defense.inversion.base import Finding, TriggerSource
 from fl_defense.inversion.budget import inversion_images, nc_settings
-from fl_defense.inversion.reference import fresh_copy, train_reference
 from fl_defense.inversion.scan import DetectionRule, scan
 from fl_defense.models.base import BackdoorModel
 from fl_defense.purification.base import CleanSet
@@ -45,31 +44,16 @@ def detection_rule(cfg: Mapping[str, Any]) -> DetectionRule:
             "at most this share of clean images", 0, 1),
 ], summary="Neural Cleanse scan of every label, MAD on log mask norms, and a clean reference model's transfer check")
 class NeuralCleanseScan(TriggerSource):
-    def __init__(self, cfg: Mapping[str, Any]) -> None:
-        super().__init__(cfg)
-        self.reference: torch.nn.Module | None = None
-
     def find(self, model: BackdoorModel, clean: CleanSet, num_classes: int, device: torch.device,
              generator: torch.Generator) -> Finding:
         cfg = self.cfg
         t0 = time.perf_counter()
-        if self.reference is None and cfg["nc-reference-epochs"] > 0:
-            self.reference = train_reference(model, clean.x, clean.y, cfg["nc-reference-epochs"], generator, device)
+        reference = self.reference.get(model, clean.x, clean.y, generator, device)
         result = scan(model, inversion_images(clean.x, cfg, generator), num_classes, mode=cfg["inversion-mode"],
                       settings=nc_settings(cfg), rule=detection_rule(cfg), generator=generator, device=device,
-                      reference=self.reference, reference_data=(clean.x, clean.y),
+                      reference=reference, reference_data=(clean.x, clean.y),
                       num_gpus=cfg["inversion-num-gpus"])
         result.seconds = time.perf_counter() - t0
         triggers = {label: t for label in range(num_classes) if (t := result.trigger_for(label)) is not None}
-        return Finding(result.flagged, triggers, result.record())
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"reference": None if self.reference is None else self.reference.state_dict()}
-
-    def load_state_dict(self, state: Mapping[str, Any], model: BackdoorModel) -> None:
-        if state.get("reference") is None:
-            self.reference = None
-            return
-        self.reference = fresh_copy(model, 0)
-        self.reference.load_state_dict(state["reference"])
-        self.reference.eval()
+        transfer = None if result.transfer is None else [float(v) for v in result.transfer]
+        return Finding(result.flagged, triggers, result.record(), transfer)

@@ -47,6 +47,32 @@ def train_reference(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     return ref.eval()
 
 
+class CleanReference:
+    """A trigger source's reference model: trained on the clean set by the first call that needs it, then kept
+    (in the source's state) for every later call of the run, since it depends only on the clean set."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+        self.model: nn.Module | None = None
+
+    def get(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
+            device: torch.device) -> nn.Module | None:
+        """The reference model (`model`'s architecture), or None when the check is off (0 epochs)."""
+        if self.model is None and self.epochs > 0:
+            self.model = train_reference(model, images, labels, self.epochs, generator, device)
+        return self.model
+
+    def state_dict(self) -> dict[str, torch.Tensor] | None:
+        return None if self.model is None else self.model.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor] | None, model: nn.Module) -> None:
+        self.model = None
+        if state is not None:
+            self.model = fresh_copy(model, 0)
+            self.model.load_state_dict(state)
+            self.model.eval()
+
+
 @torch.inference_mode()
 def transfer_rates(reference: nn.Module, inversions: list[LabelInversion], images: torch.Tensor,
                    labels: torch.Tensor, device: torch.device, batch_size: int = 500) -> np.ndarray:

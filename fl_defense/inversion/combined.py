@@ -1,0 +1,60 @@
+"""`inversion=nc+warp`, the default: the NC scan and the warp scan on the same model, one reference model for both.
+
+The NC scan's mask and pattern express patches and blends (BadNets, Blended, DBA), the warp scan's displacement
+fields geometric triggers (WaNet); neither finds the other's (benchmarks/README.md, trigger detection), so the
+default runs both and a label is flagged if either flags it; flagged labels come lowest transfer rate first, the
+rule both scans use on their own (a backdoor's trigger fools the clean reference model least). A label both
+inverted is purified
+with both stamps, taking turns over the images (a purifier unlearns them all). The clean reference model is
+trained once and shared, so the pair costs the NC scan plus `warp-epochs` passes per label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from fl_defense.attacks.trigger import Stamp, StampMix
+from fl_defense.inversion.base import Finding, TriggerSource
+from fl_defense.inversion.nc import NeuralCleanseScan
+from fl_defense.inversion.warp import WarpScan
+from fl_defense.models.base import BackdoorModel
+from fl_defense.purification.base import CleanSet
+from fl_defense.registry import TRIGGER_SOURCES
+
+
+def combine(findings: list[Finding]) -> Finding:
+    """Every label any finding flagged, lowest transfer rate first (the smallest of those that flagged it), as
+    each scan orders its own; a label's stamps mixed; the records merged."""
+    transfer: dict[int, float] = {}
+    for f in findings:
+        for label in f.flagged:
+            rate = f.transfer[label] if f.transfer is not None else 0.0
+            transfer[label] = min(transfer.get(label, rate), rate)
+    flagged = sorted(transfer, key=transfer.__getitem__)
+    by_label: dict[int, list[Stamp]] = {}
+    for f in findings:
+        for label, stamp in f.triggers.items():
+            by_label.setdefault(label, []).append(stamp)
+    triggers = {label: s[0] if len(s) == 1 else StampMix(tuple(s)) for label, s in by_label.items()}
+    record: dict[str, Any] = {}
+    for f in findings:
+        record.update(f.record)
+    record.update(flagged=flagged, inversion_seconds=sum(f.record["inversion_seconds"] for f in findings))
+    return Finding(flagged, triggers, record)
+
+
+@TRIGGER_SOURCES.register("nc+warp", summary="the NC scan and the warp scan, one reference model: flags what "
+                          "either flags (patches, blends and warps)")
+class NCAndWarp(TriggerSource):
+    def __init__(self, cfg: Mapping[str, Any]) -> None:
+        super().__init__(cfg)
+        self.parts: list[TriggerSource] = [NeuralCleanseScan(cfg), WarpScan(cfg)]
+        for part in self.parts:
+            part.reference = self.reference
+
+    def find(self, model: BackdoorModel, clean: CleanSet, num_classes: int, device: torch.device,
+             generator: torch.Generator) -> Finding:
+        return combine([part.find(model, clean, num_classes, device, generator) for part in self.parts])
