@@ -23,7 +23,7 @@ from fl_defense.purification import CleanSet
 from fl_defense.training import train_local
 
 __all__ = ["CACHE", "README", "Setting", "central_model", "code_version", "kill_after_round", "provenance",
-           "write_block"]
+           "start_run", "wait_for_round", "write_block"]
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -48,23 +48,35 @@ def write_block(name: str, text: str, readme: Path = README) -> None:
     readme.write_text(re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, current, flags=re.S))
 
 
-def kill_after_round(settings: dict[str, Any], out: Path, after: int) -> int:
-    """Start `fl-defense run --set ...` in a process group of its own, SIGKILL the group once its resume checkpoint
-    holds round `after` or later, and return that round (0: it never got there within 300 s)."""
+def start_run(settings: dict[str, Any], out: Path, stderr: Any = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+    """`fl-defense run --out OUT --set ...` in a process group of its own (as a terminal's foreground job)."""
     args = [sys.executable, "-m", "fl_defense.simulations.cli", "run", "--out", str(out)]
     for k, v in settings.items():
         args += ["--set", f"{k}={v}"]
     # the server's float results depend on its torch threads: the same as this process's
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.Popen(args, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)
+    return subprocess.Popen(args, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+
+
+def wait_for_round(proc: subprocess.Popen[bytes], out: Path, after: int, seconds: float = 300) -> int:
+    """The round of the run's resume checkpoint once it holds `after` or later (0: not within `seconds`, or the
+    process ended first)."""
     ckpt = out / "checkpoints" / "resume.pt"
-    deadline, killed_after = time.monotonic() + 300, 0
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and proc.poll() is None:
-        if ckpt.is_file() and (killed_after := int(torch.load(ckpt, weights_only=True)["round"])) >= after:
-            os.killpg(proc.pid, signal.SIGKILL)
-            break
+        if ckpt.is_file() and (reached := int(torch.load(ckpt, weights_only=True)["round"])) >= after:
+            return reached
         time.sleep(0.05)
+    return 0
+
+
+def kill_after_round(settings: dict[str, Any], out: Path, after: int) -> int:
+    """Start a run, SIGKILL its process group once its resume checkpoint holds round `after` or later, and return
+    that round (0: it never got there within 300 s)."""
+    proc = start_run(settings, out)
+    killed_after = wait_for_round(proc, out, after)
+    if killed_after:
+        os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     return killed_after
 

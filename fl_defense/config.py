@@ -9,6 +9,7 @@ training starts, and a bad one raises `ConfigError` with one line naming the key
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
 import re
@@ -52,12 +53,15 @@ RUN_OPTIONS: dict[str, Option] = {o.key: o for o in (
            check=lambda v: bool(DEFENSE_SCHEDULE_RE.match(v)), allowed="end or every:K"),
     Option("min-replies", 1, "fewest valid client replies a round needs; with fewer the round is skipped and the "
            "global model stays as it was", check=lambda v: v > 0, allowed="an integer >= 1 and <= clients-per-round"),
+    positive("round-timeout", 3600.0, "seconds the server waits for a round's replies (Flower's default: an hour); "
+             "a client that has not answered by then is left out of that round"),
     non_negative("reply-max-norm", 1000.0, "a client reply whose update of the trainable parameters has a larger L2 "
                  "norm is rejected (0: no limit); benign updates of the default setting have norm 2-6"),
     Option("client-checkpoints", True, "clients also keep their memory (client defense, Neurotoxin) on disk under "
            "<out-dir>/client-state, so `fl-defense run --resume` restores it (simulation, or clients sharing the "
            "server's file system)"),
-    Option("seed", 0, "seed of every random choice of the run"),
+    Option("seed", 0, "seed of every random choice of the run", check=lambda v: 0 <= v < 2**31,
+           allowed="an integer in [0, 2^31)"),
     Option("device", "auto", "torch device; auto: CUDA when present", check=lambda v: bool(DEVICE_RE.match(v)),
            allowed="auto, cpu, cuda, or cuda:N"),
     Option("amp", False, "mixed precision (autocast: float16 with loss scaling on CUDA, bfloat16 on CPU) in the "
@@ -70,6 +74,8 @@ RUN_OPTIONS: dict[str, Option] = {o.key: o for o in (
            allowed="empty, auto, or HOST:PORT"),
     positive("eval-batch-size", 1000, "batch size of the server's evaluation"),
     Option("out-dir", "", "output folder; empty: runs/<dataset>-<attack>-<time>"),
+    Option("init-from", "", "a checkpoint (a run's checkpoints/*.pt, or a bare state_dict) the global model starts "
+           "from instead of a fresh one; e.g. a clean pre-trained model, attacked from round 1 (BackFed's protocol)"),
     Option("plugins", "", "comma-separated Python modules imported before the config is read, for methods "
            "registered outside the package (they run code: name only modules you trust)",
            check=lambda v: bool(PLUGINS_RE.match(v)), allowed="empty, or module names joined by commas"),
@@ -80,8 +86,9 @@ LAYOUT: tuple[str | Registry[Any], ...] = (
     DATASETS, "data-root", "download", MODELS, "num-clients", "clients-per-round", "rounds", "local-epochs",
     "batch-size", "lr", "momentum", "weight-decay", "partition", "alpha", "malicious-fraction", ATTACKS,
     ATTACKER_TRAININGS, "train-fraction", "clean-fraction", "threat", CLIENT_DEFENSES, AGGREGATION_RULES, PURIFIERS,
-    "defense-schedule", TRIGGER_SOURCES, STRATEGY_WRAPPERS, "min-replies", "reply-max-norm", "client-checkpoints",
-    "seed", "device", "amp", "num-cpus", "num-gpus", "ray-address", "eval-batch-size", "out-dir", "plugins",
+    "defense-schedule", TRIGGER_SOURCES, STRATEGY_WRAPPERS, "min-replies", "round-timeout", "reply-max-norm",
+    "client-checkpoints", "seed", "device", "amp", "num-cpus", "num-gpus", "ray-address", "eval-batch-size", "out-dir",
+    "init-from", "plugins",
 )
 
 # Values kept for what they meant before a key of their own existed: key=value -> the settings it stands for.
@@ -135,7 +142,9 @@ def resolve(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     cfg = {k: o.default for k, o in options.items()}
     for key, value in overrides.items():
         if key not in options:
-            raise ConfigError(f"unknown config key '{key}'; known keys: {', '.join(options)}")
+            near = difflib.get_close_matches(key, list(options), n=3)
+            hint = f"did you mean {', '.join(near)}? " if near else ""
+            raise ConfigError(f"unknown config key '{key}'; {hint}every key, its default and help: simulations/configs/default.toml; methods: fl-defense list")
         cfg[key] = options[key].validate(value)
     _check_run(cfg)
     for registry in CATALOG:

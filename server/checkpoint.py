@@ -76,3 +76,27 @@ def load(run_dir: str | Path) -> dict[str, Any]:
     if not isinstance(blob["config"], dict):
         raise ConfigError(f"--resume: {str(path)!r} holds a config that is not a table")
     return blob
+
+
+def read_model(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A run's checkpoint ({'model', 'config', 'round'}) or a bare state_dict, loaded with weights_only."""
+    p = Path(path)
+    blob = read_torch_file(p, "checkpoint")
+    if isinstance(blob, dict) and isinstance(blob.get("model"), dict):
+        config = blob.get("config") or {}
+        if not isinstance(config, dict):
+            raise ConfigError(f"checkpoint {str(p)!r} holds a config that is not a table")
+        return blob["model"], dict(config)
+    if isinstance(blob, dict) and blob and all(isinstance(v, torch.Tensor) for v in blob.values()):
+        return blob, {}
+    raise ConfigError(f"checkpoint {str(p)!r} holds neither a state_dict nor an fl-defense checkpoint")
+
+
+def load_model(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path,
+               cfg: dict[str, Any]) -> None:
+    """`model.load_state_dict(state)`; a state of another architecture is a ConfigError naming the file."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ConfigError(f"checkpoint {str(path)!r} does not fit model {cfg['model']!r} on {cfg['dataset']!r}: "
+                          f"{str(exc).splitlines()[0]}") from None

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fl_defense.server.reporting import format_table
+from fl_defense.server.reporting import format_table, nothing_aggregated
 from tqdm import tqdm
 
 
@@ -42,3 +42,6 @@ class Progress:
         self.bar.close()
         print(format_table(results), flush=True)
         print(f"results: {out_dir / 'results.json'}   tensorboard --logdir {out_dir / 'tensorboard'}", flush=True)
+        if nothing_aggregated(results):
+            print("fl-defense: warning: every round was skipped (fewer valid replies than min-replies; see "
+                  "'rejected' in results.json): the model was never aggregated", file=sys.stderr, flush=True)

@@ -83,6 +83,12 @@ class RunReport:
         self.writer.close()
 
 
+def nothing_aggregated(results: dict[str, Any]) -> bool:
+    """True when the run trained but every round was skipped (too few valid replies): its model is the initial one."""
+    trained = [row for row in results["rounds"] if "skipped" in row]
+    return bool(trained) and all(row["skipped"] for row in trained)
+
+
 def format_table(results: dict[str, Any]) -> str:
     """The end-of-run summary: one line per round, then the defense's before/after and the final BA/ASR."""
     lines = [f"{'round':>5} {'BA':>7} {'ASR':>7} {'loss':>7} {'attackers':>9} {'seconds':>8}"]

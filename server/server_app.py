@@ -10,6 +10,7 @@ the report (`server.reporting`) and the console (`server.progress`).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -22,10 +23,10 @@ from flwr.serverapp import Grid, ServerApp
 from fl_defense import protocol
 from fl_defense.attacks import ground_truth
 from fl_defense.config import resolve, schedule_rounds
-from fl_defense.data import data_for, split_for
+from fl_defense.data import DatasetSpec, data_for, split_for
 from fl_defense.defense import Defender, defense_rounds, server_clean_set
 from fl_defense.metrics import Evaluator, clean_accuracy, durability
-from fl_defense.models import build_model
+from fl_defense.models import BackdoorModel, build_model
 from fl_defense.server import checkpoint
 from fl_defense.server.aggregation import build_aggregator, trainable_names
 from fl_defense.server.checkpoint import Checkpointer
@@ -33,7 +34,7 @@ from fl_defense.server.evaluation import RoundEvaluator
 from fl_defense.server.progress import Progress
 from fl_defense.server.reporting import RunReport
 from fl_defense.server.strategy import DefenseStrategy, Resumed, ServerContext, chain_state, load_chain_state
-from fl_defense.server.validation import ReplySpec
+from fl_defense.server.validation import ReplySpec, accept_partitions
 from fl_defense.server.wrappers import wrap
 from fl_defense.training import resolve_device
 
@@ -57,16 +58,28 @@ def wait_for_nodes(grid: Grid, n: int) -> list[int]:
     return nodes
 
 
-def node_partitions(grid: Grid, nodes: list[int], run_config: str) -> dict[int, int]:
-    """Ask every node for its partition id (node ids are random; partitions are what the seed fixes)."""
-    content = RecordDict({protocol.CONFIG: ConfigRecord({protocol.RUN_CONFIG: run_config})})
+def node_partitions(grid: Grid, nodes: list[int], cfg: dict[str, Any]) -> tuple[dict[int, int], list[dict[str, Any]]]:
+    """Ask every node for its partition id (node ids are random; partitions are what the seed fixes). The nodes
+    whose answer does not hold are refused (`validation.accept_partitions`); the run goes on without them."""
+    content = RecordDict({protocol.CONFIG: ConfigRecord({protocol.RUN_CONFIG: json.dumps(cfg)})})
     msgs = [Message(content=content, dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
-    mapping: dict[int, int] = {}
-    for reply in grid.send_and_receive(msgs, timeout=NODE_WAIT_SECONDS):
-        if reply.has_error():
-            raise RuntimeError(f"node {reply.metadata.src_node_id} failed to start: {reply.error.reason}")
-        mapping[reply.metadata.src_node_id] = int(reply.content[protocol.CLIENT][protocol.PARTITION_ID])
-    return mapping
+    accepted, refused = accept_partitions(grid.send_and_receive(msgs, timeout=NODE_WAIT_SECONDS), cfg["num-clients"])
+    answered = set(accepted) | {r["node"] for r in refused}
+    refused += [{"node": n, "reason": "it did not answer the partition query"} for n in nodes if n not in answered]
+    for r in refused:
+        print(f"fl-defense: warning: node {r['node']} refused for this run: {r['reason']}", file=sys.stderr)
+    if len(accepted) < cfg["min-replies"]:
+        raise RuntimeError(f"only {len(accepted)} of {len(nodes)} nodes hold a valid partition, fewer than "
+                           f"min-replies {cfg['min-replies']}")
+    return accepted, refused
+
+
+def initial_model(cfg: dict[str, Any], spec: DatasetSpec) -> BackdoorModel:
+    """The seeded fresh model, or the model of the `init-from` checkpoint (a ConfigError if it does not fit)."""
+    model = build_model(cfg["model"], spec)
+    if cfg["init-from"]:
+        checkpoint.load_model(model, checkpoint.read_model(cfg["init-from"])[0], cfg["init-from"], cfg)
+    return model
 
 
 def run_durability(cfg: dict[str, Any], rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -87,7 +100,7 @@ class ServerRun:
         self.device = resolve_device(cfg["device"])
         self.data = data_for(cfg)
         self.evaluate = Evaluator(cfg, self.data, self.device)
-        self.model = build_model(cfg["model"], self.data.spec).to(self.device)
+        self.model = initial_model(cfg, self.data.spec).to(self.device)
         self.initial = ArrayRecord(self.model.state_dict())
         self.done = 0 if resume is None else int(resume["round"])
         self.clean = server_clean_set(cfg, self.data)
@@ -108,11 +121,12 @@ class ServerRun:
         return clean_accuracy(self.model, self.clean.x, self.clean.y, self.cfg["eval-batch-size"], self.device)
 
     def strategy(self, node_partition: dict[int, int]) -> DefenseStrategy:
-        """The strategy chain: reply checks and records, the configured wrapper, the rule on trainable parameters."""
+        """The strategy chain: reply checks and records, the configured wrapper, the rule on trainable parameters
+        (sampling among the accepted nodes)."""
         cfg = self.cfg
         sizes = {pid: len(idx) for pid, idx in enumerate(split_for(cfg).clients)}
         spec = ReplySpec.from_arrays(self.initial, trainable_names(cfg), sizes, cfg["reply-max-norm"])
-        inner = wrap(build_aggregator(cfg), cfg, ServerContext(self.initial, self.clean_set_accuracy, self.truth))
+        inner = wrap(build_aggregator(cfg, len(node_partition)), cfg, ServerContext(self.initial, self.clean_set_accuracy, self.truth))
         strategy = DefenseStrategy(inner, node_partition, cfg["seed"], truth=self.truth, on_aggregated=self.defend,
                                    spec=spec, min_replies=cfg["min-replies"])
         if self.resume is not None:
@@ -152,13 +166,15 @@ class ServerRun:
         """Run every round against a Grid; returns the results that are also in results.json."""
         cfg = self.cfg
         run_config = json.dumps(cfg)
-        strategy = self.strategy(node_partitions(grid, wait_for_nodes(grid, cfg["num-clients"]), run_config))
+        accepted, refused = node_partitions(grid, wait_for_nodes(grid, cfg["num-clients"]), cfg)
+        self.report.results["refused_nodes"] = refused
+        strategy = self.strategy(accepted)
         evaluator = RoundEvaluator(self.model, self.evaluate, strategy)
         start = self.initial if self.resume is None else ArrayRecord(self.resume["arrays"])
         if self.resume is not None:
             checkpoint.set_rng_state(self.resume["rng"])
         result = (Resumed(strategy, self.done) if self.done else strategy).start(
-            grid=grid, initial_arrays=start, num_rounds=cfg["rounds"] - self.done,
+            grid=grid, initial_arrays=start, num_rounds=cfg["rounds"] - self.done, timeout=cfg["round-timeout"],
             train_config=ConfigRecord({protocol.RUN_CONFIG: run_config}),
             evaluate_fn=lambda r, arrays: self.on_round(strategy, evaluator, r, arrays))
         self.checkpoints.model("final.pt", cfg["rounds"], strategy.deployed(result.arrays).to_torch_state_dict())

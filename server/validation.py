@@ -7,6 +7,9 @@ keys, shapes or dtypes differ from the one sent, or its serialised arrays are la
 (checked before anything is deserialised); if a value is NaN or infinite; if its update of the trainable
 parameters has an L2 norm above `reply-max-norm`; if `num-examples` is not a positive whole number at most
 the client's partition size; or if it claims another client's partition.
+Before the first round every node says which partition it holds (`accept_partitions`): a node whose answer
+failed, is not a whole number in [0, num-clients), or names a partition another node also claims is refused
+for the whole run (never sampled), so a made-up partition cannot pass the size check above.
 Flower's own strategies raise on inconsistent replies and FedMedian/FedTrimmedAvg consume them, so these
 checks run first and the strategies only ever see replies that passed.
 """
@@ -120,6 +123,44 @@ def check_reply(msg: Message, partition: int, sent: Sent, spec: ReplySpec) -> No
         raise Rejected(f"claims partition {client[PARTITION_ID]!r} but the node holds partition {partition}")
     for key in sorted(arrays, key=lambda k: k != ARRAYS):  # the global model first
         check_model(arrays[key], sent[key], spec, what="model" if key == ARRAYS else key)
+
+
+def _claim(reply: Message) -> int:
+    """The partition a query reply names, or `Rejected` with why it names none."""
+    if reply.has_error():
+        lines = (reply.error.reason or "").strip().splitlines()
+        raise Rejected(f"its partition query failed: {lines[-1][:200] if lines else 'no reason given'}")
+    client = reply.content.config_records.get(CLIENT)
+    value = None if client is None else client.get(PARTITION_ID)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Rejected(f"its partition query answered {value!r}, not a whole number")
+    return value
+
+
+def accept_partitions(replies: Iterable[Message], num_clients: int) -> tuple[dict[int, int], list[dict[str, object]]]:
+    """Node id -> partition for the nodes whose start-up answer holds, and the refused ones with the reason.
+
+    Two nodes naming one partition are both refused: the server cannot tell which of them lies."""
+    claims: dict[int, int] = {}
+    refused: list[dict[str, object]] = []
+    for reply in replies:
+        node = reply.metadata.src_node_id
+        try:
+            pid = _claim(reply)
+            if not 0 <= pid < num_clients:
+                raise Rejected(f"it claims partition {pid}, outside [0, {num_clients})")
+        except Rejected as exc:
+            refused.append({"node": node, "reason": str(exc)})
+            continue
+        claims[node] = pid
+    holders: dict[int, list[int]] = {}
+    for node, pid in claims.items():
+        holders.setdefault(pid, []).append(node)
+    for pid, nodes in sorted(holders.items()):
+        if len(nodes) > 1:
+            refused += [{"node": n, "reason": f"nodes {sorted(nodes)} all claim partition {pid}"} for n in sorted(nodes)]
+    accepted = {n: pid for pid, nodes in holders.items() if len(nodes) == 1 for n in nodes}
+    return accepted, refused
 
 
 def validate(replies: Iterable[Message], partition_of: Callable[[Message], int], sent: Sent,

@@ -7,6 +7,7 @@ import argparse
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 from fl_defense.config import ALIASES, LAYOUT, load_plugins, load_toml, parse_set, resolve
 from fl_defense.errors import ConfigError
@@ -21,6 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="TOML file of config keys (flat, or under [tool.flwr.app.config])")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (repeatable)")
     run.add_argument("--out", help="output folder (default: runs/<dataset>-<attack>-<time>)")
+    run.add_argument("--init-from", metavar="CHECKPOINT", help="start from this saved global model (the key "
+                     "init-from), e.g. a clean pre-trained one")
+    run.add_argument("--overwrite", action="store_true", help="replace the run already in --out (else refused)")
     run.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its folder's last completed "
                      "round (its own config; no --config or --set)")
     pur = sub.add_parser("purify", help="run a server-side defense on a saved global model")
@@ -66,20 +70,27 @@ def _aliases_used(overrides: dict[str, object]) -> None:
             print(f"fl-defense: note: {key}={value} is an alias of {meant}", file=sys.stderr)
 
 
+def _status(results: dict[str, Any]) -> int:
+    """Exit status of a finished run: 1 when no round was aggregated (Progress has said so), else 0."""
+    from fl_defense.server.reporting import nothing_aggregated
+
+    return 1 if nothing_aggregated(results) else 0
+
+
 def _resume(args: argparse.Namespace) -> int:
     from fl_defense.server import checkpoint
     from fl_defense.simulations.runner import run_experiment
 
-    if args.config or args.set or args.out:
-        raise ConfigError("--resume continues a run with its own config and folder; drop --config, --set and --out")
+    if args.config or args.set or args.out or args.overwrite or args.init_from:
+        raise ConfigError("--resume continues a run with its own config and folder; drop --config, --set, --out, "
+                          "--overwrite and --init-from")
     state = checkpoint.load(args.resume)
     cfg = resolve({**state["config"], "out-dir": str(Path(args.resume).resolve())})
     if state["round"] >= cfg["rounds"]:
         print(f"fl-defense: {args.resume} finished all {cfg['rounds']} rounds; nothing to resume")
         return 0
     print(f"resuming {args.resume} after round {state['round']} of {cfg['rounds']}", flush=True)
-    run_experiment(cfg, Path(cfg["out-dir"]), resume=state)
-    return 0
+    return _status(run_experiment(cfg, Path(cfg["out-dir"]), resume=state))
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -107,12 +118,13 @@ def _run(args: argparse.Namespace) -> int:
     overrides.update(parse_set(args.set))
     if args.out:
         overrides["out-dir"] = args.out
+    if args.init_from:
+        overrides["init-from"] = str(Path(args.init_from).resolve())
     _aliases_used(overrides)
     cfg = resolve(overrides)
     out_dir = default_out_dir(cfg).resolve()
     cfg["out-dir"] = str(out_dir)
-    run_experiment(cfg, out_dir)
-    return 0
+    return _status(run_experiment(cfg, out_dir, replace=args.overwrite))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,12 +18,14 @@ import ipaddress
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,6 +35,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from fl_defense.config import resolve
+from fl_defense.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -71,8 +76,11 @@ def _san(name: str) -> x509.GeneralName:
         return x509.DNSName(name)
 
 
-def make_material(folder: Path, supernodes: int, sans: tuple[str, ...] = DEFAULT_SANS) -> Material:
-    """A CA, a server certificate valid for `sans`, and one P-384 key pair per SuperNode.
+def make_material(folder: Path, supernodes: int, sans: tuple[str, ...] = DEFAULT_SANS,
+                  keep_ca_key: bool = False) -> Material:
+    """A CA, a server certificate valid for `sans`, and one P-384 key pair per SuperNode. The CA's private key is
+    written only with `keep_ca_key` (`--prepare-only`, for an operator who signs more later); else it never
+    leaves memory, so nobody who reads the folder can issue a certificate the deployment trusts.
 
     Flower 1.41 wants the SuperNode's private key in OpenSSH format (`--auth-supernode-private-key`) and
     its public key in OpenSSH format for `flwr supernode register`; both must be on a NIST curve.
@@ -105,8 +113,9 @@ def make_material(folder: Path, supernodes: int, sans: tuple[str, ...] = DEFAULT
                    .sign(ca_key, hashes.SHA256()))
 
     pem = serialization.Encoding.PEM
-    _write(folder / "ca.key", ca_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                                   serialization.NoEncryption()), private=True)
+    if keep_ca_key:
+        _write(folder / "ca.key", ca_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()), private=True)
     node_keys = []
     for i in range(supernodes):
         key = ec.generate_private_key(ec.SECP384R1())
@@ -260,6 +269,14 @@ def _json_out(stdout: str, what: str, log: Path) -> dict:
         raise DeployError(f"{what} printed no JSON; log: {log}") from None
 
 
+def submitted_run_id(stdout: str, log: Path) -> int:
+    """The run id `flwr run --format json` printed; its `{"success": false, ...}` (exit status 0) is a DeployError."""
+    reply = _json_out(stdout, "flwr run", log)
+    if not reply.get("success", True) or "run-id" not in reply:
+        raise DeployError(f"flwr run refused the app: {str(reply.get('error-message', reply))[:300]}; log: {log}")
+    return int(reply["run-id"])
+
+
 def run_status(run_id: int, env: dict[str, str], logs: Path) -> str:
     """The run's status as the SuperLink reports it: pending, starting, running, finished:completed, ..."""
     log = logs / "flwr-ls.log"
@@ -363,7 +380,7 @@ def run_deployment(work: Path, out: Path, supernodes: int, rounds: int, override
     submitted = flwr(["run", str(ROOT), FEDERATION, "--format", "json",
                       "--run-config", " ".join(f"{k}={v}" for k, v in run_config.items())],
                      "submitting the app with flwr run", run_log, env)
-    run_id = _json_out(submitted, "flwr run", run_log)["run-id"]
+    run_id = submitted_run_id(submitted, run_log)
     for p in runtime_ports:  # they started while `flwr run` built and sent the app
         _wait_listening(p, procs)
 
@@ -389,6 +406,17 @@ def run_deployment(work: Path, out: Path, supernodes: int, rounds: int, override
                                   f"rounds; ServerApp log: {log}")
         time.sleep(0.5 if written else 1.0)
     return Finished(json.loads(results.read_text()), port, material, env, logs)
+
+
+def check_overrides(overrides: dict[str, str]) -> None:
+    """The `--set` values as the ServerApp will read them (TOML values), checked before any process starts."""
+    values = {}
+    for key, value in overrides.items():
+        try:
+            values[key] = tomllib.loads(f"value = {value}")["value"]
+        except tomllib.TOMLDecodeError:
+            values[key] = value  # a bare word: Flower's run config reads it as a string
+    resolve(values)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -422,10 +450,15 @@ def main(argv: list[str] | None = None) -> int:
                   "rounds, out-dir (use --supernodes, --rounds, --out)", file=sys.stderr)
             return 2
         overrides[key] = value
+    try:
+        check_overrides(overrides)
+    except ConfigError as err:
+        print(f"deploy: {err}", file=sys.stderr)
+        return 2
     work = (args.work or Path(tempfile.mkdtemp(prefix="fl-defense-deploy-"))).resolve()
     if args.prepare_only:
         sans = DEFAULT_SANS + tuple(n for n in args.san if n not in DEFAULT_SANS)
-        m = make_material(work / "certs", args.supernodes, sans)
+        m = make_material(work / "certs", args.supernodes, sans, keep_ca_key=True)
         print(f"CA {m.ca_cert}; server certificate {m.server_cert} and key {m.server_key}; SuperNode keys "
               + ", ".join(str(k) for k in m.node_keys) + " (public keys: the same names + .pub)")
         return 0
@@ -441,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("deploy: interrupted; every process it started was stopped", file=sys.stderr)
         return 130
+    finally:
+        shutil.rmtree(work / "certs", ignore_errors=True)  # this run's keys: useless once its processes stopped
     last = results["rounds"][-1]
     print(f"deploy: run finished: round {last['round']} BA {last['ba']:.4f} ASR {last['asr']:.4f}; "
           f"results {out / 'results.json'}")

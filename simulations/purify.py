@@ -12,26 +12,13 @@ from fl_defense.config import resolve
 from fl_defense.data import data_for
 from fl_defense.defense import Defender, server_clean_set
 from fl_defense.errors import ConfigError
-from fl_defense.files import atomic_torch_save, atomic_write_json, ensure_writable_folder, read_torch_file
+from fl_defense.files import atomic_torch_save, atomic_write_json, ensure_writable_folder
 from fl_defense.metrics import Evaluator
 from fl_defense.models import build_model
 from fl_defense.provenance import provenance
 from fl_defense.registry import PURIFIERS
+from fl_defense.server.checkpoint import load_model, read_model
 from fl_defense.training import resolve_device
-
-
-def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """A run's checkpoint ({'model', 'config', 'round'}) or a bare state_dict, loaded with weights_only."""
-    p = Path(path)
-    blob = read_torch_file(p, "checkpoint")
-    if isinstance(blob, dict) and isinstance(blob.get("model"), dict):
-        config = blob.get("config") or {}
-        if not isinstance(config, dict):
-            raise ConfigError(f"checkpoint {str(p)!r} holds a config that is not a table")
-        return blob["model"], dict(config)
-    if isinstance(blob, dict) and blob and all(isinstance(v, torch.Tensor) for v in blob.values()):
-        return blob, {}
-    raise ConfigError(f"checkpoint {str(p)!r} holds neither a state_dict nor an fl-defense checkpoint")
 
 
 def purify(checkpoint: str, overrides: dict[str, Any], out_dir: Path | None) -> dict[str, Any]:
@@ -42,17 +29,13 @@ def purify(checkpoint: str, overrides: dict[str, Any], out_dir: Path | None) -> 
                           f"{', '.join(PURIFIERS.entries)}")
     if out_dir is not None:
         ensure_writable_folder(out_dir, "--out")
-    state, saved_cfg = load_checkpoint(checkpoint)
+    state, saved_cfg = read_model(checkpoint)
     saved_cfg.pop("out-dir", None)
     cfg = resolve({**saved_cfg, **overrides})
     device = resolve_device(cfg["device"])
     data = data_for(cfg)
     model = build_model(cfg["model"], data.spec)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ConfigError(f"checkpoint {checkpoint!r} does not fit model {cfg['model']!r} on {cfg['dataset']!r}: "
-                          f"{str(exc).splitlines()[0]}") from None
+    load_model(model, state, checkpoint, cfg)
     t0 = time.perf_counter()
     defender = Defender(cfg, server_clean_set(cfg, data), data.spec.num_classes, device, Evaluator(cfg, data, device))
     outcome = defender(model, torch.Generator().manual_seed(cfg["seed"]))

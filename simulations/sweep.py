@@ -68,6 +68,8 @@ def load_grid(path: str | Path) -> Grid:
     if unknown:
         raise ConfigError(f"grid file {str(p)!r}: unknown table(s) {sorted(unknown)}; allowed: [base], [grid]")
     base, axes = data.get("base", {}), data.get("grid")
+    if not isinstance(base, dict):
+        raise ConfigError(f"grid file {str(p)!r}: [base] must be a table of config keys")
     if not isinstance(axes, dict) or not axes:
         raise ConfigError(f"grid file {str(p)!r}: needs a [grid] table of keys with lists of values")
     for key, values in axes.items():

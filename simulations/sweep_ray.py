@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from fl_defense.simulations.sweep import Executor, Job, Outcome, start
+from fl_defense.simulations.sweep import Executor, Job, Outcome, finished, start
 
 from fl_defense.config import toml_value
 from fl_defense.errors import ConfigError
@@ -55,7 +55,7 @@ def run_process(cfg: dict[str, Any], resume: bool, env: dict[str, str]) -> tuple
         args += ["--resume", str(out)]
     else:
         (out / CONFIG).write_text(config_toml(cfg))
-        args += ["--config", str(out / CONFIG)]
+        args += ["--config", str(out / CONFIG), "--overwrite"]  # the sweep chose to start this folder afresh
     with open(out / LOG, "a") as log:
         code = subprocess.run(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=False,
                               preexec_fn=_die_with_parent if sys.platform == "linux" else None).returncode
@@ -63,10 +63,13 @@ def run_process(cfg: dict[str, Any], resume: bool, env: dict[str, str]) -> tuple
 
 
 def outcome_of(cfg: dict[str, Any], code: int, tail: str) -> Outcome:
-    """The run's results; for exit status 2 the user error it printed, for another failure a RuntimeError."""
+    """The run's results (exit status 0, or 1 for a run that finished with every round skipped, as the serial
+    sweep takes it); for exit status 2 the user error it printed, for another failure a RuntimeError."""
     if code == 0:
         results: dict[str, Any] = json.loads((Path(cfg["out-dir"]) / "results.json").read_text())
         return results
+    if code == 1 and (skipped := finished(Path(cfg["out-dir"]), cfg)) is not None:
+        return skipped
     if code == 2:
         lines = [line for line in tail.splitlines() if line.startswith(ERROR_PREFIX)]
         return ConfigError(lines[-1].removeprefix(ERROR_PREFIX) if lines else tail)

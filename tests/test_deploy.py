@@ -6,24 +6,15 @@ import http.client
 import math
 import os
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from fl_defense.simulations.deploy import deployment, make_material, run_deployment, start_supernode
-
-
-def _processes_with_home(home: Path) -> list[int]:
-    """Pids of processes whose environment carries this deployment's FLWR_HOME (every process it started and
-    their descendants inherit it), so a process that escaped the bookkeeping is found too."""
-    needle = f"FLWR_HOME={home}".encode()
-    pids = []
-    for d in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if needle in Path(f"/proc/{d}/environ").read_bytes().split(b"\0"):
-                pids.append(int(d))
-        except OSError:
-            pass
-    return pids
+from fl_defense.simulations.deploy import (
+    DeployError, deployment, main, make_material, run_deployment, start_supernode, submitted_run_id,
+)
+from fl_defense.simulations.flwr_local import processes_with_home, stop
 
 
 @pytest.mark.simulation
@@ -60,4 +51,36 @@ def test_deployment_runs_two_rounds_with_tls_and_supernode_auth(tmp_path: Path) 
     assert all(r["sampled"] == [0, 1] and r["failures"] == 0 for r in rounds[1:])  # both partitions' SuperNodes
     assert len(started) >= 4  # SuperLink, 2 SuperNodes, their SuperExecs and app processes
     assert procs.alive() == []
-    assert _processes_with_home(work / "flwr-home") == []
+    assert processes_with_home(work / "flwr-home") == []
+
+
+def test_a_bad_set_is_refused_before_any_process_starts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--work", str(tmp_path), "--set", "rounds-per-day=3"]) == 2
+    assert "unknown config key 'rounds-per-day'" in capsys.readouterr().err
+    assert main(["--work", str(tmp_path), "--set", "attack='trojan'"]) == 2
+    assert "config key 'attack'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing written, nothing started
+
+
+def test_flwr_runs_refusal_is_an_error_and_the_ca_key_stays_in_memory(tmp_path: Path) -> None:
+    log = tmp_path / "flwr-run.log"
+    assert submitted_run_id('{"success": true, "run-id": 7}', log) == 7
+    with pytest.raises(DeployError, match="refused the app: app too big"):
+        submitted_run_id('{"success": false, "error-message": "app too big"}', log)
+    assert not (make_material(tmp_path / "run", 1).ca_cert.parent / "ca.key").exists()
+    assert (make_material(tmp_path / "prepared", 1, keep_ca_key=True).ca_cert.parent / "ca.key").is_file()
+
+
+def test_the_local_stop_ends_the_processes_of_its_flwr_home_only(tmp_path: Path) -> None:
+    """What the README gives after `flwr run .`: processes of another FLWR_HOME (another user's SuperLink) live on."""
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    ours = [subprocess.Popen(sleeper, env={**os.environ, "FLWR_HOME": str(tmp_path / "a")}) for _ in range(2)]
+    theirs = subprocess.Popen(sleeper, env={**os.environ, "FLWR_HOME": str(tmp_path / "b")})
+    try:
+        assert sorted(stop(tmp_path / "a")) == sorted(p.pid for p in ours)
+        assert all(p.wait(timeout=15) is not None for p in ours)
+        assert theirs.poll() is None and processes_with_home(tmp_path / "b") == [theirs.pid]
+    finally:
+        for p in (*ours, theirs):
+            p.kill()
+            p.wait()

@@ -23,7 +23,7 @@ from fl_defense.simulations.runner import run_experiment
 HERE = Path(__file__).resolve().parent
 SETTINGS = {"plugins": "plugin_example", "attack": "toy-corner", "aggregation": "toy-decay", "defense": "toy-head",
             "defense-schedule": "every:2", "num-clients": 4, "clients-per-round": 4, "train-fraction": 0.05,
-            "rounds": 4, "malicious-fraction": 0.25, "device": "cpu"}
+            "rounds": 4, "malicious-fraction": 0.25, "device": "cpu", "attack-training": "neurotoxin"}
 
 
 @pytest.fixture
@@ -60,8 +60,9 @@ def test_plugin_methods_are_checked_listed_and_mirrored_in_the_schema(capsys: py
 @pytest.mark.simulation
 @pytest.mark.usefixtures("plugin")
 def test_plugin_methods_run_through_flower_and_ray_and_resume_after_sigkill(tmp_path: Path) -> None:
-    """Straight, and SIGKILLed after round 2 then resumed: the same rounds, and the rule's state (its step shrinks
-    with every round it has seen) carried over the resume."""
+    """Straight, and SIGKILLed after round 2 then resumed: the same rounds and defense calls, the rule's state (its
+    step shrinks with every round it has seen) and the Neurotoxin attacker's memory (client-state/) carried over
+    the resume."""
     straight = run_experiment(resolve({**SETTINGS, "out-dir": str(tmp_path / "a")}), tmp_path / "a")
     steps = [row["aggregation"]["step"] for row in straight["rounds"][1:]]
     assert steps == pytest.approx([1.0, 0.9, 0.8, 0.7])
@@ -76,6 +77,9 @@ def test_plugin_methods_run_through_flower_and_ray_and_resume_after_sigkill(tmp_
     assert [(r["round"], r["ba"], r["asr"]) for r in resumed["rounds"]] == \
         [(r["round"], r["ba"], r["asr"]) for r in straight["rounds"]]
     assert [row["aggregation"]["step"] for row in resumed["rounds"][1:]] == pytest.approx(steps)
+    assert [(d["round"], d["ba_after"], d["asr_after"]) for d in resumed["defense"]] == \
+        [(d["round"], d["ba_after"], d["asr_after"]) for d in straight["defense"]]
+    assert (out / "client-state").is_dir()
 
 
 def test_the_readme_s_worked_example_is_a_working_purifier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

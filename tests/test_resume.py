@@ -1,12 +1,13 @@
-"""Checkpoints and `fl-defense run --resume`: a run killed with SIGKILL and resumed gives the numbers of an
-uninterrupted run; what the rules, the defense and the clients carry between rounds survives; bad
-checkpoints get one clear error."""
+"""Checkpoints and `fl-defense run --resume`: what the rules, the defense and the clients carry between rounds
+survives; Ctrl-C leaves a folder that resumes; bad checkpoints get one clear error. (A run SIGKILLed and resumed
+through Flower and Ray, with the numbers of an uninterrupted run: tests/test_plugins.py.)"""
 
 from __future__ import annotations
 
-import json
 import os
 import random
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 import torch
 from flwr.app import RecordDict
 
-from benchmarks.common import kill_after_round
+from benchmarks.common import start_run, wait_for_round
 from fl_defense.attacks import Trigger
 from fl_defense.clients.client_app import load_memory, save_memory
 from fl_defense.config import resolve
@@ -27,7 +28,6 @@ from fl_defense.models import build_model
 from fl_defense.server import checkpoint
 from fl_defense.server.checkpoint import Checkpointer
 from fl_defense.simulations.cli import main
-from fl_defense.simulations.runner import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ def test_bad_checkpoints_get_one_clear_error(tmp_path: Path, capsys: pytest.Capt
     assert main(["run", "--resume", str(tmp_path)]) == 2
     assert "not an fl-defense resume checkpoint" in capsys.readouterr().err
     assert main(["run", "--resume", str(tmp_path), "--set", "rounds=3"]) == 2
-    assert "drop --config, --set and --out" in capsys.readouterr().err
+    assert "drop --config, --set, --out, --overwrite and --init-from" in capsys.readouterr().err
 
 
 def test_random_states_round_trip() -> None:
@@ -123,27 +123,24 @@ def test_client_memory_on_disk_is_what_a_fresh_node_restores(tmp_path: Path) -> 
 
 
 @pytest.mark.simulation
-def test_killed_run_resumes_with_the_numbers_of_an_uninterrupted_run(tmp_path: Path) -> None:
-    """6 rounds with stateful parts (FoolsGold histories, FT every 2 rounds, a Neurotoxin attacker's memory):
-    run once straight, once killed with SIGKILL after round 3 and resumed; every round's BA/ASR agrees."""
-    settings = {"num-clients": 4, "clients-per-round": 4, "train-fraction": 0.05, "rounds": 6,
-                "malicious-fraction": 0.25, "aggregation": "foolsgold", "defense": "ft", "defense-schedule": "every:2",
-                "ft-epochs": 1, "attack-training": "neurotoxin", "device": "cpu"}
-    straight = run_experiment(resolve({**settings, "out-dir": str(tmp_path / "a")}), tmp_path / "a")
-
-    out = tmp_path / "b"
-    killed_after = kill_after_round(settings, out, 3)
-    assert 3 <= killed_after < 6, "the run was killed mid-way"
+def test_one_ctrl_c_ends_a_run_at_once_with_130_and_a_resumable_folder(tmp_path: Path) -> None:
+    """A live run's folder is refused to a second run; Ctrl-C (SIGINT to the run's process group, as a terminal
+    sends it) ends the run within 30 s with exit 130 and one line of ours, and the folder resumes."""
+    out = tmp_path / "run"
+    settings = {"num-clients": 2, "clients-per-round": 2, "train-fraction": 0.05, "rounds": 50, "device": "cpu"}
+    log = tmp_path / "stderr.txt"
+    with log.open("wb") as stderr:
+        proc = start_run(settings, out, stderr=stderr)
+        assert wait_for_round(proc, out, 1) >= 1
+        assert main(["run", "--out", str(out), "--overwrite"]) == 2  # the live run keeps its folder
+        os.killpg(proc.pid, signal.SIGINT)
+        started = time.monotonic()
+        proc.wait(timeout=60)
+    assert proc.returncode == 130 and time.monotonic() - started < 30
+    lines = log.read_text().splitlines()
+    ours = [line for line in lines if line.startswith("fl-defense:")]
+    assert ours == [f"fl-defense: interrupted; continue with: fl-defense run --resume {out}"], lines
+    assert not any("Traceback" in line or "KeyboardInterrupt" in line for line in lines)
     saved = checkpoint.load(out)
-    assert saved["round"] >= killed_after
-    partial = json.loads((out / "results.json").read_text())
-    assert partial["rounds"][-1]["round"] < 6
-
-    resumed = run_experiment(resolve({**saved["config"], "out-dir": str(out)}), out, resume=saved)
-    assert resumed["resumed_after"] == [saved["round"]]
-    rows_a = [(r["round"], r["ba"], r["asr"]) for r in straight["rounds"]]
-    rows_b = [(r["round"], r["ba"], r["asr"]) for r in resumed["rounds"]]
-    assert rows_b == rows_a
-    assert [(d["round"], d["ba_after"], d["asr_after"]) for d in resumed["defense"]] == \
-        [(d["round"], d["ba_after"], d["asr_after"]) for d in straight["defense"]]
-    assert (out / "client-state").is_dir()  # the Neurotoxin attacker's memory, restored on resume
+    assert 1 <= saved["round"] < 50 and saved["results"]["rounds"][-1]["round"] == saved["round"]
+    assert main(["run", "--out", str(out)]) == 2  # a stopped run's folder needs --resume or --overwrite

@@ -23,7 +23,7 @@ from fl_defense.config import resolve
 from fl_defense.data import dataset_spec
 from fl_defense.models import build_model
 from fl_defense.server.strategy import DefenseStrategy
-from fl_defense.server.validation import Rejected, ReplySpec, check_reply, validate
+from fl_defense.server.validation import Rejected, ReplySpec, accept_partitions, check_reply, validate
 
 MODEL = build_model("cnn", dataset_spec("fashion-mnist"))
 GLOBAL = ArrayRecord(MODEL.state_dict())
@@ -165,11 +165,44 @@ def test_the_round_goes_on_with_the_valid_replies(inner: Any) -> None:
     assert info.failures == 1 and not info.skipped
 
 
+def _answer(node: int, partition: Any) -> Message:
+    meta = Metadata(run_id=1, message_id=f"q{node}", src_node_id=node, dst_node_id=0, reply_to_message_id="",
+                    group_id="0", created_at=time.time(), ttl=60.0, message_type=MessageType.QUERY)
+    return Message(metadata=meta, content=RecordDict({"client": ConfigRecord({"partition-id": partition})}))
+
+
+def test_start_up_partition_claims_out_of_range_shared_or_malformed_are_refused() -> None:
+    answers = [_answer(10, 0), _answer(11, 1), _answer(12, 5), _answer(13, -1), _answer(14, 2), _answer(15, 2),
+               _answer(16, 1.5), _answer(17, True), _error(18)]
+    accepted, refused = accept_partitions(answers, num_clients=5)
+    assert accepted == {10: 0, 11: 1}
+    reasons = {r["node"]: r["reason"] for r in refused}
+    assert set(reasons) == {12, 13, 14, 15, 16, 17, 18}
+    assert "outside [0, 5)" in reasons[12] and "outside [0, 5)" in reasons[13]
+    assert reasons[14] == reasons[15] == "nodes [14, 15] all claim partition 2"
+    assert "not a whole number" in reasons[16] and "not a whole number" in reasons[17]
+    assert "CUDA out of memory" in reasons[18]
+
+
 def test_too_few_valid_replies_skip_the_round() -> None:
     strategy = _strategy(FedAvg(), min_replies=2)
     arrays, metrics = strategy.aggregate_train(3, [_reply(1, 0), _reply(2, 1, _nan()), _error(3)])
     assert arrays is None and metrics is None  # Flower keeps the global model
     assert strategy.rounds[3].skipped and len(strategy.rounds[3].rejected) == 2
+
+
+def test_a_run_whose_every_round_was_skipped_says_so_and_exits_1(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from fl_defense.server.progress import Progress
+    from fl_defense.simulations.cli import _status
+
+    row = {"ba": 0.1, "asr": 0.0, "train_loss": None, "skipped": True}
+    results = {"rounds": [{"round": 0, "ba": 0.1, "asr": 0.0}, {**row, "round": 1}, {**row, "round": 2}]}
+    Progress(2, 0).finish(results, tmp_path)
+    assert "every round was skipped" in capsys.readouterr().err and _status(results) == 1
+    results["rounds"][1]["skipped"] = False
+    Progress(2, 0).finish(results, tmp_path)
+    assert "skipped" not in capsys.readouterr().err and _status(results) == 0
 
 
 def _should_pass(kind: str, x: float, state: dict[str, np.ndarray]) -> bool:
@@ -235,7 +268,15 @@ faulty = ClientApp()
 
 @faulty.query()
 def _query(msg: Message, context: Context) -> Message:
-    return real.query(msg, context)
+    """Partitions 4-8 lie at start-up: out of range, a failed query, another node's partition, not a number."""
+    pid = int(context.node_config["partition-id"])
+    if pid == 5:
+        raise RuntimeError("injected query crash")
+    reply = real.query(msg, context)
+    claims = {4: 999, 6: 7, 8: "seven"}
+    if pid in claims:
+        reply.content["client"]["partition-id"] = claims[pid]
+    return reply
 
 
 @faulty.train()
@@ -252,26 +293,37 @@ def _train(msg: Message, context: Context) -> Message:
         arrays[key] = Array(value)
     elif pid == 2:
         arrays[key] = Array(np.zeros(5, dtype=np.float32))
-    elif pid == 3:
+    elif pid in (3, 4):  # 4: the probe of an unknown partition, a zero model weighted 1e9
         reply.content["metrics"]["num-examples"] = 1_000_000_000
+    if pid == 4:
+        arrays[key] = Array(np.zeros_like(arrays[key].numpy()))
     return reply
 
 
 @pytest.mark.simulation
 def test_fault_injection_through_flower_and_ray(tmp_path: Path) -> None:
-    """Of 6 clients, one returns NaN, one raises, one a wrong shape, one 1e9 examples: the run completes on the
-    other two, the model stays finite, and results.json counts every rejection with its reason."""
+    """Of 11 clients, one returns NaN, one raises, one a wrong shape, one 1e9 examples, and five lie about their
+    partition at start-up (with the honest holder of the partition one of them claims): the run completes on the
+    other two, the liars are never sampled, the model stays finite, and results.json counts every rejection and
+    refusal with its reason."""
     import ray.cloudpickle
     from fl_defense.simulations.runner import run_experiment
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    cfg = resolve({"num-clients": 6, "clients-per-round": 6, "train-fraction": 0.05, "rounds": 2,
+    cfg = resolve({"num-clients": 11, "clients-per-round": 11, "train-fraction": 0.05, "rounds": 2,
                    "malicious-fraction": 0.0, "attack": "none", "device": "cpu", "min-replies": 2,
                    "out-dir": str(tmp_path)})
     results = run_experiment(cfg, tmp_path, client_app=faulty)
     rounds = results["rounds"][1:]
     assert len(rounds) == 2
+    refused = sorted(r["reason"] for r in results["refused_nodes"])
+    assert len(refused) == 5, refused
+    assert sum("partition 999, outside [0, 11)" in r for r in refused) == 1
+    assert sum("injected query crash" in r for r in refused) == 1
+    assert sum("all claim partition 7" in r for r in refused) == 2
+    assert sum("'seven', not a whole number" in r for r in refused) == 1
     for row in rounds:
+        assert row["sampled"] == [0, 1, 2, 3, 9, 10]
         reasons = {r["partition"]: r["reason"] for r in row["rejected"]}
         assert set(reasons) == {0, 1, 2, 3} and not row["skipped"]
         assert "NaN" in reasons[0] and "injected crash" in reasons[1]
@@ -282,3 +334,41 @@ def test_fault_injection_through_flower_and_ray(tmp_path: Path) -> None:
 
     final = torch.load(tmp_path / "checkpoints" / "final.pt", weights_only=True)["model"]
     assert all(torch.isfinite(v.float()).all() for v in final.values())
+
+
+slow = ClientApp()  # partition 1 answers a round only after the round's timeout
+slow.query()(real.query)
+
+
+@slow.train()
+def _slow_train(msg: Message, context: Context) -> Message:
+    if int(context.node_config["partition-id"]) == 1:
+        time.sleep(15)  # past the test's round-timeout of 8 s
+    return real.train(msg, context)
+
+
+@pytest.mark.simulation
+def test_a_silent_client_costs_one_round_timeout_and_a_run_can_start_from_a_saved_model(tmp_path: Path) -> None:
+    """The run starts from a saved model (`init-from`: its round 0 is that model's BA, not the fresh model's) and
+    its round goes on without the client that answers after `round-timeout`."""
+    import ray.cloudpickle
+    import torch
+    from fl_defense.data import data_for
+    from fl_defense.metrics import Evaluator
+    from fl_defense.simulations.runner import run_experiment
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    saved = build_model("cnn", dataset_spec("fashion-mnist"))
+    with torch.no_grad():
+        saved.head.bias[3] += 5.0  # a model that mostly answers "Dress"
+    torch.save(saved.state_dict(), tmp_path / "init.pt")
+    cfg = resolve({"num-clients": 2, "clients-per-round": 2, "train-fraction": 0.05, "rounds": 1, "attack": "none",
+                   "malicious-fraction": 0.0, "device": "cpu", "out-dir": str(tmp_path / "run"),
+                   "round-timeout": 8.0, "init-from": str(tmp_path / "init.pt")})
+    evaluate = Evaluator(cfg, data_for(cfg), torch.device("cpu"))
+    torch.manual_seed(cfg["seed"])
+    fresh = build_model("cnn", dataset_spec("fashion-mnist"))
+    results = run_experiment(cfg, tmp_path / "run", client_app=slow)
+    assert results["rounds"][0]["ba"] == pytest.approx(evaluate(saved.eval())[0], abs=1e-6)
+    assert evaluate(saved) != evaluate(fresh.eval())
+    assert results["rounds"][1]["sampled"] == [0] and not results["rounds"][1]["skipped"]

@@ -51,8 +51,10 @@ def test_labels_flagged_by_either_scan_come_lowest_transfer_first_and_share_thei
     nc = Finding([8], {8: mask, 3: mask}, {"mask_l1": [1.0], "inversion_seconds": 2.0}, [0.5] * 3 + [0.2] + [0.5] * 4
                  + [0.08, 0.5])
     warp = Finding([3], warps, {"warp_share": [0.9], "inversion_seconds": 1.5}, [0.5] * 3 + [0.01] + [0.5] * 6)
-    both = combine([nc, warp])
+    both = combine([nc, warp], ["nc", "warp"])
     assert both.flagged == [3, 8] and both.record["inversion_seconds"] == 3.5
+    assert both.record["parts"] == {"nc": {"flagged": [8], "inversion_seconds": 2.0},
+                                    "warp": {"flagged": [3], "inversion_seconds": 1.5}}
     assert set(both.record) >= {"mask_l1", "warp_share"}
     assert isinstance(both.triggers[3], StampMix) and both.triggers[3].stamps == (mask, warps[3])
     assert combine([warp]).flagged == [3] and combine([nc, Finding([], {}, {"inversion_seconds": 0.0})]).flagged == [8]

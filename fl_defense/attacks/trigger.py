@@ -122,6 +122,24 @@ def named_pattern(name: str, shape: tuple[int, int, int], seed: int) -> torch.Te
     raise TriggerError(f"config key 'trigger-pattern': {name!r} is not checkerboard, white, noise, or a file")
 
 
+def _read_image_file(p: Path, key: str) -> np.ndarray:
+    """The array of a .npy (never unpickled) or .png file; an unreadable one is a TriggerError naming it."""
+    try:
+        if p.suffix.lower() == ".npy":
+            arr = np.load(p, allow_pickle=False)
+        else:
+            from PIL import Image
+
+            with Image.open(p) as image:
+                arr = np.asarray(image)
+    except Exception as exc:  # noqa: BLE001 - numpy and PIL raise many types for empty, truncated or foreign files
+        kind = "a readable .npy array" if p.suffix.lower() == ".npy" else "a readable PNG image"
+        raise TriggerError(f"{key}: {str(p)!r} is not {kind} ({type(exc).__name__}: {str(exc)[:120]})") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype == object:
+        raise TriggerError(f"{key}: {str(p)!r} is not a single numeric array")
+    return arr
+
+
 def load_image_file(path: str | Path, shape: tuple[int, int, int], what: str) -> torch.Tensor:
     """Load a user-supplied pattern or mask (.npy or .png) as a float tensor in [0, 1].
 
@@ -131,18 +149,12 @@ def load_image_file(path: str | Path, shape: tuple[int, int, int], what: str) ->
     p = Path(path)
     key = f"config key '{what}'"
     if not p.is_file():
-        raise TriggerError(f"{key}: file {str(p)!r} does not exist")
-    if p.suffix.lower() == ".npy":
-        try:
-            arr = np.load(p, allow_pickle=False)
-        except ValueError as exc:
-            raise TriggerError(f"{key}: {str(p)!r} is not a readable .npy array ({exc})") from None
-    elif p.suffix.lower() == ".png":
-        from PIL import Image
-
-        arr = np.asarray(Image.open(p))
-    else:
+        raise TriggerError(f"{key}: file {str(p)!r} " + ("is a folder" if p.is_dir() else "does not exist"))
+    if p.suffix.lower() not in (".npy", ".png"):
         raise TriggerError(f"{key}: {str(p)!r} must end in .npy or .png")
+    arr = _read_image_file(p, key)
+    if arr.dtype.kind not in "uif" or (arr.dtype.kind == "f" and not np.isfinite(arr).all()):
+        raise TriggerError(f"{key}: {str(p)!r} holds {arr.dtype} values that are not all finite numbers")
     c, h, w = shape
     if arr.ndim == 2:
         arr = arr[None]

@@ -98,8 +98,22 @@ def mnist_like(cls: type[tvd.MNIST]) -> Callable[[Path, bool], Tensors]:
 
 
 def _load_from(dataset: Dataset, root: Path, download: bool) -> ImageData:
-    train_x, train_y, test_x, test_y = dataset.load(root, download)
-    return ImageData(dataset.spec, train_x.contiguous(), train_y, test_x.contiguous(), test_y)
+    """The dataset read from `root`; files that cannot be read, or images and labels that do not match, are a
+    DatasetNotFoundError naming the folder."""
+    spec = dataset.spec
+    try:
+        train_x, train_y, test_x, test_y = dataset.load(root, download)
+    except (RuntimeError, FileNotFoundError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - torchvision asserts, or raises on a truncated or foreign file
+        raise DatasetNotFoundError(f"dataset {spec.name!r} under {str(root)!r} cannot be read "
+                                   f"({type(exc).__name__}: {str(exc)[:120]}); {spec.how_to_get}") from None
+    for split, x, y in (("training", train_x, train_y), ("test", test_x, test_y)):
+        if len(x) != len(y) or tuple(x.shape[1:]) != spec.shape:
+            raise DatasetNotFoundError(f"dataset {spec.name!r} under {str(root)!r}: its {split} files hold "
+                                       f"{len(x)} images of {tuple(x.shape[1:])} and {len(y)} labels; expected as "
+                                       f"many labels as images of {spec.shape}")
+    return ImageData(spec, train_x.contiguous(), train_y, test_x.contiguous(), test_y)
 
 
 def load_dataset(name: str, data_root: str = "", download: bool = True) -> ImageData:

@@ -25,9 +25,10 @@ from fl_defense.purification.base import CleanSet
 from fl_defense.registry import TRIGGER_SOURCES
 
 
-def combine(findings: list[Finding]) -> Finding:
+def combine(findings: list[Finding], names: list[str] | None = None) -> Finding:
     """Every label any finding flagged, lowest transfer rate first (the smallest of those that flagged it), as
-    each scan orders its own; a label's stamps mixed; the records merged."""
+    each scan orders its own; a label's stamps mixed; the records merged, with what each part (`names`) flagged
+    and its seconds under `parts`."""
     transfer: dict[int, float] = {}
     for f in findings:
         for label in f.flagged:
@@ -43,6 +44,9 @@ def combine(findings: list[Finding]) -> Finding:
     for f in findings:
         record.update(f.record)
     record.update(flagged=flagged, inversion_seconds=sum(f.record["inversion_seconds"] for f in findings))
+    if names is not None:
+        record["parts"] = {name: {"flagged": f.flagged, "inversion_seconds": f.record["inversion_seconds"]}
+                           for name, f in zip(names, findings, strict=True)}
     return Finding(flagged, triggers, record)
 
 
@@ -57,4 +61,5 @@ class NCAndWarp(TriggerSource):
 
     def find(self, model: BackdoorModel, clean: CleanSet, num_classes: int, device: torch.device,
              generator: torch.Generator) -> Finding:
-        return combine([part.find(model, clean, num_classes, device, generator) for part in self.parts])
+        return combine([part.find(model, clean, num_classes, device, generator) for part in self.parts],
+                       ["nc", "warp"])

@@ -215,13 +215,15 @@ class RobustRule(Rule, FedAvg):
         """The rule: new global state from the clients' states (partition ids, example counts, a seeded generator)."""
 
 
-def build_aggregator(cfg: Mapping[str, Any]) -> TrainableOnly:
-    """The configured rule on the model's trainable parameters, sampling `clients-per-round` of `num-clients`."""
+def build_aggregator(cfg: Mapping[str, Any], nodes: int | None = None) -> TrainableOnly:
+    """The configured rule on the model's trainable parameters, sampling `clients-per-round` of `num-clients`, or
+    the same share of `nodes` when fewer nodes were accepted (a refused node must not leave sampling waiting)."""
     recorder = SelectionRecorder()
+    available = cfg["num-clients"] if nodes is None else min(nodes, cfg["num-clients"])
     common = {
         "fraction_train": cfg["clients-per-round"] / cfg["num-clients"],
-        "min_train_nodes": cfg["clients-per-round"],
-        "min_available_nodes": cfg["num-clients"],
+        "min_train_nodes": min(cfg["clients-per-round"], available),
+        "min_available_nodes": available,
         "fraction_evaluate": 0.0,
         "weighted_by_key": WEIGHT_KEY,
         "train_metrics_aggr_fn": recorder,

@@ -1,0 +1,97 @@
+"""What one run process holds while it runs: its folder, locked against a second writer, and Ctrl-C, which ends
+the run at once with exit status 130 and a folder `fl-defense run --resume` continues.
+
+Without the handler a SIGINT stops Ray but leaves Flower's ServerApp thread (not a daemon) running, and the
+process hangs; the handler stops Ray and ends the process without waiting for that thread. The checkpoints are
+written atomically (`fl_defense.files`), so whatever round the interrupt lands in, the folder holds the last
+completed round.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+from fl_defense.errors import ConfigError
+from fl_defense.files import ensure_writable_folder
+from fl_defense.server import checkpoint
+
+LOCK = ".fl-defense.lock"
+RUN_FILES = ("results.json", "checkpoints", "tensorboard", "client-state")  # what a run writes in its folder
+RAY_STOP_SECONDS = 20.0
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+
+
+def prepare(out_dir: Path, overwrite: bool) -> None:
+    """Make the held `out_dir` ready for a new run: it may hold no earlier run unless `overwrite` (then the earlier
+    run's files go, so two runs never mix in one results.json or TensorBoard folder)."""
+    earlier = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if earlier and not overwrite:
+        raise ConfigError(f"--out {str(out_dir)!r} already holds a run ({', '.join(earlier)}); continue it with "
+                          f"--resume {out_dir}, or pass --overwrite to replace it")
+    for name in earlier:
+        path = out_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+@contextmanager
+def hold(out_dir: Path) -> Iterator[None]:
+    """Lock the run folder for this process; a second run on it is a ConfigError, one line naming its holder."""
+    ensure_writable_folder(out_dir, "run folder")
+    handle = open(out_dir / LOCK, "a+")  # noqa: SIM115 - held open until the run ends
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ConfigError(f"run folder {str(out_dir)!r} is in use by a running fl-defense (pid {holder}); wait "
+                              f"for it to end or choose another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        with _stop_on_interrupt(out_dir):
+            yield
+    finally:
+        handle.close()  # releases the lock
+
+
+def _stop_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@contextmanager
+def _stop_on_interrupt(out_dir: Path) -> Iterator[None]:
+    """On SIGINT: one line, Ray stopped (at most RAY_STOP_SECONDS), exit 130; a second SIGINT exits at once."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def interrupted(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGINT, lambda *_: os._exit(INTERRUPTED))
+        resumable = (out_dir / "checkpoints" / checkpoint.NAME).is_file()
+        then = f"continue with: fl-defense run --resume {out_dir}" if resumable else "no round had finished"
+        print(f"fl-defense: interrupted; {then}", file=sys.stderr, flush=True)
+        stopper = threading.Thread(target=_stop_ray, daemon=True)
+        stopper.start()
+        stopper.join(RAY_STOP_SECONDS)
+        sys.stdout.flush()
+        os._exit(INTERRUPTED)
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
