@@ -38,6 +38,8 @@ from cryptography.x509.oid import NameOID
 
 from fl_defense.config import resolve
 from fl_defense.errors import ConfigError
+from fl_defense.simulations.fleet_gate import Gate, serve_in_thread
+from fl_defense.simulations.flwr_local import stop as stop_home
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -162,6 +164,8 @@ class Processes:
 
     started: list[tuple[str, subprocess.Popen[bytes], Path]] = field(default_factory=list)
     seen: dict[int, str] = field(default_factory=dict)  # pid -> start time
+    gates: list[Gate] = field(default_factory=list)  # fleet gates served from this process
+    home: Path | None = None  # the deployment's FLWR_HOME, which every process it started inherits
 
     def start(self, name: str, cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
         with log.open("wb") as out:
@@ -201,7 +205,18 @@ class Processes:
                 raise DeployError(f"{name} exited with status {proc.returncode}; log: {log}")
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM everything recorded (groups and pids), then SIGKILL what is left after `grace_s`."""
+        """SIGTERM everything recorded (groups and pids), then SIGKILL what is left after `grace_s`; then close the
+        gates (the SuperNodes talk through them until they are gone)."""
+        try:
+            self._stop(grace_s)
+            if self.home is not None:  # a descendant born after the last look, now orphaned, still has FLWR_HOME
+                stop_home(self.home, grace_s)
+        finally:
+            for gate in self.gates:
+                gate.shutdown()
+                gate.server_close()
+
+    def _stop(self, grace_s: float) -> None:
         self.track()
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for _, proc, _ in reversed(self.started):
@@ -325,10 +340,12 @@ def deployment(work: Path) -> Iterator[Processes]:
 
 @dataclass(frozen=True)
 class Finished:
-    """A finished deployed run, while its SuperLink still runs (for checks against the live SuperLink)."""
+    """A finished deployed run, while its SuperLink still runs (for checks against the live SuperLink): `port` is
+    the fleet gate the SuperNodes use, `control_port` the SuperLink's own, on loopback."""
 
     results: dict
     port: int
+    control_port: int
     material: Material
     env: dict[str, str]
     logs: Path
@@ -349,22 +366,29 @@ def start_supernode(procs: Processes, name: str, port: int, ca_cert: Path, key: 
 
 def run_deployment(work: Path, out: Path, supernodes: int, rounds: int, overrides: dict[str, str],
                    procs: Processes, run_timeout_s: float = RUN_TIMEOUT_S) -> Finished:
-    """Start the SuperLink and SuperNodes, register the nodes' keys, submit the app, wait for its results."""
+    """Start the SuperLink (on loopback) and its fleet gate, the SuperNodes (through the gate), register the nodes'
+    keys and submit the app (on the SuperLink's own port, as its operator), wait for its results."""
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     material = make_material(work / "certs", supernodes)
     home = work / "flwr-home"
     env = flwr_env(home)
-    port = free_port()
-    write_federation(home, f"127.0.0.1:{port}", material.ca_cert)
+    procs.home = home
+    control = free_port()
+    write_federation(home, f"127.0.0.1:{control}", material.ca_cert)
 
     procs.start("flower-superlink", [
         str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(material.ca_cert),
         "--ssl-certfile", str(material.server_cert), "--ssl-keyfile", str(material.server_key),
-        "--enable-supernode-auth", "--host", "127.0.0.1", "--port", str(port),
+        "--enable-supernode-auth", "--host", "127.0.0.1", "--port", str(control),
         "--database", str(work / "superlink.db"), "--disable-runtime-dependency-installation",
     ], logs / "superlink.log", env)
-    _wait_listening(port, procs)
+    _wait_listening(control, procs)
+    gate = Gate(("127.0.0.1", 0), ("127.0.0.1", control), material.server_cert, material.server_key,
+                material.ca_cert)
+    procs.gates.append(gate)
+    serve_in_thread(gate)
+    port = gate.port
 
     for i, key in enumerate(material.node_keys):
         flwr(["supernode", "register", f"{key}.pub", FEDERATION, "--name", f"partition-{i}"],
@@ -405,7 +429,7 @@ def run_deployment(work: Path, out: Path, supernodes: int, rounds: int, override
                 raise DeployError(f"run {run_id} ended ({status}) after {_rounds_done(results)} of {rounds} "
                                   f"rounds; ServerApp log: {log}")
         time.sleep(0.5 if written else 1.0)
-    return Finished(json.loads(results.read_text()), port, material, env, logs)
+    return Finished(json.loads(results.read_text()), port, control, material, env, logs)
 
 
 def check_overrides(overrides: dict[str, str]) -> None:

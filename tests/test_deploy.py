@@ -12,13 +12,15 @@ from pathlib import Path
 
 import pytest
 from fl_defense.simulations.deploy import (
-    DeployError, deployment, main, make_material, run_deployment, start_supernode, submitted_run_id,
+    FEDERATION, ROOT, DeployError, deployment, flwr, flwr_env, main, make_material, run_deployment, start_supernode,
+    submitted_run_id, write_federation,
 )
 from fl_defense.simulations.flwr_local import processes_with_home, stop
 
 
 @pytest.mark.simulation
-def test_deployment_runs_two_rounds_with_tls_and_supernode_auth(tmp_path: Path) -> None:
+def test_deployment_runs_two_rounds_with_tls_and_supernode_auth(tmp_path: Path,
+                                                                 capfd: pytest.CaptureFixture[str]) -> None:
     work, out = tmp_path / "work", tmp_path / "out"
     with deployment(work) as procs:
         done = run_deployment(work, out, supernodes=2, rounds=2,
@@ -34,6 +36,25 @@ def test_deployment_runs_two_rounds_with_tls_and_supernode_auth(tmp_path: Path) 
             "127.0.0.1", done.port, timeout=10, context=ssl.create_default_context(cafile=done.material.ca_cert))
         tls.request("GET", "/")
         assert tls.getresponse().status > 0
+
+        # The Control API is the operator's: the gate (all a SuperNode reaches) answers 403 on its paths, and a
+        # `flwr run` with a SuperNode's credentials (the CA certificate, the gate's address) is refused there.
+        def post(port: int, path: str) -> int:
+            conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=ssl.create_default_context(
+                cafile=done.material.ca_cert))
+            conn.request("POST", path, body=b"", headers={"Content-Type": "application/protobuf"})
+            return conn.getresponse().status
+
+        assert post(done.port, "/v1/control/start-run") == 403
+        assert post(done.port, "/v1/fleet/../control/start-run") == 403
+        assert post(done.control_port, "/v1/control/start-run") != 403  # the operator's own door
+        outsider = tmp_path / "outsider-home"
+        write_federation(outsider, f"127.0.0.1:{done.port}", done.material.ca_cert)
+        with pytest.raises(DeployError):
+            log = tmp_path / "outsider.log"
+            submitted_run_id(flwr(["run", str(ROOT), FEDERATION, "--format", "json", "--run-config", "rounds=1"],
+                                  "a SuperNode's flwr run", log, flwr_env(outsider)), log)
+        assert "fleet gate: refused POST /v1/control/" in capfd.readouterr().err
 
         # SuperNode authentication: a SuperNode whose key was never registered is turned away and exits.
         stranger = make_material(tmp_path / "stranger", 1).node_keys[0]
