@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up fl-defense on a fresh Debian/Ubuntu machine with Python 3.11: the Fashion-MNIST package,
-# a virtual environment in .venv, PyTorch, and the project with its test and benchmark extras.
+# a virtual environment in .venv, PyTorch, and the project with its test extra.
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +26,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "== installing PyTorch and fl-defense into $VENV"
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q torch==2.14.1 torchvision==0.29.1
-  "$VENV/bin/pip" install -q -e ".[test,bench]"
+  "$VENV/bin/pip" install -q -e ".[test]"
   touch "$stamp"
 fi

@@ -38,10 +38,21 @@ class Progress:
               f"BA {record['ba_before']:.4f} -> {record['ba_after']:.4f}  "
               f"ASR {record['asr_before']:.4f} -> {record['asr_after']:.4f}", flush=True)
 
+    @staticmethod
+    def plot(results: dict[str, Any], out_dir: Path) -> str:
+        """plot.png of the run (`fl_defense.plotting`); where matplotlib is missing, a note instead."""
+        from fl_defense.plotting import plot_run
+
+        try:
+            return str(plot_run(results, out_dir / "plot.png"))
+        except ImportError:
+            return "skipped (matplotlib is not installed)"
+
     def finish(self, results: dict[str, Any], out_dir: Path) -> None:
         self.bar.close()
         print(format_table(results), flush=True)
-        print(f"results: {out_dir / 'results.json'}   tensorboard --logdir {out_dir / 'tensorboard'}", flush=True)
+        print(f"results: {out_dir / 'results.json'}   plot: {self.plot(results, out_dir)}   "
+              f"tensorboard --logdir {out_dir / 'tensorboard'}", flush=True)
         if nothing_aggregated(results):
             print("fl-defense: warning: every round was skipped (fewer valid replies than min-replies; see "
                   "'rejected' in results.json): the model was never aggregated", file=sys.stderr, flush=True)

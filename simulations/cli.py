@@ -1,5 +1,5 @@
 """`fl-defense run [--config FILE.toml] [--set key=value ...] [--out DIR]`, `fl-defense purify ...`,
-`fl-defense sweep --grid FILE.toml [--out DIR]`, `fl-defense list`."""
+`fl-defense sweep --grid FILE.toml [--out DIR]`, `fl-defense plot DIR`, `fl-defense list`."""
 
 from __future__ import annotations
 
@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--parallel", type=int, default=1, metavar="N",
                     help="runs at once, as Ray tasks (each its own `fl-defense run` process; with ray-address "
                     "set, on that cluster); default 1: one after another in this process")
+    pl = sub.add_parser("plot", help="BA/ASR per round of a run folder, or of a sweep folder's groups (mean ± std)")
+    pl.add_argument("folder", help="a run folder (results.json) or a sweep folder (summary.json)")
+    pl.add_argument("--out", help="PNG file to write (default: FOLDER/plot.png)")
     ls = sub.add_parser("list", help="every selectable method, with a line on what it is and its keys")
     ls.add_argument("--plugins", default="", help="modules to import first (as the `plugins` key)")
     return parser
@@ -142,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "sweep":
             return _sweep(args)
+        if args.command == "plot":
+            from fl_defense.simulations.plot import plot_folder
+
+            print(plot_folder(Path(args.folder), Path(args.out) if args.out else None))
+            return 0
         return _resume(args) if args.resume else _run(args)
     except ConfigError as exc:
         print(f"fl-defense: error: {exc}", file=sys.stderr)

@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from fl_defense.attacks import malicious_clients
 from fl_defense.config import resolve
+from fl_defense.plotting import DPI, FIGSIZE
 from fl_defense.simulations.runner import run_experiment
 
 
@@ -43,6 +45,8 @@ def test_backdoor_is_planted_through_flower_and_ray(tmp_path: Path) -> None:
     assert set(made_by["versions"]) == {"torch", "torchvision", "flwr", "ray", "numpy"}
     assert all(made_by["versions"].values()) and made_by["device"] == "cpu" and made_by["torch_threads"] >= 1
     assert (tmp_path / "checkpoints" / "final.pt").is_file()
+    with Image.open(tmp_path / "plot.png") as figure:  # written at the end of the run
+        assert figure.format == "PNG" and figure.size == (round(FIGSIZE[0] * DPI), round(FIGSIZE[1] * DPI))
     assert any((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 

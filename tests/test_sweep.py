@@ -191,6 +191,8 @@ def test_parallel_sweep_runs_as_ray_tasks_and_resumes(tmp_path: Path) -> None:
     again = json.loads((out / "summary.json").read_text())
     assert [r["status"] for r in again["runs"]] == ["cached", "cached"]
     assert stamps == {d: (out / d / "results.json").stat().st_mtime_ns for d in stamps}
+    assert all((out / d / "plot.png").stat().st_size > 10_000 for d in stamps)  # each run's own figure
+    assert main(["plot", str(out)]) == 0 and (out / "plot.png").stat().st_size > 10_000  # the grid's, over seeds
 
 
 @pytest.mark.simulation
