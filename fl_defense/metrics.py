@@ -114,3 +114,35 @@ def durability(rounds: list[dict[str, Any]], scheduled: list[int], threshold: fl
         out.append({"window": [first, last], "last_attack": end, "asr_at_last_attack": asr.get(end),
                     "rounds_to_fall": None if fall is None else fall - end, "observed": stop - end})
     return out
+
+
+FILTER_COUNTS = ("tp", "fp", "fn", "tn")
+
+
+def filtering(considered: list[int], left_out: list[int], malicious: list[int]) -> dict[str, float | int | None]:
+    """How well a rule that leaves clients out picked the malicious ones among `considered` (partition ids), against
+    the ground truth the server knows from the config and seed: counts, precision, recall, F1 and false-positive
+    rate (None where undefined: precision when nobody was left out, recall when no attacker was there)."""
+    pool, out, bad = set(considered), set(left_out), set(malicious) & set(considered)
+    tp, fp = len(out & bad), len(out - bad)
+    fn, tn = len(bad - out), len(pool - out - bad)
+    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn, **rates(tp, fp, fn, tn)}
+
+
+def rates(tp: int, fp: int, fn: int, tn: int) -> dict[str, float | None]:
+    """Precision, recall, F1 and false-positive rate of the counts; None where a ratio has nothing to count."""
+    precision = tp / (tp + fp) if tp + fp else None
+    recall = tp / (tp + fn) if tp + fn else None
+    f1 = (2 * precision * recall / (precision + recall) if precision + recall else 0.0) \
+        if precision is not None and recall is not None else None
+    return {"precision": precision, "recall": recall, "f1": f1, "fpr": fp / (fp + tn) if fp + tn else None}
+
+
+def filtering_over_run(rounds: list[dict[str, Any]], report: str) -> dict[str, float | int | None] | None:
+    """The counts of every round's `report` (e.g. 'aggregation', 'shadow') summed over the run, and their rates."""
+    per_round = [row[report]["filtering"] for row in rounds if isinstance(row.get(report), dict)
+                 and "filtering" in row[report]]
+    if not per_round:
+        return None
+    totals = {k: sum(int(f[k]) for f in per_round) for k in FILTER_COUNTS}
+    return {**totals, **rates(**totals), "rounds": len(per_round)}

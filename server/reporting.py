@@ -10,6 +10,7 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 
 from fl_defense.files import atomic_write_json
+from fl_defense.metrics import filtering, filtering_over_run
 from fl_defense.provenance import provenance
 from fl_defense.server.strategy import RoundInfo
 
@@ -40,6 +41,7 @@ class RunReport:
         row: dict[str, Any] = {"round": server_round, "ba": fields["ba"], "asr": fields["asr"],
                                "eval_seconds": eval_seconds}
         if info is not None:
+            _add_filtering(info)
             row.update({
                 "train_loss": info.train_metrics.get("train-loss"),
                 "seconds": info.seconds,
@@ -61,6 +63,10 @@ class RunReport:
                 self.writer.add_scalar("train_loss", row["train_loss"], server_round)
             self.writer.add_scalar("attackers", len(info.attacked), server_round)
             self.writer.add_scalar("seconds", info.seconds, server_round)
+            for name, report in info.reports.items():
+                for key, value in report.get("filtering", {}).items():
+                    if key in ("precision", "recall", "f1", "fpr") and value is not None:
+                        self.writer.add_scalar(f"filtering/{name}/{key}", value, server_round)
         self.writer.flush()
         self.save()
         return row
@@ -78,9 +84,25 @@ class RunReport:
         atomic_write_json(self.out_dir / "results.json", self.results)
 
     def close(self, extra: dict[str, Any] | None = None) -> None:
+        """The run's last save: `extra`, and each filtering rule's precision/recall/F1/FPR over the whole run."""
         self.results.update(extra or {})
+        overall = {name: f for name in ("aggregation", "shadow")
+                   if (f := filtering_over_run(self.results["rounds"], name)) is not None}
+        if overall:
+            self.results["filtering"] = overall
         self.save()
         self.writer.close()
+
+
+LEFT_OUT = {"excluded": "partitions", "dropped": "partitions"}  # a report's left-out list -> its considered list
+
+
+def _add_filtering(info: RoundInfo) -> None:
+    """Score every wrapper or rule that left clients out this round against the round's ground truth."""
+    for report in info.reports.values():
+        for left_out, considered in LEFT_OUT.items():
+            if isinstance(report.get(left_out), list) and isinstance(report.get(considered), list):
+                report["filtering"] = filtering(report[considered], report[left_out], info.malicious)
 
 
 def nothing_aggregated(results: dict[str, Any]) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -172,3 +173,26 @@ def test_durability_counts_rounds_until_asr_falls_below_the_threshold() -> None:
                       "observed": 2}
     assert durability(_rows([0.05, 0.5], {1}), [1])[0]["rounds_to_fall"] == 0  # purified in its own round
     assert durability(_rows(asr, set()), [1, 2, 3]) == []  # no attacker was ever sampled
+
+
+def test_client_filtering_is_scored_against_the_ground_truth_per_round_and_over_the_run(tmp_path: Path) -> None:
+    from fl_defense.metrics import filtering
+    from fl_defense.server.reporting import RunReport
+    from fl_defense.server.strategy import RoundInfo
+
+    scored = filtering([0, 1, 2, 3, 4], [1, 3], [1, 2, 9])  # 9 was not among the replies
+    assert (scored["tp"], scored["fp"], scored["fn"], scored["tn"]) == (1, 1, 1, 2)
+    assert scored["precision"] == scored["recall"] == scored["f1"] == 0.5 and scored["fpr"] == pytest.approx(1 / 3)
+    quiet = filtering([0, 1, 2], [], [])
+    assert quiet["precision"] is None and quiet["recall"] is None and quiet["fpr"] == 0.0
+
+    report = RunReport(tmp_path, {"rounds": 2})
+    for r, (excluded, malicious) in enumerate([([2], [2]), ([0, 3], [3])], start=1):
+        info = RoundInfo(sampled=[0, 1, 2, 3], malicious=malicious,
+                         reports={"aggregation": {"partitions": [0, 1, 2, 3], "excluded": excluded}})
+        row = report.log_round(r, {"ba": 0.5, "asr": 0.1}, info, 0.0)
+    assert row["aggregation"]["filtering"]["precision"] == 0.5 and row["aggregation"]["filtering"]["recall"] == 1.0
+    report.close()
+    overall = report.results["filtering"]["aggregation"]
+    assert (overall["tp"], overall["fp"], overall["fn"], overall["tn"], overall["rounds"]) == (2, 1, 0, 5, 2)
+    assert overall["precision"] == pytest.approx(2 / 3) and overall["fpr"] == pytest.approx(1 / 6)

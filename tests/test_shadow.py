@@ -202,7 +202,8 @@ def test_shadow_through_flower_and_ray(tmp_path: Path) -> None:
     cfg = resolve({"num-clients": 4, "clients-per-round": 4, "train-fraction": 0.05, "rounds": 3,
                    "malicious-fraction": 0.25, "device": "cpu", "defense": "shadow", "shadow-patience": 1,
                    "shadow-min-delta": 1.0, "out-dir": str(tmp_path)})
-    rounds = run_experiment(cfg, tmp_path)["rounds"]
+    results = run_experiment(cfg, tmp_path)
+    rounds = results["rounds"]
 
     assert [r["round"] for r in rounds] == [0, 1, 2, 3]
     assert rounds[0]["deployed"] == "backbone" and rounds[0]["ba"] == rounds[0]["backbone_ba"]
@@ -216,7 +217,10 @@ def test_shadow_through_flower_and_ray(tmp_path: Path) -> None:
         shadow = row["shadow"]
         assert len(shadow["dropped"]) == 1 and len(shadow["kept"]) == 3 and len(shadow["scores"]) == 4
         assert sorted(shadow["kept"] + shadow["dropped"]) == [0, 1, 2, 3]
+        caught = shadow["filtering"]["tp"]  # scored against the malicious client the config and seed name
+        assert (shadow["filtering"]["fp"], shadow["filtering"]["fn"]) == (1 - caught, 1 - caught)
     assert "kept" not in rounds[3]["shadow"]
+    assert results["filtering"]["shadow"]["rounds"] == 2
     assert (rounds[3]["ba"], rounds[3]["asr"]) == (rounds[2]["ba"], rounds[2]["asr"]), "the frozen shadow is deployed"
     assert rounds[1]["ba"] > 0.2 and rounds[3]["backbone_ba"] > 0.2, "both models learn (chance: 0.1)"
     final = torch.load(tmp_path / "checkpoints" / "final.pt", weights_only=False)["model"]
