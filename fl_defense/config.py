@@ -144,7 +144,8 @@ def resolve(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         if key not in options:
             near = difflib.get_close_matches(key, list(options), n=3)
             hint = f"did you mean {', '.join(near)}? " if near else ""
-            raise ConfigError(f"unknown config key '{key}'; {hint}every key, its default and help: simulations/configs/default.toml; methods: fl-defense list")
+            raise ConfigError(f"unknown config key '{key}'; {hint}every key, its default and help: "
+                              "simulations/configs/default.toml; methods: fl-defense list")
         cfg[key] = options[key].validate(value)
     _check_run(cfg)
     for registry in CATALOG:

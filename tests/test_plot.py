@@ -42,7 +42,8 @@ def test_a_sweep_folder_plots_one_line_per_group(tmp_path: Path) -> None:
     runs = []
     for i, (defense, seed) in enumerate([("none", 0), ("none", 1), ("mcl", 0), ("mcl", 1)]):
         (tmp_path / f"run{i}").mkdir()
-        (tmp_path / f"run{i}" / "results.json").write_text(json.dumps(_results(seed, 0.9 if defense == "none" else 0.1)))
+        asr = 0.9 if defense == "none" else 0.1
+        (tmp_path / f"run{i}" / "results.json").write_text(json.dumps(_results(seed, asr)))
         runs.append({"point": {"defense": defense, "seed": seed}, "dir": f"run{i}", "status": "done"})
     runs.append({"point": {"defense": "ft", "seed": 0}, "dir": "missing", "status": "failed"})
     (tmp_path / "summary.json").write_text(json.dumps({"over": ["seed"], "runs": runs}))

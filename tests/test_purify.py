@@ -14,7 +14,7 @@ def test_purify_checkpoint_writes_report_and_model(bd, tmp_path: Path) -> None: 
     cfg = resolve({"target-label": bd.target, "trigger-size": 4, "eval-batch-size": 2000})
     checkpoint = tmp_path / "final.pt"
     torch.save({"round": 3, "model": bd.model.state_dict(), "config": cfg}, checkpoint)
-    record = purify(str(checkpoint), {"defense": "nc-unlearn", "nc-images": "500", "ft-epochs": "3"},
+    record = purify(str(checkpoint), {"defense": "nc-unlearn", "inversion": "nc", "nc-images": "500", "ft-epochs": "3"},
                     tmp_path / "out")
     assert record["asr_before"] > 0.9
     assert record["flagged"][:1] == [bd.target]

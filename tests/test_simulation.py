@@ -58,8 +58,8 @@ def test_dba_pieces_and_durability_through_flower_and_ray(tmp_path: Path) -> Non
     cfg = resolve({"num-clients": 4, "clients-per-round": 4, "train-fraction": 0.05, "rounds": 3,
                    "malicious-fraction": 0.5, "device": "cpu", "attack": "dba", "attack-schedule": "window:1-1",
                    "attack-training": "neurotoxin", "defense": "mcl", "defense-schedule": "every:2",
-                   "inversion-mode": "ray", "nc-epochs": 2, "nc-images": 200, "nc-reference-epochs": 1,
-                   "mcl-epochs": 1, "out-dir": str(tmp_path)})
+                   "inversion": "nc", "inversion-mode": "ray", "nc-epochs": 2, "nc-images": 200,
+                   "nc-reference-epochs": 1, "mcl-epochs": 1, "out-dir": str(tmp_path)})
     results = run_experiment(cfg, tmp_path)
     (scan,) = results["defense"]
     assert scan["round"] == 2 and scan["inversion_mode"] == "ray" and len(scan["mask_l1"]) == 10
