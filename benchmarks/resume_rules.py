@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import kill_after_round, write_block
+from benchmarks.common import kill_after_round, provenance, write_block
 from fl_defense.config import resolve
 from fl_defense.registry import AGGREGATION_RULES
 from fl_defense.simulations.cli import main as cli
@@ -72,7 +72,7 @@ def main() -> None:
                      f"{'yes' if r['same'] else 'NO'} | {r['final'][0]:.4f} / {r['final'][1]:.4f} |")
         print(lines[-1], flush=True)
     if not args.no_write and not args.only:
-        write_block("RESUME-RULES", "\n".join(lines))
+        write_block("RESUME-RULES", "\n".join(lines) + "\n\n" + provenance())
 
 
 if __name__ == "__main__":
