@@ -3,7 +3,8 @@ on one GPU), and its CPU dry run (`--dry-run`, tiny sizes, what CI runs: tests/t
 
 1. A Flower + Ray run whose clients hold a quarter of the GPU each (`num-gpus` 0.25, four per GPU), with `amp`.
 2. The server's evaluation (BA and ASR on the 10,000 test images), on the device against the CPU.
-3. The NC scan on the device in the loop and batched modes (and the loop on the CPU, for the CPU/GPU ratio).
+3. The NC scan on the device in the loop and batched modes (and the loop on the CPU, for the CPU/GPU ratio; in the
+   dry run the device is the CPU, so that is the loop itself).
 4. The default defense (the nc+warp inversion, then MCL) on the device, on a model trained centrally with BadNets.
 
 It prints one line per step with its wall time, then the ratios loop/batched and CPU/GPU; `--json FILE` also
@@ -74,7 +75,7 @@ def check(device: torch.device, sizes: dict[str, Any], folder: Path) -> dict[str
     out["evaluation"] = {"cpu_seconds": cpu_eval, "device_seconds": dev_eval}
     print(f"2. evaluation: CPU {cpu_eval:.2f} s, {device} {dev_eval:.2f} s", flush=True)
     scans = {mode: scan_seconds(setting, cfg, device, mode) for mode in ("loop", "batched")}
-    scans["cpu loop"] = scan_seconds(setting, cfg, torch.device("cpu"), "loop")
+    scans["cpu loop"] = scans["loop"] if device.type == "cpu" else scan_seconds(setting, cfg, torch.device("cpu"), "loop")
     out["scan"] = {mode: {"flagged": f, "seconds": s} for mode, (f, s) in scans.items()}
     for mode, (flagged, seconds) in scans.items():
         print(f"3. NC scan, {mode}: {seconds:.1f} s, flagged {flagged}", flush=True)
