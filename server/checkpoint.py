@@ -98,5 +98,7 @@ def load_model(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ConfigError(f"checkpoint {str(path)!r} does not fit model {cfg['model']!r} on {cfg['dataset']!r}: "
-                          f"{str(exc).splitlines()[0]}") from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        why = lines[1] if len(lines) > 1 else lines[0] if lines else "no reason given"
+        raise ConfigError(f"checkpoint {str(path)!r} does not fit model {cfg['model']!r} ({type(model).__name__}) "
+                          f"on {cfg['dataset']!r}: {why[:200]}") from None
