@@ -25,7 +25,7 @@ from fl_defense.files import ensure_writable_folder
 from fl_defense.server import checkpoint
 
 LOCK = ".fl-defense.lock"
-RUN_FILES = ("results.json", "checkpoints", "tensorboard", "client-state")  # what a run writes in its folder
+RUN_FILES = ("results.json", "checkpoints", "tensorboard", "client-state", "plot.png")  # what a run writes there
 RAY_STOP_SECONDS = 20.0
 INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 

@@ -144,3 +144,24 @@ def test_one_ctrl_c_ends_a_run_at_once_with_130_and_a_resumable_folder(tmp_path:
     saved = checkpoint.load(out)
     assert 1 <= saved["round"] < 50 and saved["results"]["rounds"][-1]["round"] == saved["round"]
     assert main(["run", "--out", str(out)]) == 2  # a stopped run's folder needs --resume or --overwrite
+
+
+def test_a_held_folder_is_refused_and_an_earlier_run_is_kept_unless_overwritten(tmp_path: Path) -> None:
+    from fl_defense.simulations.run_folder import hold, prepare
+
+    out = tmp_path / "run"
+    with hold(out):
+        with pytest.raises(ConfigError, match=f"in use by a running fl-defense \\(pid {os.getpid()}\\)"):
+            with hold(out):
+                pass
+    with hold(out):  # released when the first run ended
+        pass
+    (out / "checkpoints").mkdir()
+    (out / "results.json").write_text("{}")
+    (out / "plot.png").write_bytes(b"png")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="already holds a run \\(results.json, checkpoints, plot.png\\)"):
+        prepare(out, overwrite=False)
+    assert (out / "results.json").is_file()
+    prepare(out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == [".fl-defense.lock", "notes.txt"]
