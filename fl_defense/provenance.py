@@ -41,13 +41,15 @@ def commit() -> tuple[str | None, bool]:
 
 
 def code_version() -> str:
-    """A short key of the code: the commit, and a hash of the uncommitted changes to tracked files if any."""
+    """A short key of the code: the commit, and a hash of the uncommitted changes to tracked files other than
+    Markdown if any (a benchmark writing its README block must not change the key of the next one's cache)."""
     head, dirty = commit()
     if head is None:
         return "unversioned"
     if not dirty:
         return head[:12]
-    return f"{head[:12]}+{hashlib.sha256((_git('diff', 'HEAD') or '').encode()).hexdigest()[:8]}"
+    changes = _git("diff", "HEAD", "--", ".", ":(exclude)*.md") or ""  # prose (a benchmark's README) is not code
+    return head[:12] if not changes.strip() else f"{head[:12]}+{hashlib.sha256(changes.encode()).hexdigest()[:8]}"
 
 
 def _version(package: str) -> str | None:
