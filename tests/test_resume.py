@@ -17,6 +17,8 @@ from flwr.app import RecordDict
 
 from benchmarks.common import start_run, wait_for_round
 from fl_defense.attacks import Trigger
+from fl_defense.attacks.trigger import StampMix
+from fl_defense.inversion.warp import WarpStamp
 from fl_defense.clients.client_app import load_memory, save_memory
 from fl_defense.config import resolve
 from fl_defense.data import dataset_spec
@@ -70,15 +72,17 @@ def test_trigger_stage_round_trips_through_a_weights_only_file(tmp_path: Path) -
     model = build_model("cnn", dataset_spec("fashion-mnist"))
     stage = TriggerStage(NeuralCleanseScan(resolve()))
     stage.source.reference.model = build_model("cnn", dataset_spec("fashion-mnist"))
-    triggers = [Trigger(torch.rand(1, 28, 28), torch.rand(1, 28, 28), 1.0) for _ in range(2)]
-    stage.found, stage.calls = {3: (triggers[0], 2), 8: (triggers[1], 4)}, 4
+    triggers = [Trigger(torch.rand(1, 28, 28), torch.rand(1, 28, 28), 1.0) for _ in range(3)]
+    both = StampMix((triggers[2], WarpStamp(torch.randn(1, 2, 4, 4))))  # nc+warp inverted label 5 twice
+    stage.found, stage.calls = {3: (triggers[0], 2), 8: (triggers[1], 4), 5: (both, 4)}, 4
     atomic_torch_save({"defense": stage.state_dict()}, tmp_path / "m.pt")
     back = TriggerStage(NeuralCleanseScan(resolve()))
     back.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True)["defense"], model)
-    assert back.calls == 4 and list(back.found) == [3, 8]
+    assert back.calls == 4 and list(back.found) == [3, 8, 5]
+    images = torch.rand(6, 1, 28, 28)
     for label, (t, call) in stage.found.items():
-        assert back.found[label][1] == call and torch.equal(back.found[label][0].mask, t.mask)
-        assert torch.equal(back.found[label][0].pattern, t.pattern)
+        assert back.found[label][1] == call and type(back.found[label][0]) is type(t)
+        assert torch.equal(back.found[label][0].apply(images), t.apply(images))
     assert back.source.reference.model is not None
     assert all(torch.equal(a, b) for a, b in zip(back.source.reference.model.state_dict().values(),
                                                  stage.source.reference.model.state_dict().values(), strict=True))

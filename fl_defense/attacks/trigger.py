@@ -42,6 +42,10 @@ class StampMix:
             out[i::len(self.stamps)] = stamp.apply(x[i::len(self.stamps)])
         return out
 
+    def state_dict(self) -> dict[str, Any]:
+        """Its stamps' states, in order (the defense memory keeps a label's mix: nc+warp inverted it twice)."""
+        return {"kind": "mix", "stamps": [s.state_dict() for s in self.stamps]}  # type: ignore[attr-defined]
+
 
 @dataclass(frozen=True)
 class Trigger:
@@ -67,7 +71,10 @@ def _mask_from_state(state: Mapping[str, Any]) -> Stamp:
 
 # How each kind of stamp that a trigger source produces is rebuilt from its `state_dict` (a source module that
 # produces another kind adds it here).
-STAMP_KINDS: dict[str, Callable[[Mapping[str, Any]], Stamp]] = {"mask": _mask_from_state}
+STAMP_KINDS: dict[str, Callable[[Mapping[str, Any]], Stamp]] = {
+    "mask": _mask_from_state,
+    "mix": lambda state: StampMix(tuple(stamp_from_state(s) for s in state["stamps"])),
+}
 
 
 def stamp_from_state(state: Mapping[str, Any]) -> Stamp:
