@@ -12,7 +12,7 @@ from fl_defense.config import resolve
 from fl_defense.defense import Defender
 from fl_defense.inversion import Finding
 from fl_defense.inversion.combined import combine
-from fl_defense.inversion.warp import WarpScan, WarpStamp, mean_displacement
+from fl_defense.inversion.warp import WarpScan, WarpStamp, flag_warps, mean_displacement
 
 CPU = torch.device("cpu")
 FAST = {"nc-images": 1000, "warp-epochs": 2}
@@ -32,6 +32,14 @@ def test_warp_scan_flags_the_target_of_a_warp_backdoor_and_nothing_on_a_clean_mo
         v for t, v in enumerate(found.record["warp_share"]) if t != bd_wanet.target)
     for other in (clean_model, bd):  # no warp backdoor: a patch backdoor does not answer to a warp either
         assert _warp_scan(other).flagged == [], other
+
+
+def test_a_warp_is_flagged_by_how_much_more_it_fools_the_model_than_the_clean_reference() -> None:
+    """A natural confusion fools both models (label 0: 0.85 against 0.70), a backdoor only the model that learnt
+    it, however strongly (label 1 at 0.41 against 0.01; label 2 at 0.85 against 0.11)."""
+    flagged, excess = flag_warps([0.85, 0.41, 0.85, 0.29], [0.70, 0.01, 0.11, 0.0], 0.3)
+    assert flagged == [1, 2] and [round(v, 2) for v in excess] == [0.15, 0.4, 0.74, 0.29]
+    assert flag_warps([0.85, 0.41], [0.70, 0.01], 0.5)[0] == []
 
 
 def test_the_default_scan_purifies_a_warp_backdoor_with_mcl(bd_wanet: Backdoored) -> None:
