@@ -17,16 +17,15 @@ goes on where it stopped.
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import write_block
 from benchmarks.defense_table import federated_run, purified, run_seconds
 from fl_defense.config import schedule_rounds
 from fl_defense.metrics import attack_windows, durability
 
 HERE = Path(__file__).resolve().parent
-MARK = ("<!-- CONTINUOUS:BEGIN -->", "<!-- CONTINUOUS:END -->")
 DEFAULT_SCHEDULE = "window:11-30,46-55,71-75"
 
 
@@ -124,12 +123,7 @@ def main() -> None:
     if args.dry:
         return
     plot(results, scheduled, png)
-    readme = HERE / "README.md"
-    current = readme.read_text()
-    if MARK[0] not in current:
-        current += f"\n## Continuous training\n\n{MARK[0]}\n{MARK[1]}\n"
-    pattern = re.compile(re.escape(MARK[0]) + ".*?" + re.escape(MARK[1]), re.S)
-    readme.write_text(pattern.sub(lambda _: f"{MARK[0]}\n{text}\n{MARK[1]}", current))
+    write_block("CONTINUOUS", text)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import write_block
 from fl_defense.config import resolve, schema
 from fl_defense.registry import AGGREGATION_RULES
 from fl_defense.simulations.purify import purify
@@ -42,7 +42,6 @@ PARTS = ("defenses", "aggregation", "poisoned", "continuous", "attacks")
 # Bulyan tolerates f malicious of n only if n >= 4f + 3: with 20% malicious, 11 clients (f = 2) is the smallest
 # federation it accepts, so its row is measured there (all 11 sampled each round).
 RULE_SETTINGS: dict[str, dict[str, Any]] = {"bulyan": {"num-clients": 11, "clients-per-round": 11}}
-MARK = ("<!-- DEFENSE-TABLE:BEGIN -->", "<!-- DEFENSE-TABLE:END -->")
 
 
 # Keys that only matter when a given method is selected: a cached run stays valid when they change
@@ -313,10 +312,7 @@ def main() -> None:
     plot(curves, HERE / "defense_rounds.png")
     table += "\n![per-round BA/ASR](defense_rounds.png)"
     print(table)
-    readme = HERE / "README.md"
-    text = readme.read_text() if readme.is_file() else f"# Benchmarks\n\n{MARK[0]}\n{MARK[1]}\n"
-    pattern = re.compile(re.escape(MARK[0]) + ".*?" + re.escape(MARK[1]), re.S)
-    readme.write_text(pattern.sub(lambda _: f"{MARK[0]}\n{table}\n{MARK[1]}", text))
+    write_block("DEFENSE-TABLE", table)
 
 
 if __name__ == "__main__":
