@@ -15,7 +15,7 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg, FedMedian
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fl_defense.clients import client_app as real
@@ -218,6 +218,7 @@ def _should_pass(kind: str, x: float, state: dict[str, np.ndarray]) -> bool:
 
 
 @settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@example([("examples", 1.5)])  # a fractional count is sent as it is, and refused
 @given(st.lists(st.tuples(
     st.sampled_from(["ok", "nan", "inf", "shape", "dtype", "scale", "examples", "loss", "error", "keys"]),
     st.one_of(st.floats(-1e12, 1e12), st.sampled_from([float("nan"), float("inf"), -float("inf")]))),
@@ -242,7 +243,7 @@ def test_no_reply_however_malformed_crashes_the_server_or_makes_the_model_nan(
         elif kind == "keys":
             msgs.append(_reply(node, node - 1, arrays=_extra()))
         elif kind == "examples":
-            msgs.append(_reply(node, node - 1, state, examples=int(x) if np.isfinite(x) else x))
+            msgs.append(_reply(node, node - 1, state, examples=int(x) if np.isfinite(x) and int(x) == x else x))
         elif kind == "loss":
             msgs.append(_reply(node, node - 1, state, loss=x))
         else:
