@@ -12,11 +12,11 @@ scan's): a natural feature (T-shirt and Shirt warp into each other) fools both m
 model that learnt it. The threshold was set on clean models (benchmarks/README.md, trigger detection): there
 the largest excess of any label was 0.20.
 
-Deviation from the first version, measured on seven central WaNet models and five models without a warp
-backdoor (three clean): a share of at least 0.5 and a transfer of at most 0.1 missed two of the seven targets,
-one at share 0.85 with transfer 0.11 (T-shirt, which the clean reference also confuses with Shirt) and one at
-share 0.41 with transfer 0.007; their excesses, 0.74 and 0.40, clear 0.3, and the largest excess of a
-non-target label on those twelve models was 0.30 (a second flag, after the target). With the reference check
+Deviation from the first version, measured on seven central WaNet models and six models without a warp backdoor
+(three clean, BadNets, Blended, SIG): a share of at least 0.5 and a transfer of at most 0.1 missed two of the
+seven targets, one at share 0.85 with transfer 0.11 (T-shirt, which the clean reference also confuses with Shirt)
+and one at share 0.41 with transfer 0.007; their excesses, 0.74 and 0.40, clear 0.3, and the largest excess of a
+non-target label on those thirteen models was 0.30 (a second flag, after the target). With the reference check
 off (`nc-reference-epochs` 0) the excess is the share itself, which reached 0.33 on the models without a warp
 backdoor.
 """
