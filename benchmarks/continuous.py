@@ -20,12 +20,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from benchmarks.common import write_block
 from benchmarks.defense_table import federated_run, purified, run_seconds
-from fl_defense.config import schedule_rounds
+from fl_defense.config import load_toml, schedule_rounds
 from fl_defense.metrics import attack_windows, durability
 
 HERE = Path(__file__).resolve().parent
+CONFIGS = HERE.parent / "simulations" / "configs"
 DEFAULT_SCHEDULE = "window:11-30,46-55,71-75"
 
 
@@ -100,6 +103,78 @@ def plot(results: dict[str, dict[str, Any] | None], scheduled: list[int], path: 
     fig.savefig(path, dpi=100)
 
 
+ALWAYS = {"no defense": {}, "continuous MCL": {"defense": "mcl", "defense-schedule": "continuous"},
+          "MCL every 5": {"defense": "mcl", "defense-schedule": "every:5"}, "shadow": {"defense": "shadow"},
+          "FLAME": {"aggregation": "flame"}, "Multi-Krum": {"aggregation": "multikrum"},
+          "FoolsGold": {"aggregation": "foolsgold"}}
+
+
+def always_runs(out: Path, rounds: int, seeds: int, methods: list[str], overrides: dict[str, Any],
+                compute: bool) -> dict[str, list[dict[str, Any] | None]]:
+    """The attack-always runs of `methods` (names in ALWAYS) at every seed, seed by seed, cached under `out`."""
+    results: dict[str, list[dict[str, Any] | None]] = {label: [] for label in methods}
+    for seed in range(seeds):
+        for label in methods:
+            results[label].append(federated_run(out / f"{label.replace(' ', '-')}-s{seed}", compute, **overrides,
+                                                **ALWAYS[label], rounds=rounds, seed=seed,
+                                                **{"attack-schedule": "always"}))
+    return results
+
+
+def first_detection(res: dict[str, Any]) -> int | None:
+    """The first round in which the continuous defense knew a flagged label (None: never, or not that defense)."""
+    return next((r["round"] for r in res["rounds"] if r.get("continuous", {}).get("labels")), None)
+
+
+def mean_std(values: list[float], digits: int = 4) -> str:
+    if not values:
+        return "-"
+    t = torch.tensor(values, dtype=torch.float64)
+    spread = f" +/- {float(t.std()):.{digits}f}" if len(values) > 1 else ""
+    return f"{float(t.mean()):.{digits}f}{spread}"
+
+
+def filtering_rates(runs: list[dict[str, Any]]) -> str:
+    """Precision / recall / FPR over each run of whatever left clients out (the screen, the shadow, the rule)."""
+    found = [next((f[k] for k in ("continuous", "shadow", "aggregation") if k in (f := res.get("filtering", {}))), None)
+             for res in runs]
+    return " / ".join(mean_std([f[k] for f in found if f and f[k] is not None], 3)
+                      for k in ("precision", "recall", "fpr"))
+
+
+def always_row(label: str, runs: list[dict[str, Any]], since: list[int]) -> str:
+    """One defense's line over its seeds, from the round the continuous defense first knew the target (`since`,
+    per seed): deployed ASR, final BA/ASR, the continuous defense's cost (a round's seconds over the same round's
+    seconds less the defense's share, measured in the same run) and who was left out."""
+    after = [[r for r in res["rounds"] if r["round"] >= f] for res, f in zip(runs, since, strict=True)]
+    peak = [max(r["asr"] for r in rows) for rows in after if rows]
+    share = [sum(r["asr"] > 0.05 for r in rows) / len(rows) for rows in after if rows]
+    secs = [sum(r["seconds"] for r in rows) / sum(r["seconds"] - r["continuous"]["defense_seconds"] for r in rows)
+            for rows in after if rows and "continuous" in rows[0]]
+    found = [first_detection(res) for res in runs]
+    flagged = ", ".join("-" if f is None else str(f) for f in found) if "continuous" in label else ""
+    return (f"| {label} | {flagged} | {mean_std(peak)} | {mean_std(share, 3)} | "
+            f"{mean_std([res['rounds'][-1]['ba'] for res in runs])} | "
+            f"{mean_std([res['rounds'][-1]['asr'] for res in runs])} | {mean_std(secs, 2)} | "
+            f"{filtering_rates(runs)} |")
+
+
+def always_table(results: dict[str, list[dict[str, Any] | None]], setting: str, rounds: int) -> str:
+    """The table over the seeds every method has finished; "from then on" is from the continuous defense's first
+    detection at the same seed (round 1 where it has none)."""
+    seeds = min(sum(r is not None for r in runs) for runs in results.values())
+    done = {label: [r for r in runs if r is not None][:seeds] for label, runs in results.items()}
+    since = [first_detection(res) or 1 for res in done.get("continuous MCL", [])] or [1] * seeds
+    lines = [f"{setting}, {rounds} rounds, BadNets attacking in every round; mean +/- std over {seeds} seeds. "
+             "\"From then on\": from the round in which the continuous defense first knew the target (at the same "
+             "seed), for every method.", "",
+             "| defense | target flagged in round (per seed) | highest deployed ASR from then on | share of rounds "
+             "with deployed ASR > 0.05 from then on | final BA | final ASR | round seconds from then on / without "
+             "the defense's share | left out: precision / recall / FPR |", "|---|---|---|---|---|---|---|---|"]
+    lines += [always_row(label, runs, since) for label, runs in done.items()]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(HERE / "runs" / "continuous"), help="where the runs are kept")
@@ -109,9 +184,27 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="compute nothing; report the cached runs")
     parser.add_argument("--dry", action="store_true", help="print only; write neither the README nor the PNG")
     parser.add_argument("--set", action="append", default=[], help="config overrides for every run (key=value)")
+    parser.add_argument("--always", type=int, default=0, metavar="SEEDS",
+                        help="instead: the attack in every round (--rounds, e.g. 40) at SEEDS seeds under --methods "
+                        "(the CONTINUOUS_DEFENSE block; with --hard the hard setting's, CONTINUOUS_HARD)")
+    parser.add_argument("--methods", default="no defense,continuous MCL",
+                        help=f"with --always: comma-separated, of: {', '.join(ALWAYS)}")
+    parser.add_argument("--hard", action="store_true", help="with --always: simulations/configs/hard.toml")
     args = parser.parse_args()
-    overrides = dict(item.split("=", 1) for item in args.set)
+    overrides: dict[str, Any] = dict(item.split("=", 1) for item in args.set)
     out = Path(args.out)
+    if args.always:
+        setting = "The hard setting (simulations/configs/hard.toml)" if args.hard else "The default setting"
+        if args.hard:
+            overrides = {**load_toml(CONFIGS / "hard.toml"), **overrides}
+        folder = out / ("always-hard" if args.hard else "always")
+        results = always_runs(folder, args.rounds, args.always, args.methods.split(","), overrides,
+                              not args.report_only)
+        text = always_table(results, setting, args.rounds)
+        print(text)
+        if not args.dry:
+            write_block("CONTINUOUS_HARD" if args.hard else "CONTINUOUS_DEFENSE", text)
+        return
     results = runs(out, args.rounds, args.schedule, args.every, overrides, not args.report_only)
     at_end = purified(out / "none", "mcl", not args.report_only) if results["no defense"] is not None else None
     scheduled = schedule_rounds(args.schedule, args.rounds)

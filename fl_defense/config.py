@@ -24,7 +24,7 @@ from fl_defense.registry import (
     STRATEGY_WRAPPERS, TRIGGER_SOURCES, Option, Registry, between, choice, non_negative, positive,
 )
 
-DEFENSE_SCHEDULE_RE = re.compile(r"^(end|every:[1-9]\d*)$")
+DEFENSE_SCHEDULE_RE = re.compile(r"^(end|every:[1-9]\d*|continuous)$")
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 PLUGINS_RE = re.compile(r"^([A-Za-z_][\w.]*(,[A-Za-z_][\w.]*)*)?$")
 
@@ -49,8 +49,19 @@ RUN_OPTIONS: dict[str, Option] = {o.key: o for o in (
     choice("threat", "malicious-client", "malicious-client: attackers run their own training code; poisoned-data: "
            "the malicious-fraction clients are honest but a third party poisoned their local data",
            ("malicious-client", "poisoned-data")),
-    Option("defense-schedule", "end", "when the defense runs: end, or every:K rounds (purifiers only)",
-           check=lambda v: bool(DEFENSE_SCHEDULE_RE.match(v)), allowed="end or every:K"),
+    Option("defense-schedule", "end", "when the defense runs: end, every:K rounds (purifiers only), or continuous "
+           "(every round: scan until a target is flagged, then screen every client with its trigger and purify the "
+           "aggregate when the trigger moves it; purifiers that take a trigger)",
+           check=lambda v: bool(DEFENSE_SCHEDULE_RE.match(v)), allowed="end, every:K or continuous"),
+    positive("continuous-scan-every", 1, "continuous: rounds between scans of the minority cluster's model until a "
+             "target is flagged"),
+    between("screen-margin", 0.2, "continuous: a client is left out when its model's trigger shift toward the "
+            "flagged label exceeds the round's median by this much (and by 3 MADs); half of it for a client left "
+            "out before", 0, 1, "(]"),
+    positive("screen-images", 500, "continuous: clean images (a seeded subset of the server's set) each client's "
+             "model is scored on, with and without the trigger"),
+    between("continuous-purify-above", 0.05, "continuous: the aggregate is purified when the known trigger moves "
+            "more than this share of clean images to its label", 0, 1, "[)"),
     Option("min-replies", 1, "fewest valid client replies a round needs; with fewer the round is skipped and the "
            "global model stays as it was", check=lambda v: v > 0, allowed="an integer >= 1 and <= clients-per-round"),
     positive("round-timeout", 3600.0, "seconds the server waits for a round's replies (Flower's default: an hour); "
@@ -86,7 +97,8 @@ LAYOUT: tuple[str | Registry[Any], ...] = (
     DATASETS, "data-root", "download", MODELS, "num-clients", "clients-per-round", "rounds", "local-epochs",
     "batch-size", "lr", "momentum", "weight-decay", "partition", "alpha", "malicious-fraction", ATTACKS,
     ATTACKER_TRAININGS, "train-fraction", "clean-fraction", "threat", CLIENT_DEFENSES, AGGREGATION_RULES, PURIFIERS,
-    "defense-schedule", TRIGGER_SOURCES, STRATEGY_WRAPPERS, "min-replies", "round-timeout", "reply-max-norm",
+    "defense-schedule", "continuous-scan-every", "screen-margin", "screen-images", "continuous-purify-above",
+    TRIGGER_SOURCES, STRATEGY_WRAPPERS, "min-replies", "round-timeout", "reply-max-norm",
     "client-checkpoints", "seed", "device", "amp", "num-cpus", "num-gpus", "ray-address", "eval-batch-size", "out-dir",
     "init-from", "plugins",
 )
@@ -164,9 +176,19 @@ def _check_run(cfg: Mapping[str, Any]) -> None:
     if n > cfg["num-clients"]:
         raise ConfigError(f"config key 'clients-per-round': {n} is more than num-clients ({cfg['num-clients']}); "
                           f"allowed: an integer in [1, num-clients]")
+    if cfg["defense-schedule"] == "continuous" and not _takes_trigger(cfg["defense"]):
+        raise ConfigError(f"config key 'defense-schedule': continuous screens clients with an inverted trigger, "
+                          f"which defense '{cfg['defense']}' does not use; allowed: a defense that takes a trigger "
+                          f"({', '.join(sorted(n for n in PURIFIERS if _takes_trigger(n)))})")
     if cfg["min-replies"] > n:
         raise ConfigError(f"config key 'min-replies': {cfg['min-replies']} is more than clients-per-round ({n}), "
                           f"so every round would be skipped; allowed: 1..{n}")
+
+
+def _takes_trigger(defense: str) -> bool:
+    """Whether purifier `defense` purifies with an inverted trigger (the continuous schedule screens with it)."""
+    from fl_defense.purification.base import TriggerPurifier
+    return defense in PURIFIERS and issubclass(PURIFIERS[defense], TriggerPurifier)
 
 
 def toml_value(value: object) -> str:

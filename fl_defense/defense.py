@@ -106,7 +106,7 @@ def server_clean_set(cfg: Mapping[str, Any], data: ImageData) -> CleanSet:
 
 def defense_rounds(cfg: Mapping[str, Any]) -> list[int]:
     """Rounds after whose aggregation the purifier runs: the last one (`end`) or every k-th."""
-    if cfg["defense"] == "none":
+    if cfg["defense"] == "none" or cfg["defense-schedule"] == "continuous":
         return []
     spec = cfg["defense-schedule"]
     return [cfg["rounds"]] if spec == "end" else schedule_rounds(spec, cfg["rounds"])
@@ -152,6 +152,29 @@ class Defender:
         purified = self.purifier.apply(model, self.clean, stamp, self.device, generator)
         record.update(purified=True, **self.purifier.report())
         return purified, time.perf_counter() - t0
+
+    def known(self) -> dict[int, Stamp]:
+        """Every label flagged so far in the run, with its latest trigger (empty without a trigger stage)."""
+        return {} if self.stage is None else {label: stamp for label, (stamp, _) in self.stage.found.items()}
+
+    def scan(self, model: BackdoorModel, generator: torch.Generator) -> dict[str, Any]:
+        """Scan a model for a trigger without purifying it; what was flagged joins `known`. The record."""
+        assert self.stage is not None, "scan needs a purifier that takes a trigger"
+        found, record = self.stage(model, self.clean, self.num_classes, self.device, generator)
+        return {**record, "found": found is not None}
+
+    def purify_known(self, model: BackdoorModel, generator: torch.Generator) -> DefenseOutcome:
+        """Purify with every known trigger (taking turns over the images), no scan; measured as `__call__` is."""
+        known = list(self.known().values())
+        stamp = known[0] if len(known) == 1 else StampMix(tuple(known))
+        ba0, asr0 = self.evaluate(model)
+        t0 = time.perf_counter()
+        purified = self.purifier.apply(model, self.clean, stamp, self.device, generator)
+        ba1, asr1 = self.evaluate(purified)
+        record = {"defense": self.cfg["defense"], "purified": True, "purified_labels": list(self.known()),
+                  "trigger_source": "known", "purify_seconds": time.perf_counter() - t0, **self.purifier.report(),
+                  "ba_before": ba0, "asr_before": asr0, "ba_after": ba1, "asr_after": asr1}
+        return DefenseOutcome(purified, record)
 
     def state_dict(self) -> dict[str, Any]:
         return {} if self.stage is None else self.stage.state_dict()

@@ -34,6 +34,11 @@ class Progress:
 
     @staticmethod
     def defense(record: dict[str, Any]) -> None:
+        if "ba_before" not in record:  # a scan that purified nothing (the continuous defense's)
+            print(f"[defense {record['defense']} @ round {record['round']}] scanned the {record.get('scanned', '')} "
+                  f"model: flagged {record.get('flagged', '-')}  {record.get('inversion_seconds', 0.0):.1f} s",
+                  flush=True)
+            return
         print(f"[defense {record['defense']} @ round {record['round']}] flagged {record.get('flagged', '-')}  "
               f"BA {record['ba_before']:.4f} -> {record['ba_after']:.4f}  "
               f"ASR {record['asr_before']:.4f} -> {record['asr_after']:.4f}", flush=True)

@@ -86,8 +86,9 @@ class RunReport:
     def close(self, extra: dict[str, Any] | None = None) -> None:
         """The run's last save: `extra`, and each filtering rule's precision/recall/F1/FPR over the whole run."""
         self.results.update(extra or {})
-        overall = {name: f for name in ("aggregation", "shadow")
-                   if (f := filtering_over_run(self.results["rounds"], name)) is not None}
+        names = sorted({k for row in self.results["rounds"] for k, v in row.items()
+                        if isinstance(v, dict) and "filtering" in v})
+        overall = {name: f for name in names if (f := filtering_over_run(self.results["rounds"], name)) is not None}
         if overall:
             self.results["filtering"] = overall
         self.save()

@@ -9,6 +9,7 @@ the report (`server.reporting`) and the console (`server.progress`).
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import time
@@ -36,6 +37,7 @@ from fl_defense.server.reporting import RunReport
 from fl_defense.server.strategy import DefenseStrategy, Resumed, ServerContext, chain_state, load_chain_state
 from fl_defense.server.validation import ReplySpec, accept_partitions
 from fl_defense.server.wrappers import wrap
+from fl_defense.server.wrappers.continuous import ContinuousDefense
 from fl_defense.training import resolve_device
 
 NODE_WAIT_SECONDS = 300
@@ -127,11 +129,18 @@ class ServerRun:
         sizes = {pid: len(idx) for pid, idx in enumerate(split_for(cfg).clients)}
         spec = ReplySpec.from_arrays(self.initial, trainable_names(cfg), sizes, cfg["reply-max-norm"])
         inner = wrap(build_aggregator(cfg, len(node_partition)), cfg, ServerContext(self.initial, self.clean_set_accuracy, self.truth))
+        if cfg["defense-schedule"] == "continuous" and self.defender is not None:
+            inner = ContinuousDefense(inner, cfg, self.defender, copy.deepcopy(self.model), self.clean, self.device,
+                                      self.log_defense)
         strategy = DefenseStrategy(inner, node_partition, cfg["seed"], truth=self.truth, on_aggregated=self.defend,
                                    spec=spec, min_replies=cfg["min-replies"])
         if self.resume is not None:
             load_chain_state(strategy, self.resume["strategy"])
         return strategy
+
+    def log_defense(self, record: dict[str, Any]) -> None:
+        self.report.log_defense(record)
+        self.progress.defense(record)
 
     def defend(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
         """Run the configured defense on the aggregate of a scheduled round; what it returns is broadcast next."""
@@ -140,9 +149,7 @@ class ServerRun:
         self.model.load_state_dict(arrays.to_torch_state_dict())
         generator = torch.Generator().manual_seed(self.cfg["seed"] * 1_000_003 + server_round)
         outcome = self.defender(self.model, generator)
-        record = {"round": server_round, **outcome.record}
-        self.report.log_defense(record)
-        self.progress.defense(record)
+        self.log_defense({"round": server_round, **outcome.record})
         return ArrayRecord(outcome.model.state_dict())
 
     def on_round(self, strategy: DefenseStrategy, evaluator: RoundEvaluator, server_round: int,

@@ -77,7 +77,7 @@ def test_strings_from_set_are_typed() -> None:
     ({"threat": "poisoned-data", "boost": 5.0}, "the poisoned clients are honest"),
     ({"threat": "poisoned-data", "attack-schedule": "every:2"}, "allowed: 'always', or threat malicious-client"),
     ({"client-defense": "abl", "rounds": 8}, "abl-isolation-rounds + abl-unlearn-rounds (10) is more than rounds"),
-    ({"defense-schedule": "every:0"}, "end or every:K"),
+    ({"defense-schedule": "every:0"}, "end, every:K or continuous"),
     ({"device": "tpu"}, "auto, cpu, cuda"),
     ({"download": "maybe"}, "true or false"),
     ({"lr": True}, "a number > 0"),
@@ -143,3 +143,9 @@ def test_resolve_either_accepts_or_raises_config_error(overrides: dict) -> None:
         return
     for key, opt in OPTIONS.items():
         assert isinstance(cfg[key], opt.kind)
+
+
+def test_the_hard_setting_is_a_named_config_of_the_issue_s_values() -> None:
+    cfg = resolve(load_toml(ROOT / "simulations" / "configs" / "hard.toml"))
+    assert (cfg["num-clients"], cfg["clients-per-round"], cfg["partition"], cfg["alpha"]) == (100, 10, "dirichlet", 0.5)
+    assert (cfg["malicious-fraction"], cfg["rounds"], cfg["attack"]) == (0.2, 60, "badnets")

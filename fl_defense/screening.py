@@ -1,0 +1,125 @@
+"""Per-round screening of client models with a known trigger, and the minority cluster of a round's updates.
+
+The continuous defense (`defense-schedule=continuous`) uses these in every round, once a trigger is known:
+each client's model (the global model plus its update) is run on the server's clean set with and without the
+trigger; a client whose model the trigger moves toward the target far more than the round's other clients'
+models is left out of the aggregate. FedGame (Jia et al., NeurIPS 2023) scores clients this way with a
+Neural Cleanse trigger; here the score is the trigger's shift toward the label, so a benign client whose
+skewed data favours the target label in general (its prediction moves without the trigger too) is not blamed.
+
+Before any trigger is known, the defense scans the model of the round's minority cluster of updates: in a
+round with attackers their mean update holds the backdoor at full strength while the global model holds it
+diluted by the benign majority (FedAvg of 2 attackers among 10), so it is flagged rounds earlier.
+Pure functions of models and tensors; the Flower wrapper is `fl_defense.server.wrappers.continuous`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from fl_defense.attacks.trigger import Stamp
+
+MAD_SCALE = 1.4826  # the MAD of a normal sample times this estimates its standard deviation
+
+
+@torch.inference_mode()
+def trigger_shift(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, stamp: Stamp, label: int,
+                  device: torch.device, batch_size: int = 1000) -> float:
+    """The share of clean images of other labels that `model` calls `label` with the trigger, minus that share
+    without it: what the trigger itself adds toward the label."""
+    model = model.to(device).eval()
+    x = images[labels != label]
+    with_trigger = without = 0
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size].to(device)
+        with_trigger += int((model(stamp.apply(xb)).argmax(1) == label).sum())
+        without += int((model(xb).argmax(1) == label).sum())
+    return (with_trigger - without) / max(len(x), 1)
+
+
+def client_scores(model: nn.Module, states: Sequence[Mapping[str, torch.Tensor]], images: torch.Tensor,
+                  labels: torch.Tensor, known: Mapping[int, Stamp], device: torch.device) -> list[float]:
+    """Each client model's largest trigger shift over the known (label, trigger) pairs; `model` is a scratch
+    model of the architecture, overwritten."""
+    scores = []
+    for state in states:
+        model.load_state_dict(state)
+        scores.append(max(trigger_shift(model, images, labels, stamp, label, device)
+                          for label, stamp in known.items()))
+    return scores
+
+
+def outliers(scores: Sequence[float], margin: float, mad_k: float = 3.0) -> list[int]:
+    """Indices of the scores above the median by more than `margin` and more than `mad_k` robust standard
+    deviations (MAD): far above what the round's clients usually reach, whatever that level is."""
+    s = torch.tensor(scores, dtype=torch.float64)
+    median = s.median()
+    spread = MAD_SCALE * (s - median).abs().median()
+    bound = median + max(margin, mad_k * float(spread))
+    return [i for i, v in enumerate(scores) if v > bound]
+
+
+@dataclass
+class Trust:
+    """What the server remembers of each client across rounds: how often it was left out. A client left out
+    before is left out again at half the margin (an attacker that weakens its update to pass once is still
+    caught), and a client never left out is judged by the round alone."""
+
+    offences: dict[int, int] = field(default_factory=dict)
+
+    def screen(self, partitions: Sequence[int], scores: Sequence[float], margin: float) -> list[int]:
+        """The partitions to leave out this round (outliers, and repeat offenders at half the margin); remembers
+        them."""
+        flagged = {partitions[i] for i in outliers(scores, margin)}
+        median = float(torch.tensor(scores).median()) if scores else 0.0
+        flagged |= {p for p, s in zip(partitions, scores, strict=True)
+                    if self.offences.get(p, 0) > 0 and s > median + margin / 2}
+        for p in flagged:
+            self.offences[p] = self.offences.get(p, 0) + 1
+        return sorted(flagged)
+
+    def state_dict(self) -> dict[str, list[int]]:
+        return {"partitions": list(self.offences), "offences": list(self.offences.values())}
+
+    def load_state_dict(self, state: Mapping[str, list[int]]) -> None:
+        self.offences = dict(zip((int(p) for p in state["partitions"]), (int(n) for n in state["offences"]),
+                                 strict=True))
+
+
+def minority_cluster(updates: torch.Tensor, generator: torch.Generator, restarts: int = 5,
+                     iterations: int = 20) -> list[int]:
+    """The smaller of two clusters of the rows of `updates` (clients x parameters) by direction (spherical
+    2-means, the best of `restarts` seeded starts); empty when fewer than three clients or one cluster."""
+    n = len(updates)
+    if n < 3:
+        return []
+    unit = updates / updates.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    best: tuple[float, torch.Tensor] | None = None
+    for _ in range(restarts):
+        centres = unit[torch.randperm(n, generator=generator)[:2]].clone()
+        for _ in range(iterations):
+            assign = (unit @ centres.T).argmax(1)
+            for c in range(2):
+                members = unit[assign == c]
+                if len(members):
+                    centres[c] = members.mean(0) / members.mean(0).norm().clamp(min=1e-12)
+        cohesion = float((unit @ centres.T).max(1).values.sum())
+        if best is None or cohesion > best[0]:
+            best = (cohesion, assign)
+    assert best is not None
+    assign = best[1]
+    sizes = [int((assign == c).sum()) for c in range(2)]
+    if min(sizes) == 0:
+        return []
+    small = 0 if sizes[0] < sizes[1] else 1 if sizes[1] < sizes[0] else _farther(unit, assign)
+    return [i for i in range(n) if int(assign[i]) == small]
+
+
+def _farther(unit: torch.Tensor, assign: torch.Tensor) -> int:
+    """Of two equal clusters, the one whose mean direction is farther from the mean of all."""
+    mean = unit.mean(0)
+    return int(torch.stack([unit[assign == c].mean(0) @ mean for c in range(2)]).argmin())

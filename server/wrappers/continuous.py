@@ -1,0 +1,130 @@
+"""The continuous defense (`defense-schedule=continuous`): the server defends in every round's aggregation.
+
+Purifying every k rounds leaves a saw: the attackers re-plant the backdoor within a few rounds of each
+purification (benchmarks/README.md). Here, in every round:
+1. until a target is flagged (every `continuous-scan-every` rounds): the run's trigger source scans the model
+   of the round's minority cluster of updates (`fl_defense.screening.minority_cluster`), where an attack that
+   is still diluted in the global model is at full strength;
+2. once a trigger is known: every client's model is scored by how far the trigger moves the clean set toward
+   its label, and the outliers, and clients left out before that score above half the margin, are left out
+   of the aggregate (`fl_defense.screening`);
+3. the aggregate is purified with the known triggers (the run's purifier, MCL first) when the trigger still
+   moves more than `continuous-purify-above` of the clean images to its label: at the first detection the
+   backdoor planted before it, later anything that got past the screen.
+The purified aggregate is what the clients train next and what the server deploys. Reports, under
+`continuous`, the round's scores, who was left out (scored against the ground truth as every filtering rule
+is), the scan and the purification.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+
+from fl_defense.aggregation import average_states
+from fl_defense.defense import Defender
+from fl_defense.models import BackdoorModel
+from fl_defense.protocol import SHADOW_ARRAYS
+from fl_defense.purification.base import CleanSet
+from fl_defense.screening import Trust, client_scores, minority_cluster, trigger_shift
+from fl_defense.server.aggregation.base import partition_id, reply_weight
+from fl_defense.server.strategy import StrategyWrapper
+
+DefenseLog = Callable[[dict[str, Any]], None]
+
+
+def reply_state(msg: Message) -> dict[str, torch.Tensor]:
+    """The client's model in a train reply (its one model record, the shadow's aside)."""
+    record = next(r for k, r in msg.content.array_records.items() if k != SHADOW_ARRAYS)
+    return record.to_torch_state_dict()
+
+
+def flat_update(state: Mapping[str, torch.Tensor], sent: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """A client's update of the floating-point entries, as one vector."""
+    return torch.cat([(state[k].float() - sent[k].float()).flatten() for k in sent if sent[k].is_floating_point()])
+
+
+class ContinuousDefense(StrategyWrapper):
+    """Scan, screen and purify in every round around `inner` (see the module docstring)."""
+
+    report_key = "continuous"
+
+    def __init__(self, inner: Any, cfg: Mapping[str, Any], defender: Defender, model: BackdoorModel,
+                 clean: CleanSet, device: torch.device, log: DefenseLog) -> None:
+        super().__init__(inner)
+        self.cfg, self.defender, self.model, self.device, self.log = cfg, defender, model, device, log
+        order = torch.randperm(len(clean.x), generator=torch.Generator().manual_seed(cfg["seed"]))
+        pick = order[:cfg["screen-images"]]
+        self.screen_set = CleanSet(clean.x[pick], clean.y[pick])
+        self.trust = Trust()
+        self._sent: dict[str, torch.Tensor] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"trust": self.trust.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.trust.load_state_dict(state["trust"])
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._sent = arrays.to_torch_state_dict()
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        t0 = time.perf_counter()
+        replies = [m for m in replies if not m.has_error()]
+        partitions = [partition_id(m) for m in replies]
+        states = [reply_state(m) for m in replies]
+        generator = torch.Generator().manual_seed(self.cfg["seed"] * 1_000_003 + server_round)
+        record: dict[str, Any] = {"partitions": partitions}
+        if not self.defender.known() and (server_round - 1) % self.cfg["continuous-scan-every"] == 0 and states:
+            record["scan"] = self._scan(server_round, states, [reply_weight(m.content) for m in replies],
+                                        partitions, generator)
+        known = self.defender.known()
+        if known:
+            scores = client_scores(self.model, states, self.screen_set.x, self.screen_set.y, known, self.device)
+            excluded = self.trust.screen(partitions, scores, self.cfg["screen-margin"])
+            record.update(labels=list(known), scores=[round(s, 4) for s in scores], excluded=excluded)
+            replies = [m for m, p in zip(replies, partitions, strict=True) if p not in excluded]
+        record["screen_seconds"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        arrays, metrics = self.inner.aggregate_train(server_round, replies) if replies else (None, None)
+        t2 = time.perf_counter()
+        if arrays is not None and known:
+            arrays = self._check(server_round, arrays, generator, record)
+        record["defense_seconds"] = t1 - t0 + time.perf_counter() - t2  # all but the aggregation rule's
+        self.last_info = record
+        return arrays, metrics
+
+    def _scan(self, server_round: int, states: list[dict[str, torch.Tensor]], weights: list[float],
+              partitions: list[int], generator: torch.Generator) -> dict[str, Any]:
+        """Scan the model of the round's minority cluster (all clients when there is none); the scan's record."""
+        updates = torch.stack([flat_update(s, self._sent) for s in states])
+        cluster = minority_cluster(updates, generator) or list(range(len(states)))
+        self.model.load_state_dict(average_states([states[i] for i in cluster], [weights[i] for i in cluster]))
+        found = self.defender.scan(self.model, generator)
+        scan = {"cluster": [partitions[i] for i in cluster], "flagged": found.get("flagged", []),
+                "inversion_seconds": found.get("inversion_seconds", 0.0)}
+        self.log({"round": server_round, "defense": self.cfg["defense"], "purified": False, "scanned": "cluster",
+                  **found, "cluster": scan["cluster"]})
+        return scan
+
+    def _check(self, server_round: int, arrays: ArrayRecord, generator: torch.Generator,
+               record: dict[str, Any]) -> ArrayRecord:
+        """Purify the aggregate with the known triggers when they still move it; the model to keep."""
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        shift = max(trigger_shift(self.model, self.screen_set.x, self.screen_set.y, stamp, label, self.device)
+                    for label, stamp in self.defender.known().items())
+        record["aggregate_shift"] = round(shift, 4)
+        if shift <= self.cfg["continuous-purify-above"]:
+            return arrays
+        outcome = self.defender.purify_known(self.model, generator)
+        self.log({"round": server_round, **outcome.record, "aggregate_shift": shift})
+        record["purified"] = True
+        return ArrayRecord(outcome.model.state_dict())

@@ -1,0 +1,119 @@
+"""The continuous defense's pieces: trigger shift, outliers, trust, the minority cluster, and the screen itself."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from fl_defense.attacks.trigger import Trigger
+from fl_defense.config import resolve
+from fl_defense.errors import ConfigError
+from fl_defense.screening import Trust, client_scores, minority_cluster, outliers, trigger_shift
+
+CPU = torch.device("cpu")
+
+
+def test_outliers_need_both_the_margin_and_three_mads() -> None:
+    scores = [0.01, 0.02, 0.03, 0.02, 0.6, 0.01, 0.15]
+    assert outliers(scores, margin=0.2) == [4], "0.15 is above 3 MADs but within the margin"
+    assert outliers(scores, margin=0.1) == [4, 6]
+    wide = [0.0, 0.3, 0.6, 0.9, 0.3, 0.6]
+    assert outliers(wide, margin=0.2) == [], "no score stands out of a wide round"
+
+
+def test_trust_remembers_an_offender_at_half_the_margin() -> None:
+    trust = Trust()
+    assert trust.screen([0, 1, 2, 3, 4], [0.0, 0.01, 0.9, 0.02, 0.0], margin=0.2) == [2]
+    # round 2: partition 2 weakens its update to 0.15 (within the margin), a newcomer 4 does the same
+    assert trust.screen([0, 1, 2, 3, 4], [0.0, 0.01, 0.15, 0.02, 0.15], margin=0.2) == [2]
+    assert trust.offences == {2: 2}
+    restored = Trust()
+    restored.load_state_dict(trust.state_dict())
+    assert restored.offences == trust.offences
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_minority_cluster_is_the_pair_that_points_elsewhere(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    benign_direction, attack_direction = torch.randn(200, generator=g), torch.randn(200, generator=g)
+    rows = [benign_direction + 0.5 * torch.randn(200, generator=g) for _ in range(8)]
+    rows += [attack_direction + 0.5 * torch.randn(200, generator=g) for _ in range(2)]
+    order = torch.randperm(10, generator=g)
+    updates = torch.stack(rows)[order]
+    expected = sorted(int(i) for i in (order >= 8).nonzero().flatten())
+    assert minority_cluster(updates, torch.Generator().manual_seed(0)) == expected
+    assert minority_cluster(updates[:2], torch.Generator().manual_seed(0)) == [], "too few clients to split"
+
+
+def _poisoned_copy(bd, steps: int) -> torch.nn.Module:  # noqa: ANN001 - fixture object
+    """A client's model: the clean model trained `steps` steps on clean images, half of them triggered to the target
+    (steps 0: a copy)."""
+    model = copy.deepcopy(bd.model).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        idx = torch.randint(len(bd.clean.x), (64,), generator=g)
+        x, y = bd.clean.x[idx].clone(), bd.clean.y[idx].clone()
+        x[:32], y[:32] = bd.trigger.apply(x[:32]), bd.target
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def test_a_poisoned_client_is_screened_out_and_benign_ones_are_kept(clean_model) -> None:  # noqa: ANN001
+    """The clean model's copies and one copy trained to answer the trigger: only that one stands out."""
+    bd = clean_model
+    clients = [_poisoned_copy(bd, 0) for _ in range(4)] + [_poisoned_copy(bd, 60)]
+    x, y = bd.clean.x, bd.clean.y
+    assert trigger_shift(clients[-1], x, y, bd.trigger, bd.target, CPU) > 0.5
+    assert abs(trigger_shift(clients[0], x, y, bd.trigger, bd.target, CPU)) < 0.05
+    scores = client_scores(copy.deepcopy(bd.model), [m.state_dict() for m in clients], x, y, {bd.target: bd.trigger},
+                           CPU)
+    assert Trust().screen([10, 11, 12, 13, 14], scores, margin=0.2) == [14]
+
+
+def test_trigger_shift_does_not_blame_a_model_that_favours_the_label_anyway(clean_model) -> None:  # noqa: ANN001
+    """A model biased toward the label (as a client with skewed data is) without the trigger mattering."""
+    biased = copy.deepcopy(clean_model.model)
+    biased.head.bias.data[clean_model.target] += 50.0  # every image now goes to the label
+    blank = Trigger(torch.zeros(1, 28, 28), torch.zeros(1, 28, 28), 1.0)  # a trigger that changes nothing
+    x, y = clean_model.clean.x, clean_model.clean.y
+    assert trigger_shift(biased, x, y, blank, clean_model.target, CPU) == 0.0
+
+
+def test_continuous_needs_a_purifier_that_takes_a_trigger() -> None:
+    assert resolve({"defense": "mcl", "defense-schedule": "continuous"})["defense-schedule"] == "continuous"
+    with pytest.raises(ConfigError, match="defense-schedule.*continuous.*'ft'"):
+        resolve({"defense": "ft", "defense-schedule": "continuous"})
+
+
+# --- through Flower and Ray ---------------------------------------------------------------------------------------
+
+@pytest.mark.simulation
+def test_continuous_defense_through_flower_and_ray(tmp_path) -> None:  # noqa: ANN001 - pytest's tmp_path
+    """4 clients, 1 malicious training 3 local epochs: the round-1 scan of the minority cluster flags the target,
+    and from then on that client is left out of every aggregate, so the deployed model never learns the backdoor."""
+    from fl_defense.simulations.runner import run_experiment
+
+    cfg = resolve({"num-clients": 4, "clients-per-round": 4, "train-fraction": 0.05, "rounds": 3,
+                   "malicious-fraction": 0.25, "malicious-epochs": 3, "device": "cpu", "defense": "mcl",
+                   "defense-schedule": "continuous", "inversion": "nc", "nc-images": 300, "mcl-epochs": 2,
+                   "out-dir": str(tmp_path)})
+    results = run_experiment(cfg, tmp_path)
+    rounds = results["rounds"][1:]
+    scan = rounds[0]["continuous"]["scan"]
+    assert scan["flagged"][:1] == [cfg["target-label"]] and scan["cluster"] == rounds[0]["malicious_sampled"]
+    for row in rounds:
+        screen = row["continuous"]
+        assert screen["labels"] == [cfg["target-label"]] and len(screen["scores"]) == 4
+        assert screen["excluded"] == row["malicious_sampled"] == row["attackers"], "the attacker, and only it, left out"
+        assert screen["filtering"]["recall"] == 1.0 and screen["filtering"]["fpr"] == 0.0
+        assert row["asr"] < 0.2 and row["ba"] > 0.5
+    assert "scan" not in rounds[1]["continuous"], "no scan once a target is known"
+    assert results["filtering"]["continuous"]["rounds"] == 3
+    assert results["defense"][0]["scanned"] == "cluster" and results["defense"][0]["flagged"][:1] == [0]
