@@ -149,13 +149,16 @@ def always_row(label: str, runs: list[dict[str, Any]], since: list[int]) -> str:
     after = [[r for r in res["rounds"] if r["round"] >= f] for res, f in zip(runs, since, strict=True)]
     peak = [max(r["asr"] for r in rows) for rows in after if rows]
     share = [sum(r["asr"] > 0.05 for r in rows) / len(rows) for rows in after if rows]
+    later = [rows[1:] for rows in after if len(rows) > 1 and "continuous" in rows[0]]
     secs = [sum(r["seconds"] for r in rows) / sum(r["seconds"] - r["continuous"]["defense_seconds"] for r in rows)
-            for rows in after if rows and "continuous" in rows[0]]
+            for rows in later]
+    until = [sum(r["continuous"]["defense_seconds"] for r in res["rounds"] if 0 < r["round"] <= f)
+             for res, f in zip(runs, since, strict=True) if "continuous" in res["rounds"][-1]]
     found = [first_detection(res) for res in runs]
     flagged = ", ".join("-" if f is None else str(f) for f in found) if "continuous" in label else ""
     return (f"| {label} | {flagged} | {mean_std(peak)} | {mean_std(share, 3)} | "
             f"{mean_std([res['rounds'][-1]['ba'] for res in runs])} | "
-            f"{mean_std([res['rounds'][-1]['asr'] for res in runs])} | {mean_std(secs, 2)} | "
+            f"{mean_std([res['rounds'][-1]['asr'] for res in runs])} | {mean_std(until, 1)} | {mean_std(secs, 2)} | "
             f"{filtering_rates(runs)} |")
 
 
@@ -169,8 +172,9 @@ def always_table(results: dict[str, list[dict[str, Any] | None]], setting: str, 
              "\"From then on\": from the round in which the continuous defense first knew the target (at the same "
              "seed), for every method.", "",
              "| defense | target flagged in round (per seed) | highest deployed ASR from then on | share of rounds "
-             "with deployed ASR > 0.05 from then on | final BA | final ASR | round seconds from then on / without "
-             "the defense's share | left out: precision / recall / FPR |", "|---|---|---|---|---|---|---|---|"]
+             "with deployed ASR > 0.05 from then on | final BA | final ASR | defense seconds up to that round "
+             "(scans) | later rounds: seconds / seconds without the defense's share | left out: precision / "
+             "recall / FPR |", "|---|---|---|---|---|---|---|---|---|"]
     lines += [always_row(label, runs, since) for label, runs in done.items()]
     return "\n".join(lines)
 

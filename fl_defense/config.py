@@ -61,7 +61,7 @@ RUN_OPTIONS: dict[str, Option] = {o.key: o for o in (
     positive("screen-images", 500, "continuous: clean images (a seeded subset of the server's set) each client's "
              "model is scored on, with and without the trigger"),
     between("continuous-purify-above", 0.05, "continuous: the aggregate is purified when the known trigger moves "
-            "more than this share of clean images to its label", 0, 1, "[)"),
+            "this much more of the clean images to its label than on the clean reference model", 0, 1, "[)"),
     Option("min-replies", 1, "fewest valid client replies a round needs; with fewer the round is skipped and the "
            "global model stays as it was", check=lambda v: v > 0, allowed="an integer >= 1 and <= clients-per-round"),
     positive("round-timeout", 3600.0, "seconds the server waits for a round's replies (Flower's default: an hour); "

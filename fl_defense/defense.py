@@ -157,6 +157,10 @@ class Defender:
         """Every label flagged so far in the run, with its latest trigger (empty without a trigger stage)."""
         return {} if self.stage is None else {label: stamp for label, (stamp, _) in self.stage.found.items()}
 
+    def reference(self) -> torch.nn.Module | None:
+        """The trigger source's clean reference model (trained only on the clean set), once it exists."""
+        return None if self.stage is None else self.stage.source.reference.model
+
     def scan(self, model: BackdoorModel, generator: torch.Generator) -> dict[str, Any]:
         """Scan a model for a trigger without purifying it; what was flagged joins `known`. The record."""
         assert self.stage is not None, "scan needs a purifier that takes a trigger"

@@ -8,9 +8,11 @@ purification (benchmarks/README.md). Here, in every round:
 2. once a trigger is known: every client's model is scored by how far the trigger moves the clean set toward
    its label, and the outliers, and clients left out before that score above half the margin, are left out
    of the aggregate (`fl_defense.screening`);
-3. the aggregate is purified with the known triggers (the run's purifier, MCL first) when the trigger still
-   moves more than `continuous-purify-above` of the clean images to its label: at the first detection the
-   backdoor planted before it, later anything that got past the screen.
+3. the aggregate is purified with the known triggers (the run's purifier, MCL first) when the trigger moves
+   more than `continuous-purify-above` more of the clean images to its label than it moves on the clean
+   reference model (what a natural feature does; measured on the default setting, the aggregate's shift
+   with the attackers left out stayed at 0.02-0.047, the noise a bare 0.05 bound would have purified):
+   at the first detection the backdoor planted before it, later anything that got past the screen.
 The purified aggregate is what the clients train next and what the server deploys. Reports, under
 `continuous`, the round's scores, who was left out (scored against the ground truth as every filtering rule
 is), the scan and the purification.
@@ -117,14 +119,21 @@ class ContinuousDefense(StrategyWrapper):
 
     def _check(self, server_round: int, arrays: ArrayRecord, generator: torch.Generator,
                record: dict[str, Any]) -> ArrayRecord:
-        """Purify the aggregate with the known triggers when they still move it; the model to keep."""
+        """Purify the aggregate with the known triggers when they move it more than they move the clean reference
+        model (a natural feature moves both); the model to keep."""
         self.model.load_state_dict(arrays.to_torch_state_dict())
-        shift = max(trigger_shift(self.model, self.screen_set.x, self.screen_set.y, stamp, label, self.device)
-                    for label, stamp in self.defender.known().items())
-        record["aggregate_shift"] = round(shift, 4)
-        if shift <= self.cfg["continuous-purify-above"]:
+        shift, natural = self._shift(self.model), self._shift(self.defender.reference())
+        record.update(aggregate_shift=round(shift, 4), reference_shift=round(natural, 4))
+        if shift - natural <= self.cfg["continuous-purify-above"]:
             return arrays
         outcome = self.defender.purify_known(self.model, generator)
         self.log({"round": server_round, **outcome.record, "aggregate_shift": shift})
         record["purified"] = True
         return ArrayRecord(outcome.model.state_dict())
+
+    def _shift(self, model: torch.nn.Module | None) -> float:
+        """The largest trigger shift of a known (label, trigger) on `model` (0 without a model)."""
+        if model is None:
+            return 0.0
+        return max(trigger_shift(model, self.screen_set.x, self.screen_set.y, stamp, label, self.device)
+                   for label, stamp in self.defender.known().items())
