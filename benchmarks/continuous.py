@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import write_block
+from benchmarks.common import provenance, write_block
 from benchmarks.defense_table import federated_run, purified, run_seconds
 from fl_defense.config import load_toml, schedule_rounds
 from fl_defense.metrics import attack_windows, durability
@@ -106,7 +106,13 @@ def plot(results: dict[str, dict[str, Any] | None], scheduled: list[int], path: 
 ALWAYS = {"no defense": {}, "continuous MCL": {"defense": "mcl", "defense-schedule": "continuous"},
           "MCL every 5": {"defense": "mcl", "defense-schedule": "every:5"}, "shadow": {"defense": "shadow"},
           "FLAME": {"aggregation": "flame"}, "Multi-Krum": {"aggregation": "multikrum"},
-          "FoolsGold": {"aggregation": "foolsgold"}}
+          "FoolsGold": {"aggregation": "foolsgold"},
+          "no defense (PGD attackers)": {"attack-training": "pgd"},
+          "continuous MCL (PGD attackers)": {"defense": "mcl", "defense-schedule": "continuous",
+                                             "attack-training": "pgd"},
+          "no defense (Neurotoxin attackers)": {"attack-training": "neurotoxin"},
+          "continuous MCL (Neurotoxin attackers)": {"defense": "mcl", "defense-schedule": "continuous",
+                                                    "attack-training": "neurotoxin"}}
 
 
 def always_runs(out: Path, rounds: int, seeds: int, methods: list[str], overrides: dict[str, Any],
@@ -115,9 +121,9 @@ def always_runs(out: Path, rounds: int, seeds: int, methods: list[str], override
     results: dict[str, list[dict[str, Any] | None]] = {label: [] for label in methods}
     for seed in range(seeds):
         for label in methods:
-            results[label].append(federated_run(out / f"{label.replace(' ', '-')}-s{seed}", compute, **overrides,
-                                                **ALWAYS[label], rounds=rounds, seed=seed,
-                                                **{"attack-schedule": "always"}))
+            folder = label.replace("(", "").replace(")", "").replace(" ", "-")
+            settings = {**overrides, **ALWAYS[label], "rounds": rounds, "seed": seed, "attack-schedule": "always"}
+            results[label].append(federated_run(out / f"{folder}-s{seed}", compute, **settings))
     return results
 
 
@@ -165,17 +171,22 @@ def always_row(label: str, runs: list[dict[str, Any]], since: list[int]) -> str:
 def always_table(results: dict[str, list[dict[str, Any] | None]], setting: str, rounds: int) -> str:
     """The table over the seeds every method has finished; "from then on" is from the continuous defense's first
     detection at the same seed (round 1 where it has none)."""
-    seeds = min(sum(r is not None for r in runs) for runs in results.values())
-    done = {label: [r for r in runs if r is not None][:seeds] for label, runs in results.items()}
+    seeds = max(sum(r is not None for r in runs) for runs in results.values())
+    done = {label: [r for r in runs if r is not None] for label, runs in results.items()}
     since = [first_detection(res) or 1 for res in done.get("continuous MCL", [])] or [1] * seeds
-    lines = [f"{setting}, {rounds} rounds, BadNets attacking in every round; mean +/- std over {seeds} seeds. "
+    counts = ", ".join(f"{label} {len(runs)}" for label, runs in done.items() if len(runs) < seeds)
+    lines = [f"{setting}, {rounds} rounds, BadNets attacking in every round; mean +/- std over {seeds} seeds"
+             + (f" (fewer for: {counts})" if counts else "") + ". "
              "\"From then on\": from the round in which the continuous defense first knew the target (at the same "
              "seed), for every method.", "",
              "| defense | target flagged in round (per seed) | highest deployed ASR from then on | share of rounds "
              "with deployed ASR > 0.05 from then on | final BA | final ASR | defense seconds up to that round "
              "(scans) | later rounds: seconds / seconds without the defense's share | left out: precision / "
              "recall / FPR |", "|---|---|---|---|---|---|---|---|---|"]
-    lines += [always_row(label, runs, since) for label, runs in done.items()]
+    lines += [always_row(label, runs, since[:len(runs)]) for label, runs in done.items() if runs]
+    versions = sorted({res.get("provenance", {}).get("code_version", "?") for runs in done.values() for res in runs})
+    lines += ["", f"Runs made at code version {', '.join(versions)} (each results.json's provenance); "
+              f"table written by {provenance()}"]
     return "\n".join(lines)
 
 

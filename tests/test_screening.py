@@ -8,10 +8,14 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from flwr.app import ArrayRecord
+
 from fl_defense.attacks.trigger import Trigger
 from fl_defense.config import resolve
+from fl_defense.defense import Defender
 from fl_defense.errors import ConfigError
 from fl_defense.screening import Trust, client_scores, minority_cluster, outliers, trigger_shift
+from fl_defense.server.wrappers.continuous import ContinuousDefense
 
 CPU = torch.device("cpu")
 
@@ -117,3 +121,28 @@ def test_continuous_defense_through_flower_and_ray(tmp_path) -> None:  # noqa: A
     assert "scan" not in rounds[1]["continuous"], "no scan once a target is known"
     assert results["filtering"]["continuous"]["rounds"] == 3
     assert results["defense"][0]["scanned"] == "cluster" and results["defense"][0]["flagged"][:1] == [0]
+
+
+def _continuous(setting, log: list) -> ContinuousDefense:  # noqa: ANN001 - fixture object
+    """The continuous defense's wrapper with `setting`'s trigger known, as after a scan flagged its target."""
+    cfg = resolve({"defense": "mcl", "defense-schedule": "continuous", "mcl-epochs": 2, "screen-images": 1000,
+                   "device": "cpu"})
+    defender = Defender(cfg, setting.clean, 10, CPU, lambda m: (setting.ba(m), setting.asr(m)))
+    defender.stage.found = {setting.target: (setting.trigger, 1)}
+    return ContinuousDefense(None, cfg, defender, copy.deepcopy(setting.model), setting.clean, CPU, log.append)
+
+
+def test_a_backdoored_aggregate_is_purified_and_a_clean_one_kept(bd, clean_model) -> None:  # noqa: ANN001
+    log: list = []
+    record: dict = {}
+    kept = _continuous(clean_model, log)._check(1, ArrayRecord(clean_model.model.state_dict()),
+                                                torch.Generator().manual_seed(0), record)
+    assert "purified" not in record and not log and record["aggregate_shift"] < 0.05
+    assert all(torch.equal(v, clean_model.model.state_dict()[k]) for k, v in kept.to_torch_state_dict().items())
+    record = {}
+    purified = _continuous(bd, log)._check(1, ArrayRecord(bd.model.state_dict()), torch.Generator().manual_seed(0),
+                                           record)
+    assert record["purified"] and record["aggregate_shift"] > 0.5 and len(log) == 1
+    model = copy.deepcopy(bd.model)
+    model.load_state_dict(purified.to_torch_state_dict())
+    assert bd.asr(model) < 0.1 < 0.9 < bd.asr(bd.model) and log[0]["asr_after"] == bd.asr(model)
