@@ -128,8 +128,18 @@ def always_runs(out: Path, rounds: int, seeds: int, methods: list[str], override
 
 
 def first_detection(res: dict[str, Any]) -> int | None:
-    """The first round in which the continuous defense knew a flagged label (None: never, or not that defense)."""
-    return next((r["round"] for r in res["rounds"] if r.get("continuous", {}).get("labels")), None)
+    """The first round in which the continuous defense knew the true target (None: never, or not that defense)."""
+    target = res["config"]["target-label"]
+    return next((r["round"] for r in res["rounds"] if target in r.get("continuous", {}).get("labels", [])), None)
+
+
+def detection(res: dict[str, Any]) -> str:
+    """The round of `first_detection`, or '-' and what the defense flagged instead, and from when."""
+    found = first_detection(res)
+    if found is not None:
+        return str(found)
+    wrong = next((r for r in res["rounds"] if r.get("continuous", {}).get("labels")), None)
+    return "-" if wrong is None else f"- (labels {wrong['continuous']['labels']} from {wrong['round']})"
 
 
 def mean_std(values: list[float], digits: int = 4) -> str:
@@ -160,8 +170,7 @@ def always_row(label: str, runs: list[dict[str, Any]], since: list[int]) -> str:
             for rows in later]
     until = [sum(r["continuous"]["defense_seconds"] for r in res["rounds"] if 0 < r["round"] <= f)
              for res, f in zip(runs, since, strict=True) if "continuous" in res["rounds"][-1]]
-    found = [first_detection(res) for res in runs]
-    flagged = ", ".join("-" if f is None else str(f) for f in found) if "continuous" in label else ""
+    flagged = ", ".join(detection(res) for res in runs) if "continuous" in label else ""
     return (f"| {label} | {flagged} | {mean_std(peak)} | {mean_std(share, 3)} | "
             f"{mean_std([res['rounds'][-1]['ba'] for res in runs])} | "
             f"{mean_std([res['rounds'][-1]['asr'] for res in runs])} | {mean_std(until, 1)} | {mean_std(secs, 2)} | "
