@@ -1,5 +1,6 @@
-# The README's two commands: `make run` (set up + the default experiment with the server's defense: trigger
-# inversion and MCL at the end), `make test` (set up + tests).
+# The README's two commands: `make run` (set up + the default experiment with the server's continuous defense:
+# trigger inversion on the round's minority cluster, then every client screened with the trigger, MCL when the
+# aggregate needs it), `make test` (set up + tests).
 VENV ?= .venv
 
 .PHONY: setup run test
@@ -8,7 +9,8 @@ setup:
 	bash scripts/setup.sh
 
 run: setup
-	$(VENV)/bin/fl-defense run --config simulations/configs/default.toml --set defense=mcl
+	$(VENV)/bin/fl-defense run --config simulations/configs/default.toml --set defense=mcl \
+		--set defense-schedule=continuous
 
 test: setup
 	$(VENV)/bin/python -m pytest -q
