@@ -179,7 +179,7 @@ def _check_run(cfg: Mapping[str, Any]) -> None:
     if cfg["defense-schedule"] == "continuous" and not _takes_trigger(cfg["defense"]):
         raise ConfigError(f"config key 'defense-schedule': continuous screens clients with an inverted trigger, "
                           f"which defense '{cfg['defense']}' does not use; allowed: a defense that takes a trigger "
-                          f"({', '.join(sorted(n for n in PURIFIERS if _takes_trigger(n)))})")
+                          f"({', '.join(n for n in PURIFIERS.choices() if _takes_trigger(n))})")
     if cfg["min-replies"] > n:
         raise ConfigError(f"config key 'min-replies': {cfg['min-replies']} is more than clients-per-round ({n}), "
                           f"so every round would be skipped; allowed: 1..{n}")

@@ -92,7 +92,7 @@ def test_trigger_shift_does_not_blame_a_model_that_favours_the_label_anyway(clea
 
 def test_continuous_needs_a_purifier_that_takes_a_trigger() -> None:
     assert resolve({"defense": "mcl", "defense-schedule": "continuous"})["defense-schedule"] == "continuous"
-    with pytest.raises(ConfigError, match="defense-schedule.*continuous.*'ft'"):
+    with pytest.raises(ConfigError, match=r"defense-schedule.*continuous.*'ft'.*\(cnp, mcl, nc-unlearn\)"):
         resolve({"defense": "ft", "defense-schedule": "continuous"})
 
 
