@@ -127,10 +127,11 @@ class Defender:
         source = self.purifier.trigger_source()
         self.stage = None if source is None else TriggerStage(TRIGGER_SOURCES[source](cfg))
 
-    def __call__(self, model: BackdoorModel, generator: torch.Generator) -> DefenseOutcome:
+    def __call__(self, model: BackdoorModel, generator: torch.Generator, stamp: Stamp | None = None) -> DefenseOutcome:
+        """Defend `model`; with `stamp`, purify with it instead of finding the trigger (no scan)."""
         ba0, asr0 = self.evaluate(model)
         record: dict[str, Any] = {"defense": self.cfg["defense"], "purified": False, "inversion_seconds": 0.0}
-        purified, seconds = self._purify(model, generator, record)
+        purified, seconds = self._purify(model, generator, record, stamp)
         ba1, asr1 = (ba0, asr0) if purified is model else self.evaluate(purified)
         record.update(purify_seconds=seconds, ba_before=ba0, asr_before=asr0, ba_after=ba1, asr_after=asr1)
         if "flagged" in record:
@@ -138,11 +139,10 @@ class Defender:
                                            and record["flagged"][:1] == [self.cfg["target-label"]])
         return DefenseOutcome(purified, record)
 
-    def _purify(self, model: BackdoorModel, generator: torch.Generator,
-                record: dict[str, Any]) -> tuple[BackdoorModel, float]:
+    def _purify(self, model: BackdoorModel, generator: torch.Generator, record: dict[str, Any],
+                stamp: Stamp | None) -> tuple[BackdoorModel, float]:
         """The purified model (the input model itself when there was no trigger to purify with) and its seconds."""
-        stamp = None
-        if self.stage is not None:
+        if stamp is None and self.stage is not None:
             found, finding = self.stage(model, self.clean, self.num_classes, self.device, generator)
             record.update(finding)
             if found is None:
@@ -169,16 +169,11 @@ class Defender:
 
     def purify_known(self, model: BackdoorModel, generator: torch.Generator) -> DefenseOutcome:
         """Purify with every known trigger (taking turns over the images), no scan; measured as `__call__` is."""
-        known = list(self.known().values())
-        stamp = known[0] if len(known) == 1 else StampMix(tuple(known))
-        ba0, asr0 = self.evaluate(model)
-        t0 = time.perf_counter()
-        purified = self.purifier.apply(model, self.clean, stamp, self.device, generator)
-        ba1, asr1 = self.evaluate(purified)
-        record = {"defense": self.cfg["defense"], "purified": True, "purified_labels": list(self.known()),
-                  "trigger_source": "known", "purify_seconds": time.perf_counter() - t0, **self.purifier.report(),
-                  "ba_before": ba0, "asr_before": asr0, "ba_after": ba1, "asr_after": asr1}
-        return DefenseOutcome(purified, record)
+        known = self.known()
+        stamps = list(known.values())
+        outcome = self(model, generator, stamps[0] if len(stamps) == 1 else StampMix(tuple(stamps)))
+        outcome.record.update(trigger_source="known", purified_labels=list(known))
+        return outcome
 
     def state_dict(self) -> dict[str, Any]:
         return {} if self.stage is None else self.stage.state_dict()

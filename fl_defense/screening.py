@@ -41,15 +41,19 @@ def trigger_shift(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     return (with_trigger - without) / max(len(x), 1)
 
 
+def largest_shift(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, known: Mapping[int, Stamp],
+                  device: torch.device) -> float:
+    """The model's largest trigger shift over the known (label, trigger) pairs."""
+    return max(trigger_shift(model, images, labels, stamp, label, device) for label, stamp in known.items())
+
+
 def client_scores(model: nn.Module, states: Sequence[Mapping[str, torch.Tensor]], images: torch.Tensor,
                   labels: torch.Tensor, known: Mapping[int, Stamp], device: torch.device) -> list[float]:
-    """Each client model's largest trigger shift over the known (label, trigger) pairs; `model` is a scratch
-    model of the architecture, overwritten."""
+    """Each client model's `largest_shift`; `model` is a scratch model of the architecture, overwritten."""
     scores = []
     for state in states:
         model.load_state_dict(state)
-        scores.append(max(trigger_shift(model, images, labels, stamp, label, device)
-                          for label, stamp in known.items()))
+        scores.append(largest_shift(model, images, labels, known, device))
     return scores
 
 

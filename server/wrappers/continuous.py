@@ -33,7 +33,7 @@ from fl_defense.defense import Defender
 from fl_defense.models import BackdoorModel
 from fl_defense.protocol import SHADOW_ARRAYS
 from fl_defense.purification.base import CleanSet
-from fl_defense.screening import Trust, client_scores, minority_cluster, trigger_shift
+from fl_defense.screening import Trust, client_scores, largest_shift, minority_cluster
 from fl_defense.server.aggregation.base import partition_id, reply_weight
 from fl_defense.server.strategy import StrategyWrapper
 
@@ -82,14 +82,15 @@ class ContinuousDefense(StrategyWrapper):
         t0 = time.perf_counter()
         replies = [m for m in replies if not m.has_error()]
         partitions = [partition_id(m) for m in replies]
-        states = [reply_state(m) for m in replies]
         generator = torch.Generator().manual_seed(self.cfg["seed"] * 1_000_003 + server_round)
         record: dict[str, Any] = {"partitions": partitions}
-        if not self.defender.known() and (server_round - 1) % self.cfg["continuous-scan-every"] == 0 and states:
+        scan_due = not self.defender.known() and (server_round - 1) % self.cfg["continuous-scan-every"] == 0
+        states = [reply_state(m) for m in replies] if replies and (scan_due or self.defender.known()) else []
+        if scan_due and states:
             record["scan"] = self._scan(server_round, states, [reply_weight(m.content) for m in replies],
                                         partitions, generator)
         known = self.defender.known()
-        if known:
+        if known and states:
             scores = client_scores(self.model, states, self.screen_set.x, self.screen_set.y, known, self.device)
             excluded = self.trust.screen(partitions, scores, self.cfg["screen-margin"])
             record.update(labels=list(known), scores=[round(s, 4) for s in scores], excluded=excluded)
@@ -135,5 +136,4 @@ class ContinuousDefense(StrategyWrapper):
         """The largest trigger shift of a known (label, trigger) on `model` (0 without a model)."""
         if model is None:
             return 0.0
-        return max(trigger_shift(model, self.screen_set.x, self.screen_set.y, stamp, label, self.device)
-                   for label, stamp in self.defender.known().items())
+        return largest_shift(model, self.screen_set.x, self.screen_set.y, self.defender.known(), self.device)
