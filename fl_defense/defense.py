@@ -8,7 +8,7 @@ share this one `Defender`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,9 +167,12 @@ class Defender:
         found, record = self.stage(model, self.clean, self.num_classes, self.device, generator)
         return {**record, "found": found is not None}
 
-    def purify_known(self, model: BackdoorModel, generator: torch.Generator) -> DefenseOutcome:
-        """Purify with every known trigger (taking turns over the images), no scan; measured as `__call__` is."""
+    def purify_known(self, model: BackdoorModel, generator: torch.Generator,
+                     labels: Iterable[int] | None = None) -> DefenseOutcome:
+        """Purify with the known triggers of `labels` (default: all; taking turns over the images), no scan;
+        measured as `__call__` is."""
         known = self.known()
+        known = known if labels is None else {label: known[label] for label in labels}
         stamps = list(known.values())
         outcome = self(model, generator, stamps[0] if len(stamps) == 1 else StampMix(tuple(stamps)))
         outcome.record.update(trigger_source="known", purified_labels=list(known))
