@@ -8,7 +8,7 @@ share this one `Defender`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,18 +161,20 @@ class Defender:
         """The trigger source's clean reference model (trained only on the clean set), once it exists."""
         return None if self.stage is None else self.stage.source.reference.model
 
-    def scan(self, model: BackdoorModel, generator: torch.Generator) -> dict[str, Any]:
-        """Scan a model for a trigger without purifying it; what was flagged joins `known`. The record."""
+    def scan(self, model: BackdoorModel, generator: torch.Generator) -> Finding:
+        """Scan a model for a trigger without purifying it or remembering what it flagged (`remember` does)."""
         assert self.stage is not None, "scan needs a purifier that takes a trigger"
-        found, record = self.stage(model, self.clean, self.num_classes, self.device, generator)
-        return {**record, "found": found is not None}
+        return self.stage.source.find(model, self.clean, self.num_classes, self.device, generator)
 
-    def purify_known(self, model: BackdoorModel, generator: torch.Generator,
-                     labels: Iterable[int] | None = None) -> DefenseOutcome:
-        """Purify with the known triggers of `labels` (default: all; taking turns over the images), no scan;
-        measured as `__call__` is."""
+    def remember(self, label: int, stamp: Stamp) -> None:
+        """Make (label, trigger) known, as a flag of a defense call is."""
+        assert self.stage is not None, "remember needs a purifier that takes a trigger"
+        self.stage.calls += 1
+        self.stage.found[label] = (stamp, self.stage.calls)
+
+    def purify_known(self, model: BackdoorModel, generator: torch.Generator) -> DefenseOutcome:
+        """Purify with every known trigger (taking turns over the images), no scan; measured as `__call__` is."""
         known = self.known()
-        known = known if labels is None else {label: known[label] for label in labels}
         stamps = list(known.values())
         outcome = self(model, generator, stamps[0] if len(stamps) == 1 else StampMix(tuple(stamps)))
         outcome.record.update(trigger_source="known", purified_labels=list(known))

@@ -67,6 +67,12 @@ def outliers(scores: Sequence[float], margin: float, mad_k: float = 3.0) -> list
     return [i for i, v in enumerate(scores) if v > bound]
 
 
+def singles_out(outlying: Sequence[int], cluster: Sequence[int]) -> bool:
+    """Whether a scan's trigger is the cluster's: some clients are outliers, and all of them are in the cluster
+    whose model the trigger was found on."""
+    return bool(outlying) and set(outlying) <= set(cluster)
+
+
 @dataclass
 class Trust:
     """What the server remembers of each client across rounds: how often it was left out. A client left out

@@ -36,8 +36,9 @@ class Progress:
     def defense(record: dict[str, Any]) -> None:
         if "ba_before" not in record:  # a scan that purified nothing (the continuous defense's)
             print(f"[defense {record['defense']} @ round {record['round']}] scanned the {record.get('scanned', '')} "
-                  f"model: flagged {record.get('flagged', '-')}  scans flagging each label first "
-                  f"{record.get('sightings', {})}  {record.get('inversion_seconds', 0.0):.1f} s",
+                  f"model: flagged {record.get('flagged', '-')}  outliers of their triggers "
+                  f"{record.get('outliers', {})} in the cluster {record.get('cluster', [])}: target "
+                  f"{record.get('confirmed') or 'not yet'}  {record.get('inversion_seconds', 0.0):.1f} s",
                   flush=True)
             return
         print(f"[defense {record['defense']} @ round {record['round']}] flagged {record.get('flagged', '-')}  "

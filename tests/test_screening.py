@@ -14,7 +14,7 @@ from fl_defense.attacks.trigger import Trigger
 from fl_defense.config import resolve
 from fl_defense.defense import Defender
 from fl_defense.errors import ConfigError
-from fl_defense.screening import Trust, client_scores, minority_cluster, outliers, trigger_shift
+from fl_defense.screening import Trust, client_scores, minority_cluster, outliers, singles_out, trigger_shift
 from fl_defense.server.wrappers.continuous import ContinuousDefense
 
 CPU = torch.device("cpu")
@@ -37,6 +37,12 @@ def test_trust_remembers_an_offender_at_half_the_margin() -> None:
     restored = Trust()
     restored.load_state_dict(trust.state_dict())
     assert restored.offences == trust.offences
+
+
+def test_a_trigger_is_the_clusters_only_when_its_outliers_are_in_the_cluster() -> None:
+    assert singles_out([3, 7], [3, 7, 9])
+    assert not singles_out([], [3, 7]), "a trigger that singles out nobody"
+    assert not singles_out([3, 5], [3, 7]), "a trigger that moves a client outside the cluster as much"
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -100,9 +106,8 @@ def test_continuous_needs_a_purifier_that_takes_a_trigger() -> None:
 
 @pytest.mark.simulation
 def test_continuous_defense_through_flower_and_ray(tmp_path) -> None:  # noqa: ANN001 - pytest's tmp_path
-    """4 clients, 1 malicious training 3 local epochs: the scans of the minority cluster (the attacker) flag the
-    target until a second flag confirms it (`continuous-confirm` 2); from then on that client is left out of
-    every aggregate, and the aggregate is purified when the trigger moves it."""
+    """4 clients, 1 malicious training 3 local epochs: the round-1 scan of the minority cluster flags the target,
+    whose trigger singles out that cluster (the attacker) among the round's clients; from then on that client is left out of every aggregate, so the deployed model never learns the backdoor."""
     from fl_defense.simulations.runner import run_experiment
 
     cfg = resolve({"num-clients": 4, "clients-per-round": 4, "train-fraction": 0.05, "rounds": 3,
@@ -111,21 +116,18 @@ def test_continuous_defense_through_flower_and_ray(tmp_path) -> None:  # noqa: A
                    "out-dir": str(tmp_path)})
     results = run_experiment(cfg, tmp_path)
     rounds = results["rounds"][1:]
-    confirmed = next(i for i, row in enumerate(rounds) if "scan" in row["continuous"]
-                     and row["continuous"]["scan"]["sightings"].get(str(cfg["target-label"])) == 2)
-    for row in rounds[:confirmed + 1]:
-        scan = row["continuous"]["scan"]
-        assert scan["flagged"][:1] in ([], [cfg["target-label"]]) and scan["cluster"] == row["malicious_sampled"]
-    assert all("labels" not in row["continuous"] for row in rounds[:confirmed]), "one flag is not a target yet"
-    for row in rounds[confirmed:]:
+    scan = rounds[0]["continuous"]["scan"]
+    assert scan["flagged"][:1] == [cfg["target-label"]] and scan["cluster"] == rounds[0]["malicious_sampled"]
+    assert scan["outliers"][str(cfg["target-label"])] == scan["cluster"] and scan["confirmed"] == [0]
+    for row in rounds:
         screen = row["continuous"]
         assert screen["labels"] == [cfg["target-label"]] and len(screen["scores"]) == 4
         assert screen["excluded"] == row["malicious_sampled"] == row["attackers"], "the attacker, and only it, left out"
         assert screen["filtering"]["recall"] == 1.0 and screen["filtering"]["fpr"] == 0.0
         assert row["asr"] < 0.2 and row["ba"] > 0.5
-    assert all("scan" not in row["continuous"] for row in rounds[confirmed + 1:]), "no scan once confirmed"
-    assert results["filtering"]["continuous"]["rounds"] == len(rounds) - confirmed, "screened rounds only"
-    assert {r["scanned"] for r in results["defense"][:confirmed + 1]} == {"cluster"}
+    assert "scan" not in rounds[1]["continuous"], "no scan once a target is known"
+    assert results["filtering"]["continuous"]["rounds"] == 3
+    assert results["defense"][0]["scanned"] == "cluster" and results["defense"][0]["flagged"][:1] == [0]
 
 
 def _continuous(setting, log: list) -> ContinuousDefense:  # noqa: ANN001 - fixture object
@@ -134,9 +136,7 @@ def _continuous(setting, log: list) -> ContinuousDefense:  # noqa: ANN001 - fixt
                    "device": "cpu"})
     defender = Defender(cfg, setting.clean, 10, CPU, lambda m: (setting.ba(m), setting.asr(m)))
     defender.stage.found = {setting.target: (setting.trigger, 1)}
-    wrapper = ContinuousDefense(None, cfg, defender, copy.deepcopy(setting.model), setting.clean, CPU, log.append)
-    wrapper.sightings = {setting.target: cfg["continuous-confirm"]}
-    return wrapper
+    return ContinuousDefense(None, cfg, defender, copy.deepcopy(setting.model), setting.clean, CPU, log.append)
 
 
 def test_a_backdoored_aggregate_is_purified_and_a_clean_one_kept(bd, clean_model) -> None:  # noqa: ANN001
@@ -153,16 +153,3 @@ def test_a_backdoored_aggregate_is_purified_and_a_clean_one_kept(bd, clean_model
     model = copy.deepcopy(bd.model)
     model.load_state_dict(purified.to_torch_state_dict())
     assert bd.asr(model) < 0.1 < 0.9 < bd.asr(bd.model) and log[0]["asr_after"] == bd.asr(model)
-
-
-def test_a_label_flagged_once_is_not_a_target_until_confirmed(bd) -> None:  # noqa: ANN001
-    """One scan's flag is remembered but not screened for; the count survives a checkpoint."""
-    wrapper = _continuous(bd, [])
-    wrapper.sightings = {bd.target: wrapper.cfg["continuous-confirm"] - 1}
-    assert wrapper.known() == {}
-    wrapper.sightings[bd.target] += 1
-    assert list(wrapper.known()) == [bd.target]
-    restored = _continuous(bd, [])
-    restored.sightings = {}
-    restored.load_state_dict(wrapper.state_dict())
-    assert restored.sightings == wrapper.sightings and list(restored.known()) == [bd.target]

@@ -2,13 +2,17 @@
 
 Purifying every k rounds leaves a saw: the attackers re-plant the backdoor within a few rounds of each
 purification (benchmarks/README.md). Here, in every round:
-1. until a target is confirmed (every `continuous-scan-every` rounds): the run's trigger source scans the model
+1. until a target is known (every `continuous-scan-every` rounds): the run's trigger source scans the model
    of the round's minority cluster of updates (`fl_defense.screening.minority_cluster`), where an attack that
-   is still diluted in the global model is at full strength; a label is the target once `continuous-confirm`
-   scans have flagged it (hard setting, seed 0, round 1: the minority cluster was two benign clients with
-   skewed data, the warp scan flagged "Shirt" on their model, and screening for that false target left out
-   benign clients for 60 rounds while the backdoor reached ASR 1.0);
-2. once a target is confirmed: every client's model is scored by how far the trigger moves the clean set toward
+   is still diluted in the global model is at full strength. A flagged label becomes the target only if its
+   trigger singles out that cluster: scoring the round's clients with it, the outliers are some of the
+   cluster's clients and none of the others (`fl_defense.screening.singles_out`). A backdoor's trigger
+   moves the models that learnt it; a scan of a model of a few benign clients with skewed data flags what
+   moves such models, and it moves other skewed clients as much (hard setting, seed 0, round 1: the cluster
+   was two benign clients, the warp scan flagged "Shirt", whose trigger moved two clients outside the
+   cluster most; taken as the target, screening for it left out benign clients for 60 rounds while the
+   backdoor reached ASR 1.0);
+2. once a trigger is known: every client's model is scored by how far the trigger moves the clean set toward
    its label, and the outliers, and clients left out before that score above half the margin, are left out
    of the aggregate (`fl_defense.screening`);
 3. the aggregate is purified with the known triggers (the run's purifier, MCL first) when the trigger moves
@@ -32,12 +36,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from fl_defense.aggregation import average_states
-from fl_defense.attacks.trigger import Stamp
 from fl_defense.defense import Defender
 from fl_defense.models import BackdoorModel
 from fl_defense.protocol import SHADOW_ARRAYS
 from fl_defense.purification.base import CleanSet
-from fl_defense.screening import Trust, client_scores, largest_shift, minority_cluster
+from fl_defense.screening import Trust, client_scores, largest_shift, minority_cluster, outliers, singles_out
 from fl_defense.server.aggregation.base import partition_id, reply_weight
 from fl_defense.server.strategy import StrategyWrapper
 
@@ -68,22 +71,13 @@ class ContinuousDefense(StrategyWrapper):
         pick = order[:cfg["screen-images"]]
         self.screen_set = CleanSet(clean.x[pick], clean.y[pick])
         self.trust = Trust()
-        self.sightings: dict[int, int] = {}  # label -> scans that flagged it first
         self._sent: dict[str, torch.Tensor] = {}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"trust": self.trust.state_dict(), "sighted": list(self.sightings),
-                "sightings": list(self.sightings.values())}
+        return {"trust": self.trust.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.trust.load_state_dict(state["trust"])
-        self.sightings = dict(zip((int(v) for v in state["sighted"]), (int(n) for n in state["sightings"]),
-                                  strict=True))
-
-    def known(self) -> dict[int, Stamp]:
-        """The confirmed targets with their latest triggers."""
-        return {label: stamp for label, stamp in self.defender.known().items()
-                if self.sightings.get(label, 0) >= self.cfg["continuous-confirm"]}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -97,12 +91,12 @@ class ContinuousDefense(StrategyWrapper):
         partitions = [partition_id(m) for m in replies]
         generator = torch.Generator().manual_seed(self.cfg["seed"] * 1_000_003 + server_round)
         record: dict[str, Any] = {"partitions": partitions}
-        scan_due = not self.known() and (server_round - 1) % self.cfg["continuous-scan-every"] == 0
-        states = [reply_state(m) for m in replies] if replies and (scan_due or self.known()) else []
+        scan_due = not self.defender.known() and (server_round - 1) % self.cfg["continuous-scan-every"] == 0
+        states = [reply_state(m) for m in replies] if replies and (scan_due or self.defender.known()) else []
         if scan_due and states:
             record["scan"] = self._scan(server_round, states, [reply_weight(m.content) for m in replies],
                                         partitions, generator)
-        known = self.known()
+        known = self.defender.known()
         if known and states:
             scores = client_scores(self.model, states, self.screen_set.x, self.screen_set.y, known, self.device)
             excluded = self.trust.screen(partitions, scores, self.cfg["screen-margin"])
@@ -120,19 +114,26 @@ class ContinuousDefense(StrategyWrapper):
 
     def _scan(self, server_round: int, states: list[dict[str, torch.Tensor]], weights: list[float],
               partitions: list[int], generator: torch.Generator) -> dict[str, Any]:
-        """Scan the model of the round's minority cluster (all clients when there is none); the scan's record."""
+        """Scan the model of the round's minority cluster (all clients when there is none) and make known each
+        flagged label whose trigger singles out the cluster; the scan's record."""
         updates = torch.stack([flat_update(s, self._sent) for s in states])
         cluster = minority_cluster(updates, generator) or list(range(len(states)))
         self.model.load_state_dict(average_states([states[i] for i in cluster], [weights[i] for i in cluster]))
-        found = self.defender.scan(self.model, generator)
-        flagged = found.get("flagged", [])
-        for label in flagged[:1]:
-            self.sightings[label] = self.sightings.get(label, 0) + 1
-        scan = {"cluster": [partitions[i] for i in cluster], "flagged": flagged,
-                "sightings": {str(k): v for k, v in self.sightings.items()},
-                "inversion_seconds": found.get("inversion_seconds", 0.0)}
+        finding = self.defender.scan(self.model, generator)
+        outlying: dict[str, list[int]] = {}
+        for label in finding.flagged:
+            if label not in finding.triggers:
+                continue
+            scores = client_scores(self.model, states, self.screen_set.x, self.screen_set.y,
+                                   {label: finding.triggers[label]}, self.device)
+            found = outliers(scores, self.cfg["screen-margin"])
+            outlying[str(label)] = [partitions[i] for i in found]
+            if singles_out(found, cluster):
+                self.defender.remember(label, finding.triggers[label])
+        scan = {"cluster": [partitions[i] for i in cluster], "flagged": finding.flagged, "outliers": outlying,
+                "confirmed": list(self.defender.known()), "inversion_seconds": finding.record.get("inversion_seconds", 0.0)}
         self.log({"round": server_round, "defense": self.cfg["defense"], "purified": False, "scanned": "cluster",
-                  **found, "cluster": scan["cluster"], "sightings": scan["sightings"]})
+                  **finding.record, **scan})
         return scan
 
     def _check(self, server_round: int, arrays: ArrayRecord, generator: torch.Generator,
@@ -144,7 +145,7 @@ class ContinuousDefense(StrategyWrapper):
         record.update(aggregate_shift=round(shift, 4), reference_shift=round(natural, 4))
         if shift - natural <= self.cfg["continuous-purify-above"]:
             return arrays
-        outcome = self.defender.purify_known(self.model, generator, self.known())
+        outcome = self.defender.purify_known(self.model, generator)
         self.log({"round": server_round, **outcome.record, "aggregate_shift": shift})
         record["purified"] = True
         return ArrayRecord(outcome.model.state_dict())
@@ -153,4 +154,4 @@ class ContinuousDefense(StrategyWrapper):
         """The largest trigger shift of a known (label, trigger) on `model` (0 without a model)."""
         if model is None:
             return 0.0
-        return largest_shift(model, self.screen_set.x, self.screen_set.y, self.known(), self.device)
+        return largest_shift(model, self.screen_set.x, self.screen_set.y, self.defender.known(), self.device)
