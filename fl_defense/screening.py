@@ -68,9 +68,9 @@ def outliers(scores: Sequence[float], margin: float, mad_k: float = 3.0) -> list
 
 
 def singles_out(outlying: Sequence[int], cluster: Sequence[int]) -> bool:
-    """Whether a scan's trigger is the cluster's: some clients are outliers, and all of them are in the cluster
-    whose model the trigger was found on."""
-    return bool(outlying) and set(outlying) <= set(cluster)
+    """Whether a scan's trigger is the cluster's: the round's outlying clients are exactly the cluster whose model
+    the trigger was found on (a backdoor's trigger moves every model that learnt it, and only those)."""
+    return bool(outlying) and set(outlying) == set(cluster)
 
 
 @dataclass

@@ -5,13 +5,16 @@ purification (benchmarks/README.md). Here, in every round:
 1. until a target is known (every `continuous-scan-every` rounds): the run's trigger source scans the model
    of the round's minority cluster of updates (`fl_defense.screening.minority_cluster`), where an attack that
    is still diluted in the global model is at full strength. A flagged label becomes the target only if its
-   trigger singles out that cluster: scoring the round's clients with it, the outliers are some of the
-   cluster's clients and none of the others (`fl_defense.screening.singles_out`). A backdoor's trigger
-   moves the models that learnt it; a scan of a model of a few benign clients with skewed data flags what
-   moves such models, and it moves other skewed clients as much (hard setting, seed 0, round 1: the cluster
-   was two benign clients, the warp scan flagged "Shirt", whose trigger moved two clients outside the
-   cluster most; taken as the target, screening for it left out benign clients for 60 rounds while the
-   backdoor reached ASR 1.0);
+   trigger singles out that cluster: scoring the round's clients with it, the outliers are exactly the
+   cluster's clients (`fl_defense.screening.singles_out`). A backdoor's trigger moves the models that learnt
+   it; a scan of a model of a few clients with skewed data flags what moves such models, which moves some
+   of them and other skewed clients as much. Measured on the hard setting, seed 0: the round-1 cluster was
+   two benign clients, the warp scan flagged "Shirt", whose trigger moved two clients outside the cluster
+   most; taken as the target, screening for it left out benign clients for 60 rounds while the backdoor
+   reached ASR 1.0. Round 2's cluster was three attackers and a benign client, the warp scan flagged "Coat",
+   and its outliers were that benign client and two of the attackers (scores 0.39, 0.50, 0.36; the third
+   attacker 0.16): a rule that asked only for outliers inside the cluster took it. A second flag of the
+   same label (a confirmation count) took "Coat" at round 4;
 2. once a trigger is known: every client's model is scored by how far the trigger moves the clean set toward
    its label, and the outliers, and clients left out before that score above half the margin, are left out
    of the aggregate (`fl_defense.screening`);
@@ -121,17 +124,20 @@ class ContinuousDefense(StrategyWrapper):
         self.model.load_state_dict(average_states([states[i] for i in cluster], [weights[i] for i in cluster]))
         finding = self.defender.scan(self.model, generator)
         outlying: dict[str, list[int]] = {}
+        candidate_scores: dict[str, list[float]] = {}
         for label in finding.flagged:
             if label not in finding.triggers:
                 continue
             scores = client_scores(self.model, states, self.screen_set.x, self.screen_set.y,
                                    {label: finding.triggers[label]}, self.device)
             found = outliers(scores, self.cfg["screen-margin"])
+            candidate_scores[str(label)] = [round(v, 4) for v in scores]
             outlying[str(label)] = [partitions[i] for i in found]
             if singles_out(found, cluster):
                 self.defender.remember(label, finding.triggers[label])
-        scan = {"cluster": [partitions[i] for i in cluster], "flagged": finding.flagged, "outliers": outlying,
-                "confirmed": list(self.defender.known()), "inversion_seconds": finding.record.get("inversion_seconds", 0.0)}
+        scan = {"cluster": [partitions[i] for i in cluster], "flagged": finding.flagged, "scores": candidate_scores,
+                "outliers": outlying, "confirmed": list(self.defender.known()),
+                "inversion_seconds": finding.record.get("inversion_seconds", 0.0)}
         self.log({"round": server_round, "defense": self.cfg["defense"], "purified": False, "scanned": "cluster",
                   **finding.record, **scan})
         return scan
