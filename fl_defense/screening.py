@@ -68,9 +68,12 @@ def outliers(scores: Sequence[float], margin: float, mad_k: float = 3.0) -> list
 
 
 def singles_out(outlying: Sequence[int], cluster: Sequence[int]) -> bool:
-    """Whether a scan's trigger is the cluster's: the round's outlying clients are exactly the cluster whose model
-    the trigger was found on (a backdoor's trigger moves every model that learnt it, and only those)."""
-    return bool(outlying) and set(outlying) == set(cluster)
+    """Whether a scan's trigger is the cluster's: it moves every client of the cluster whose model it was found
+    on far more than the round's median client, and most of the clients it moves so are in the cluster (a
+    backdoor's trigger moves the models that learnt it; a benign client may keep some of a backdoor the global
+    model already holds)."""
+    extra = set(outlying) - set(cluster)
+    return bool(cluster) and set(cluster) <= set(outlying) and len(extra) < len(set(cluster))
 
 
 @dataclass

@@ -41,9 +41,10 @@ def test_trust_remembers_an_offender_at_half_the_margin() -> None:
 
 def test_a_trigger_is_the_clusters_only_when_its_outliers_are_in_the_cluster() -> None:
     assert singles_out([7, 3], [3, 7])
-    assert not singles_out([], [3, 7]), "a trigger that singles out nobody"
-    assert not singles_out([3, 5], [3, 7]), "a trigger that moves a client outside the cluster as much"
-    assert not singles_out([3], [3, 7, 9]), "a trigger that leaves most of the cluster alone"
+    assert singles_out([11, 30, 38, 50], [11, 30, 38]), "one benign client that kept the global model's backdoor"
+    assert not singles_out([], [3, 7]), "a trigger that moves nobody"
+    assert not singles_out([3, 5], [3, 7]), "a trigger that leaves a client of the cluster alone"
+    assert not singles_out([3, 7, 5, 8], [3, 7]), "a trigger that moves as many clients outside the cluster"
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
