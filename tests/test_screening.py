@@ -121,6 +121,7 @@ def test_continuous_defense_through_flower_and_ray(tmp_path) -> None:  # noqa: A
     scan = rounds[0]["continuous"]["scan"]
     assert scan["flagged"][:1] == [cfg["target-label"]] and scan["cluster"] == rounds[0]["malicious_sampled"]
     assert scan["outliers"][str(cfg["target-label"])] == scan["cluster"] and scan["confirmed"] == [0]
+    assert rounds[0]["continuous"]["purified"], "the round the target became known purifies what was planted"
     for row in rounds:
         screen = row["continuous"]
         assert screen["labels"] == [cfg["target-label"]] and len(screen["scores"]) == 4
