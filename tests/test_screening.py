@@ -14,7 +14,8 @@ from fl_defense.attacks.trigger import Trigger
 from fl_defense.config import resolve
 from fl_defense.defense import Defender
 from fl_defense.errors import ConfigError
-from fl_defense.screening import Trust, client_scores, minority_cluster, outliers, singles_out, trigger_shift
+from fl_defense.screening import (Trust, client_scores, held_by_all, minority_cluster, outliers, singles_out,
+                                  trigger_shift)
 from fl_defense.server.wrappers.continuous import ContinuousDefense
 
 CPU = torch.device("cpu")
@@ -45,6 +46,14 @@ def test_a_trigger_is_the_clusters_only_when_its_outliers_are_in_the_cluster() -
     assert not singles_out([], [3, 7]), "a trigger that moves nobody"
     assert not singles_out([3, 5], [3, 7]), "a trigger that leaves a client of the cluster alone"
     assert not singles_out([3, 7, 5, 8], [3, 7]), "a trigger that moves as many clients outside the cluster"
+
+
+def test_a_trigger_every_client_answers_is_held_by_the_global_model() -> None:
+    planted = [0.9, 0.85, 0.95, 0.7, 0.88]
+    assert held_by_all(planted, natural=0.05)
+    assert not held_by_all(planted, natural=0.6), "the clean reference answers it too: a natural feature"
+    assert not held_by_all([0.0, 0.3, 0.4, 0.25, 0.0], natural=0.02), "what moves some skewed clients"
+    assert not held_by_all([], natural=0.0)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

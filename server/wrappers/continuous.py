@@ -17,7 +17,9 @@ purification (benchmarks/README.md). Here, in every round:
    attackers (scores 0.39, 0.50, 0.36; the third attacker 0.16): a check that asked only for outliers inside
    the cluster took it, and a second flag of the same label (a confirmation count) took it at round 4. In
    round 4 the cluster was the three attackers, NC flagged the target, and its outliers were them and one
-   benign client (a rule asking for the cluster exactly missed it);
+   benign client (a rule asking for the cluster exactly missed it). A flag is also the target when its
+   trigger is held by every client (`fl_defense.screening.held_by_all`): once the global model learnt the
+   backdoor no cluster stands out;
 2. once a trigger is known: every client's model is scored by how far the trigger moves the clean set toward
    its label, and the outliers, and clients left out before that score above half the margin, are left out
    of the aggregate (`fl_defense.screening`);
@@ -46,11 +48,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from fl_defense.aggregation import average_states
+from fl_defense.attacks.trigger import Stamp
 from fl_defense.defense import Defender
 from fl_defense.models import BackdoorModel
 from fl_defense.protocol import SHADOW_ARRAYS
 from fl_defense.purification.base import CleanSet
-from fl_defense.screening import Trust, client_scores, largest_shift, minority_cluster, outliers, singles_out
+from fl_defense.screening import (Trust, client_scores, held_by_all, largest_shift, minority_cluster, outliers,
+                                  singles_out)
 from fl_defense.server.aggregation.base import partition_id, reply_weight
 from fl_defense.server.strategy import StrategyWrapper
 
@@ -140,7 +144,8 @@ class ContinuousDefense(StrategyWrapper):
             found = outliers(scores, self.cfg["screen-margin"])
             candidate_scores[str(label)] = [round(v, 4) for v in scores]
             outlying[str(label)] = [partitions[i] for i in found]
-            if singles_out(found, cluster):
+            natural = self._shift(self.defender.reference(), {label: finding.triggers[label]})
+            if singles_out(found, cluster) or held_by_all(scores, natural):
                 self.defender.remember(label, finding.triggers[label])
         scan = {"cluster": [partitions[i] for i in cluster], "flagged": finding.flagged, "scores": candidate_scores,
                 "outliers": outlying, "confirmed": list(self.defender.known()),
@@ -164,8 +169,10 @@ class ContinuousDefense(StrategyWrapper):
         record["purified"] = True
         return ArrayRecord(outcome.model.state_dict())
 
-    def _shift(self, model: torch.nn.Module | None) -> float:
-        """The largest trigger shift of a known (label, trigger) on `model` (0 without a model)."""
+    def _shift(self, model: torch.nn.Module | None, triggers: Mapping[int, Stamp] | None = None) -> float:
+        """The largest trigger shift on `model` of the known (label, trigger) pairs, or of `triggers` (0 without a
+        model)."""
         if model is None:
             return 0.0
-        return largest_shift(model, self.screen_set.x, self.screen_set.y, self.defender.known(), self.device)
+        triggers = self.defender.known() if triggers is None else triggers
+        return largest_shift(model, self.screen_set.x, self.screen_set.y, triggers, self.device)
