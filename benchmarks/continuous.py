@@ -158,18 +158,20 @@ def filtering_rates(runs: list[dict[str, Any]]) -> str:
                       for k in ("precision", "recall", "fpr"))
 
 
-def always_row(label: str, runs: list[dict[str, Any]], since: list[int]) -> str:
+def always_row(label: str, runs: list[dict[str, Any]], since: dict[int, int]) -> str:
     """One defense's line over its seeds, from the round the continuous defense first knew the target (`since`,
-    per seed): deployed ASR, final BA/ASR, the continuous defense's cost (a round's seconds over the same round's
-    seconds less the defense's share, measured in the same run) and who was left out."""
-    after = [[r for r in res["rounds"] if r["round"] >= f] for res, f in zip(runs, since, strict=True)]
+    by seed; round 1 at a seed it has not run): deployed ASR, final BA/ASR, the continuous defense's cost (a
+    round's seconds over the same round's seconds less the defense's share, measured in the same run) and who
+    was left out."""
+    starts = [since.get(res["config"]["seed"], 1) for res in runs]
+    after = [[r for r in res["rounds"] if r["round"] >= f] for res, f in zip(runs, starts, strict=True)]
     peak = [max(r["asr"] for r in rows) for rows in after if rows]
     share = [sum(r["asr"] > 0.05 for r in rows) / len(rows) for rows in after if rows]
     later = [rows[1:] for rows in after if len(rows) > 1 and "continuous" in rows[0]]
     secs = [sum(r["seconds"] for r in rows) / sum(r["seconds"] - r["continuous"]["defense_seconds"] for r in rows)
             for rows in later]
     until = [sum(r["continuous"]["defense_seconds"] for r in res["rounds"] if 0 < r["round"] <= f)
-             for res, f in zip(runs, since, strict=True) if "continuous" in res["rounds"][-1]]
+             for res, f in zip(runs, starts, strict=True) if "continuous" in res["rounds"][-1]]
     flagged = ", ".join(detection(res) for res in runs) if "continuous" in label else ""
     return (f"| {label} | {flagged} | {mean_std(peak)} | {mean_std(share, 3)} | "
             f"{mean_std([res['rounds'][-1]['ba'] for res in runs])} | "
@@ -178,11 +180,11 @@ def always_row(label: str, runs: list[dict[str, Any]], since: list[int]) -> str:
 
 
 def always_table(results: dict[str, list[dict[str, Any] | None]], setting: str, rounds: int) -> str:
-    """The table over the seeds every method has finished; "from then on" is from the continuous defense's first
-    detection at the same seed (round 1 where it has none)."""
+    """The table over the seeds each method has finished; "from then on" is from the continuous defense's first
+    detection at the same seed (round 1 where it has none or has not run)."""
     seeds = max(sum(r is not None for r in runs) for runs in results.values())
     done = {label: [r for r in runs if r is not None] for label, runs in results.items()}
-    since = [first_detection(res) or 1 for res in done.get("continuous MCL", [])] or [1] * seeds
+    since = {res["config"]["seed"]: first_detection(res) or 1 for res in done.get("continuous MCL", [])}
     counts = ", ".join(f"{label} {len(runs)}" for label, runs in done.items() if len(runs) < seeds)
     lines = [f"{setting}, {rounds} rounds, BadNets attacking in every round; mean +/- std over {seeds} seeds"
              + (f" (fewer for: {counts})" if counts else "") + ". "
@@ -192,7 +194,7 @@ def always_table(results: dict[str, list[dict[str, Any] | None]], setting: str, 
              "with deployed ASR > 0.05 from then on | final BA | final ASR | defense seconds up to that round "
              "(scans) | later rounds: seconds / seconds without the defense's share | left out: precision / "
              "recall / FPR |", "|---|---|---|---|---|---|---|---|---|"]
-    lines += [always_row(label, runs, since[:len(runs)]) for label, runs in done.items() if runs]
+    lines += [always_row(label, runs, since) for label, runs in done.items() if runs]
     versions = sorted({res.get("provenance", {}).get("code_version", "?") for runs in done.values() for res in runs})
     lines += ["", f"Runs made at code version {', '.join(versions)} (each results.json's provenance); "
               f"table written by {provenance()}"]
