@@ -118,7 +118,8 @@ def test_continuous_needs_a_purifier_that_takes_a_trigger() -> None:
 @pytest.mark.simulation
 def test_continuous_defense_through_flower_and_ray(tmp_path) -> None:  # noqa: ANN001 - pytest's tmp_path
     """4 clients, 1 malicious training 3 local epochs: the round-1 scan of the minority cluster flags the target,
-    whose trigger singles out that cluster (the attacker) among the round's clients; from then on that client is left out of every aggregate, so the deployed model never learns the backdoor."""
+    whose trigger singles out that cluster (the attacker) among the round's clients; from then on that client is
+    left out of every aggregate, so the deployed model never learns the backdoor."""
     from fl_defense.simulations.runner import run_experiment
 
     cfg = resolve({"num-clients": 4, "clients-per-round": 4, "train-fraction": 0.05, "rounds": 3,

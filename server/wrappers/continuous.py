@@ -144,8 +144,8 @@ class ContinuousDefense(StrategyWrapper):
             found = outliers(scores, self.cfg["screen-margin"])
             candidate_scores[str(label)] = [round(v, 4) for v in scores]
             outlying[str(label)] = [partitions[i] for i in found]
-            natural = self._shift(self.defender.reference(), {label: finding.triggers[label]})
-            if singles_out(found, cluster) or held_by_all(scores, natural):
+            if singles_out(found, cluster) or held_by_all(
+                    scores, self._shift(self.defender.reference(), {label: finding.triggers[label]})):
                 self.defender.remember(label, finding.triggers[label])
         scan = {"cluster": [partitions[i] for i in cluster], "flagged": finding.flagged, "scores": candidate_scores,
                 "outliers": outlying, "confirmed": list(self.defender.known()),
