@@ -76,16 +76,17 @@ def singles_out(outlying: Sequence[int], cluster: Sequence[int]) -> bool:
     return bool(cluster) and set(cluster) <= set(outlying) and len(extra) < len(set(cluster))
 
 
-PLANTED = 0.5  # the median client's trigger shift, over the clean reference's, that says the global model holds it
+PLANTED = 0.4  # the global model's trigger shift, over the clean reference's, that says the global model holds it
 
 
-def held_by_all(scores: Sequence[float], natural: float, level: float = PLANTED) -> bool:
+def held_by_global(shift: float, natural: float, level: float = PLANTED) -> bool:
     """Whether a scan's trigger is a backdoor the global model already holds: it moves at least `level` more of the
-    clean images to its label on the round's median client model than on the clean reference model (`natural`).
-    Once the global model learnt the backdoor, every client's model answers to it and no cluster stands out (hard
-    setting, seed 2: the target flagged in 4 of rounds 9-14 with no outlier, at global ASR 0.95); a natural
-    feature that moves the reference little moved at most a quarter of the median client's images (seed 0)."""
-    return bool(scores) and float(torch.tensor(scores).median()) - natural >= level
+    clean images to its label on the model the round started from (`shift`) than on the clean reference model
+    (`natural`). Once the global model learnt the backdoor every client's model answers to it and no cluster
+    stands out; measured on the hard setting (`fl_defense.server.wrappers.continuous` lists the scans), the
+    inverted target trigger moved a global model of ASR 0.75-0.99 0.51-0.54 beyond the reference, and no false
+    flag of seeds 0-2 moved it more than 0.23 beyond."""
+    return shift - natural >= level
 
 
 @dataclass

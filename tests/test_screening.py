@@ -14,7 +14,7 @@ from fl_defense.attacks.trigger import Trigger
 from fl_defense.config import resolve
 from fl_defense.defense import Defender
 from fl_defense.errors import ConfigError
-from fl_defense.screening import (Trust, client_scores, held_by_all, minority_cluster, outliers, singles_out,
+from fl_defense.screening import (Trust, client_scores, held_by_global, minority_cluster, outliers, singles_out,
                                   trigger_shift)
 from fl_defense.server.wrappers.continuous import ContinuousDefense
 
@@ -48,12 +48,18 @@ def test_a_trigger_is_the_clusters_only_when_its_outliers_are_in_the_cluster() -
     assert not singles_out([3, 7, 5, 8], [3, 7]), "a trigger that moves as many clients outside the cluster"
 
 
-def test_a_trigger_every_client_answers_is_held_by_the_global_model() -> None:
-    planted = [0.9, 0.85, 0.95, 0.7, 0.88]
-    assert held_by_all(planted, natural=0.05)
-    assert not held_by_all(planted, natural=0.6), "the clean reference answers it too: a natural feature"
-    assert not held_by_all([0.0, 0.3, 0.4, 0.25, 0.0], natural=0.02), "what moves some skewed clients"
-    assert not held_by_all([], natural=0.0)
+def test_a_backdoor_the_global_model_learnt_is_told_from_what_the_clean_reference_answers_too(bd, clean_model) -> None:  # noqa: ANN001
+    """The global model holds the trigger's backdoor when it answers the trigger far more than a model trained on the
+    clean set alone does; a clean global model, or a trigger the reference answers as much, is no backdoor."""
+    x, y = clean_model.clean.x, clean_model.clean.y
+
+    def shift(model: torch.nn.Module) -> float:
+        return trigger_shift(model, x, y, bd.trigger, bd.target, CPU)
+
+    natural = shift(clean_model.model)
+    assert held_by_global(shift(bd.model), natural)
+    assert not held_by_global(shift(clean_model.model), natural), "a clean global model"
+    assert not held_by_global(shift(bd.model), natural=shift(bd.model)), "the reference answers it as much"
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
