@@ -7,6 +7,7 @@ keyed on `code_version()`, so a cached run is never reused once the code changed
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import platform
 import subprocess
@@ -19,6 +20,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("torch", "torchvision", "flwr", "ray", "numpy")
+SUBPACKAGES = ("fl_defense.server", "fl_defense.clients", "fl_defense.simulations")  # mapped to top-level folders
 
 
 def _git(*args: str) -> str | None:
@@ -40,16 +42,33 @@ def commit() -> tuple[str | None, bool]:
     return head.strip(), bool((_git("status", "--porcelain", "--untracked-files=no") or "").strip())
 
 
+def foreign() -> list[str]:
+    """The subpackages imported from outside this checkout. The editable install maps fl_defense.server, .clients and
+    .simulations to the folders of the checkout it was made from, so a second checkout (a git worktree) run with
+    that install's Python on PYTHONPATH gets its own fl_defense but the first one's server: numbers that no
+    commit made (seen here: a benchmark worktree ran the main checkout's uncommitted server code)."""
+    out = []
+    for name in SUBPACKAGES:
+        spec = importlib.util.find_spec(name)
+        origin = Path(spec.origin).resolve() if spec is not None and spec.origin else None
+        if origin is not None and not origin.is_relative_to(ROOT.resolve()):
+            out.append(f"{name} from {origin.parent}")
+    return out
+
+
 def code_version() -> str:
     """A short key of the code: the commit, and a hash of the uncommitted changes to tracked files other than
-    Markdown if any (a benchmark writing its README block must not change the key of the next one's cache)."""
+    Markdown if any (a benchmark writing its README block must not change the key of the next one's cache);
+    "+mixed" when part of the code came from another checkout (`foreign`)."""
     head, dirty = commit()
     if head is None:
         return "unversioned"
+    mixed = "+mixed" if foreign() else ""
     if not dirty:
-        return head[:12]
+        return head[:12] + mixed
     changes = _git("diff", "HEAD", "--", ".", ":(exclude)*.md") or ""  # prose (a benchmark's README) is not code
-    return head[:12] if not changes.strip() else f"{head[:12]}+{hashlib.sha256(changes.encode()).hexdigest()[:8]}"
+    key = head[:12] if not changes.strip() else f"{head[:12]}+{hashlib.sha256(changes.encode()).hexdigest()[:8]}"
+    return key + mixed
 
 
 def _version(package: str) -> str | None:
@@ -60,10 +79,12 @@ def _version(package: str) -> str | None:
 
 
 def provenance() -> dict[str, Any]:
-    """The commit, uncommitted changes, package versions, device, cores and torch threads of this process."""
+    """The commit, uncommitted changes, code from another checkout, package versions, device, cores and torch
+    threads of this process."""
     head, dirty = commit()
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    return {"commit": head, "dirty": dirty, "code_version": code_version(), "python": platform.python_version(),
+    return {"commit": head, "dirty": dirty, "code_version": code_version(), "foreign": foreign(),
+            "python": platform.python_version(),
             "versions": {p: _version(p) for p in PACKAGES}, "device": device, "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "machine": platform.machine()}
 

@@ -1,0 +1,33 @@
+"""Provenance: a number names the code that made it, and says when part of that code came from another checkout."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from fl_defense import provenance
+
+
+def test_this_checkout_runs_its_own_server_clients_and_simulations() -> None:
+    assert provenance.foreign() == []
+    assert not provenance.code_version().endswith("+mixed")
+
+
+def test_a_server_imported_from_another_checkout_marks_the_code_version_mixed(monkeypatch: pytest.MonkeyPatch,
+                                                                               tmp_path: Path) -> None:
+    """What a git worktree run with the main checkout's editable install gets: its own fl_defense, the other
+    checkout's fl_defense.server."""
+    real = importlib.util.find_spec
+    elsewhere = tmp_path / "main" / "server" / "__init__.py"
+
+    def find_spec(name: str, *args: object) -> object:
+        return SimpleNamespace(origin=str(elsewhere)) if name == "fl_defense.server" else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    assert provenance.foreign() == [f"fl_defense.server from {elsewhere.parent}"]
+    made_by = provenance.provenance()
+    assert made_by["code_version"].endswith("+mixed") and made_by["foreign"] == provenance.foreign()
+    assert "+mixed" in provenance.describe(made_by)
