@@ -217,6 +217,16 @@ def test_boosted_backdoor_updates_are_excluded(aggregation: str) -> None:
         assert len(chosen) == 1 and chosen[0] not in MALICIOUS
 
 
+def test_bulyan_reports_the_boosted_updates_its_krum_selection_left_out() -> None:
+    """Bulyan (11 clients, f = 2) keeps n - 2f = 7 by Krum before its trimmed mean: the two boosted updates are
+    among the four it leaves out, and what it reports is what its aggregate was made of."""
+    strategy = build_aggregator(_cfg("bulyan", **{"num-clients": 11, "clients-per-round": 11}))
+    r = Round()
+    r.aggregate(strategy, _attacked_updates(r.dim, 11, MALICIOUS), [50] * 11)
+    excluded = strategy.last_info["excluded"]
+    assert set(MALICIOUS) <= set(excluded) and len(excluded) == 4
+
+
 def test_foolsgold_downweights_sybils_over_rounds() -> None:
     g = torch.Generator().manual_seed(3)
     dim, history = 500, {}
