@@ -1,4 +1,8 @@
-"""CIFAR-style ResNet-18 (3x3 stem, no max-pool) for 3x32x32 images, as in the backdoor literature."""
+"""CIFAR-style ResNet-18 (3x3 stem, no max-pool) for 3x32x32 images, as in the backdoor literature (DBD, CNP).
+
+On grey 28x28 images (Fashion-MNIST) the stem takes one channel and the four stages are 28, 14, 7 and 4 pixels
+wide instead of 32, 16, 8 and 4.
+"""
 
 from __future__ import annotations
 
