@@ -1,17 +1,17 @@
-"""Continuous training: a long run in which BadNets attackers come, leave and return, under five defenses.
+"""Continuous training: long runs in which BadNets attackers come and go, or never stop, under every defense.
 
-On the default setting (Fashion-MNIST, 10 clients, 2 malicious) for `--rounds` rounds (at least 100)
-with the attack windows of `--schedule`, the same run is made with:
-- no defense;
-- MCL every k rounds (`--every`);
-- MCL at the end (the no-defense run's final model, purified once);
-- shadow learning (`defense=shadow`);
-- FLAME aggregation.
-It prints and writes into benchmarks/README.md (between the CONTINUOUS markers) a table of final BA and
-ASR, the highest ASR after the first attack window, and the durability of each attack window (rounds
-from the last attacking round until ASR < 0.10, see `fl_defense.metrics.durability`), with a PNG of ASR
-and BA over rounds. Runs are cached under --out like the defense table's, so an interrupted benchmark
-goes on where it stopped.
+Windows (the default): on the default setting (Fashion-MNIST, 10 clients, 2 malicious) for `--rounds` rounds
+(at least 100) with the attack windows of `--schedule`, the same run at `--seeds` seeds under `--methods` (no
+defense, MCL every 5 rounds, the continuous defense, shadow learning, FLAME, Multi-Krum, FoolsGold), and MCL
+once at the end of the no-defense run. It prints and writes into benchmarks/README.md (between the CONTINUOUS
+markers) final BA and ASR, the highest deployed ASR from the continuous defense's first detection, the
+durability of each attack window (rounds from the last attacking round until ASR < 0.10, see
+`fl_defense.metrics.durability`), the run's seconds and the continuous defense's share of them, with a PNG of
+ASR and BA over rounds (seed 0).
+`--always SEEDS`: the attack in every round, on the default or (`--hard`) the hard setting (the
+CONTINUOUS_DEFENSE and CONTINUOUS_HARD blocks). Runs are cached under --out, so an interrupted benchmark goes
+on where it stopped; run a method's seeds in one call and the others in another, then `--report-only` with
+every method, and the table says which methods have fewer seeds.
 """
 
 from __future__ import annotations
@@ -32,52 +32,14 @@ CONFIGS = HERE.parent / "simulations" / "configs"
 DEFAULT_SCHEDULE = "window:11-30,46-55,71-75"
 
 
-def runs(out: Path, rounds: int, schedule: str, every: int, overrides: dict[str, str],
-         compute: bool) -> dict[str, dict[str, Any] | None]:
-    """The federated runs by label; each is cached under `out`."""
-    base = {**overrides, "rounds": rounds, "attack-schedule": schedule}
-    return {
-        "no defense": federated_run(out / "none", compute, **base),
-        f"MCL every {every}": federated_run(out / f"mcl-every{every}", compute, **base, defense="mcl",
-                                            **{"defense-schedule": f"every:{every}"}),
-        "shadow": federated_run(out / "shadow", compute, **base, defense="shadow"),
-        "FLAME": federated_run(out / "flame", compute, **base, aggregation="flame"),
-    }
-
-
 def fall(windows: list[dict[str, Any]]) -> str:
     """Durability of each window: rounds until ASR < 0.10, or '> observed' if it never fell."""
     return ", ".join(str(w["rounds_to_fall"]) if w["rounds_to_fall"] is not None else f"> {w['observed']}"
                      for w in windows) or "-"
 
 
-def table(results: dict[str, dict[str, Any] | None], at_end: dict[str, Any] | None, scheduled: list[int],
-          every: int) -> str:
-    first_end = attack_windows(scheduled)[0][1] if scheduled else 0
-    lines = ["| defense | final BA | final ASR | highest ASR after round "
-             f"{first_end} | durability per window (rounds) | run seconds |", "|---|---|---|---|---|---|"]
-    for label, res in results.items():
-        if res is None:
-            lines.append(f"| {label} | not run | | | | |")
-            continue
-        rows = res["rounds"]
-        last = rows[-1]
-        peak = max((r["asr"] for r in rows if r["round"] > first_end), default=float("nan"))
-        lines.append(f"| {label} | {last['ba']:.4f} | {last['asr']:.4f} | {peak:.4f} | "
-                     f"{fall(durability(rows, scheduled))} | {run_seconds(res):.0f} |")
-    if at_end is not None:
-        lines.append(f"| MCL at the end | {at_end['ba_after']:.4f} | {at_end['asr_after']:.4f} | "
-                     f"(no defense until the end) | - | {at_end['seconds']:.0f} (purification) |")
-    purifications = (results.get(f"MCL every {every}") or {}).get("defense", [])
-    if purifications:
-        worst = max(d["asr_after"] for d in purifications)
-        lines += ["", f"MCL every {every}: {len(purifications)} purifications, highest ASR right after one "
-                  f"{worst:.4f}; ASR before -> after: "
-                  + ", ".join(f"r{d['round']} {d['asr_before']:.2f}->{d['asr_after']:.2f}" for d in purifications)]
-    return "\n".join(lines)
-
-
-def plot(results: dict[str, dict[str, Any] | None], scheduled: list[int], path: Path) -> None:
+def plot(results: dict[str, list[dict[str, Any] | None]], scheduled: list[int], path: Path) -> None:
+    """ASR and BA over rounds of each method's seed-0 run, attack windows shaded."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,7 +49,8 @@ def plot(results: dict[str, dict[str, Any] | None], scheduled: list[int], path: 
     for first, last in attack_windows(scheduled):
         for ax in (top, bottom):
             ax.axvspan(first - 0.5, last + 0.5, color="red", alpha=0.08, lw=0)
-    for label, res in results.items():
+    for label, runs in results.items():
+        res = runs[0] if runs else None
         if res is None:
             continue
         rounds = [r["round"] for r in res["rounds"]]
@@ -103,7 +66,7 @@ def plot(results: dict[str, dict[str, Any] | None], scheduled: list[int], path: 
     fig.savefig(path, dpi=100)
 
 
-ALWAYS = {"no defense": {}, "continuous MCL": {"defense": "mcl", "defense-schedule": "continuous"},
+METHODS = {"no defense": {}, "continuous MCL": {"defense": "mcl", "defense-schedule": "continuous"},
           "MCL every 5": {"defense": "mcl", "defense-schedule": "every:5"}, "shadow": {"defense": "shadow"},
           "FLAME": {"aggregation": "flame"}, "Multi-Krum": {"aggregation": "multikrum"},
           "FoolsGold": {"aggregation": "foolsgold"},
@@ -113,16 +76,18 @@ ALWAYS = {"no defense": {}, "continuous MCL": {"defense": "mcl", "defense-schedu
           "no defense (Neurotoxin attackers)": {"attack-training": "neurotoxin"},
           "continuous MCL (Neurotoxin attackers)": {"defense": "mcl", "defense-schedule": "continuous",
                                                     "attack-training": "neurotoxin"}}
+WINDOW_METHODS = ("no defense", "MCL every 5", "continuous MCL", "shadow", "FLAME", "Multi-Krum", "FoolsGold")
+ALWAYS_METHODS = ("no defense", "continuous MCL")
 
 
-def always_runs(out: Path, rounds: int, seeds: int, methods: list[str], overrides: dict[str, Any],
+def method_runs(out: Path, rounds: int, schedule: str, seeds: int, methods: list[str], overrides: dict[str, Any],
                 compute: bool) -> dict[str, list[dict[str, Any] | None]]:
-    """The attack-always runs of `methods` (names in ALWAYS) at every seed, seed by seed, cached under `out`."""
+    """The runs of `methods` (names in METHODS) at every seed, seed by seed, cached under `out`."""
     results: dict[str, list[dict[str, Any] | None]] = {label: [] for label in methods}
     for seed in range(seeds):
         for label in methods:
             folder = label.replace("(", "").replace(")", "").replace(" ", "-")
-            settings = {**overrides, **ALWAYS[label], "rounds": rounds, "seed": seed, "attack-schedule": "always"}
+            settings = {**overrides, **METHODS[label], "rounds": rounds, "seed": seed, "attack-schedule": schedule}
             results[label].append(federated_run(out / f"{folder}-s{seed}", compute, **settings))
     return results
 
@@ -201,43 +166,91 @@ def always_table(results: dict[str, list[dict[str, Any] | None]], setting: str, 
     return "\n".join(lines)
 
 
+def windows_row(label: str, runs: list[dict[str, Any]], since: dict[int, int], scheduled: list[int]) -> str:
+    """One method's line over its seeds in the run with attack windows: final BA/ASR, the highest deployed ASR from
+    the continuous defense's first detection at the same seed (the first attacked round where it has not run), each
+    seed's durability per window, the run's seconds and the continuous defense's share of them."""
+    starts = [since.get(res["config"]["seed"], scheduled[0] if scheduled else 1) for res in runs]
+    peak = [max(r["asr"] for r in res["rounds"] if r["round"] >= f) for res, f in zip(runs, starts, strict=True)]
+    defended = [[r for r in res["rounds"] if "continuous" in r] for res in runs]
+    share = [sum(r["seconds"] for r in rows) / sum(r["seconds"] - r["continuous"]["defense_seconds"] for r in rows)
+             for rows in defended if rows]
+    flagged = ", ".join(detection(res) for res in runs) if "continuous" in label else ""
+    return (f"| {label} | {flagged} | {mean_std([res['rounds'][-1]['ba'] for res in runs])} | "
+            f"{mean_std([res['rounds'][-1]['asr'] for res in runs])} | {mean_std(peak)} | "
+            f"{'; '.join(fall(durability(res['rounds'], scheduled)) for res in runs)} | "
+            f"{mean_std([run_seconds(res) for res in runs], 0)} | {mean_std(share, 2)} | {filtering_rates(runs)} |")
+
+
+def windows_table(results: dict[str, list[dict[str, Any] | None]], at_end: dict[str, Any] | None,
+                  scheduled: list[int], header: str) -> str:
+    """The run with attack windows over the seeds each method has finished, MCL once at the end of the seed-0 run
+    without a defense, and the purifications of MCL every k at seed 0."""
+    seeds = max(sum(r is not None for r in runs) for runs in results.values())
+    done = {label: [r for r in runs if r is not None] for label, runs in results.items()}
+    since = {res["config"]["seed"]: first_detection(res) or scheduled[0] for res in done.get("continuous MCL", [])}
+    counts = ", ".join(f"{label} {len(runs)}" for label, runs in done.items() if len(runs) < seeds)
+    lines = [f"{header}; mean +/- std over {seeds} seeds" + (f" (fewer for: {counts})" if counts else "") + ". "
+             "\"From the first detection\": from the round in which the continuous defense first knew the target (at "
+             "the same seed), for every method; from the first attacked round where it has not run.", "",
+             "| defense | target flagged in round (per seed) | final BA | final ASR | highest deployed ASR from the "
+             "first detection | durability per window, rounds (per seed) | run seconds | seconds / seconds without "
+             "the defense's share | left out: precision / recall / FPR |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [windows_row(label, runs, since, scheduled) for label, runs in done.items() if runs]
+    if at_end is not None:
+        lines.append(f"| MCL at the end (seed 0) | | {at_end['ba_after']:.4f} | {at_end['asr_after']:.4f} | (no "
+                     f"defense until the end) | - | {at_end['seconds']:.0f} (purification) | | |")
+    for label, runs in done.items():
+        purifications = runs[0].get("defense", []) if label.startswith("MCL every") and runs else []
+        if purifications:
+            lines += ["", f"{label}, seed 0: {len(purifications)} purifications, highest ASR right after one "
+                      f"{max(d['asr_after'] for d in purifications):.4f}; ASR before -> after: "
+                      + ", ".join(f"r{d['round']} {d['asr_before']:.2f}->{d['asr_after']:.2f}" for d in purifications)]
+    versions = sorted({res.get("provenance", {}).get("code_version", "?") for runs in done.values() for res in runs})
+    lines += ["", f"Runs made at code version {', '.join(versions)} (each results.json's provenance); "
+              f"table written by {provenance()}"]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(HERE / "runs" / "continuous"), help="where the runs are kept")
     parser.add_argument("--rounds", type=int, default=100, help="rounds of every run")
-    parser.add_argument("--schedule", default=DEFAULT_SCHEDULE, help="attack-schedule of every run")
-    parser.add_argument("--every", type=int, default=10, help="k of MCL every k rounds")
+    parser.add_argument("--schedule", default=DEFAULT_SCHEDULE, help="attack-schedule of the runs with windows")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds of the runs with windows")
     parser.add_argument("--report-only", action="store_true", help="compute nothing; report the cached runs")
     parser.add_argument("--dry", action="store_true", help="print only; write neither the README nor the PNG")
     parser.add_argument("--set", action="append", default=[], help="config overrides for every run (key=value)")
     parser.add_argument("--always", type=int, default=0, metavar="SEEDS",
                         help="instead: the attack in every round (--rounds, e.g. 40) at SEEDS seeds under --methods "
                         "(the CONTINUOUS_DEFENSE block; with --hard the hard setting's, CONTINUOUS_HARD)")
-    parser.add_argument("--methods", default="no defense,continuous MCL",
-                        help=f"with --always: comma-separated, of: {', '.join(ALWAYS)}")
+    parser.add_argument("--methods", help=f"comma-separated, of: {', '.join(METHODS)} (default: the first "
+                        f"{len(WINDOW_METHODS)}; with --always, {', '.join(ALWAYS_METHODS)})")
     parser.add_argument("--hard", action="store_true", help="with --always: simulations/configs/hard.toml")
     args = parser.parse_args()
     overrides: dict[str, Any] = dict(item.split("=", 1) for item in args.set)
-    out = Path(args.out)
+    out, compute = Path(args.out), not args.report_only
+    methods = args.methods.split(",") if args.methods else list(ALWAYS_METHODS if args.always else WINDOW_METHODS)
     if args.always:
         setting = "The hard setting (simulations/configs/hard.toml)" if args.hard else "The default setting"
         if args.hard:
             overrides = {**load_toml(CONFIGS / "hard.toml"), **overrides}
         folder = out / ("always-hard" if args.hard else "always")
-        results = always_runs(folder, args.rounds, args.always, args.methods.split(","), overrides,
-                              not args.report_only)
-        text = always_table(results, setting, args.rounds)
+        text = always_table(method_runs(folder, args.rounds, "always", args.always, methods, overrides, compute),
+                            setting, args.rounds)
         print(text)
         if not args.dry:
             write_block("CONTINUOUS_HARD" if args.hard else "CONTINUOUS_DEFENSE", text)
         return
-    results = runs(out, args.rounds, args.schedule, args.every, overrides, not args.report_only)
-    at_end = purified(out / "none", "mcl", not args.report_only) if results["no defense"] is not None else None
+    folder = out / "windows"
+    results = method_runs(folder, args.rounds, args.schedule, args.seeds, methods, overrides, compute)
+    baseline = results.get("no defense", [None])[0]
+    at_end = purified(folder / "no-defense-s0", "mcl", compute) if baseline is not None else None
     scheduled = schedule_rounds(args.schedule, args.rounds)
-    text = table(results, at_end, scheduled, args.every)
     png = HERE / "continuous_rounds.png"
-    text = (f"{args.rounds} rounds, `attack-schedule={args.schedule}`, BadNets, otherwise the default setting.\n\n"
-            f"{text}\n\n![ASR and BA over rounds]({png.name})")
+    text = windows_table(results, at_end, scheduled, f"{args.rounds} rounds, `attack-schedule={args.schedule}`, "
+                         "BadNets, otherwise the default setting")
+    text += f"\n\n![ASR and BA over rounds, seed 0]({png.name})"
     print(text)
     if args.dry:
         return
