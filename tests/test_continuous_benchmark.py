@@ -1,0 +1,43 @@
+"""The continuous-training benchmark's tables read runs' records as the README says: from the continuous
+defense's first detection at the same seed, with each seed's durability and the defense's share of the seconds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.continuous import always_table, windows_table
+
+
+def _run(seed: int, asr: list[float], known_from: int | None = None, defense_seconds: float = 0.0) -> dict[str, Any]:
+    """A results.json of rounds 0..len(asr)-1 (attackers in rounds 2-3); the continuous defense's record from
+    `known_from` on when given."""
+    rounds = []
+    for r, a in enumerate(asr):
+        row: dict[str, Any] = {"round": r, "asr": a, "ba": 0.8 + r / 100, "seconds": 10.0, "eval_seconds": 1.0,
+                               "attackers": [7] if r in (2, 3) else []}
+        if known_from is not None and r > 0:
+            row["continuous"] = {"defense_seconds": defense_seconds, "labels": [0] if r >= known_from else []}
+        rounds.append(row)
+    return {"config": {"seed": seed, "target-label": 0}, "rounds": rounds, "provenance": {"code_version": "abc"}}
+
+
+def test_windows_table_counts_from_each_seeds_detection_and_keeps_each_seeds_durability() -> None:
+    results = {"no defense": [_run(0, [0, 0.1, 0.9, 0.95, 0.6, 0.3]), _run(1, [0, 0.1, 0.8, 0.9, 0.05, 0.02])],
+               "continuous MCL": [_run(0, [0, 0.1, 0.6, 0.02, 0.01, 0.01], known_from=3, defense_seconds=5.0),
+                                  _run(1, [0, 0.1, 0.2, 0.03, 0.04, 0.02], known_from=2, defense_seconds=5.0)]}
+    lines = windows_table(results, None, [2, 3], "header").splitlines()
+    none = next(line for line in lines if line.startswith("| no defense"))
+    cells = [c.strip() for c in none.split("|")[1:-1]]
+    # peaks from round 3 (seed 0) and round 2 (seed 1): 0.95 and 0.9
+    assert cells[4] == "0.9250 +/- 0.0354" and cells[5] == "> 2; 1"
+    defended = [c.strip() for c in next(line for line in lines if line.startswith("| continuous")).split("|")[1:-1]]
+    assert defended[1] == "3, 2" and defended[4] == "0.1100 +/- 0.1273" and defended[5] == "0; 0"
+    assert defended[7] == "2.00 +/- 0.00", "10 s rounds of which the defense took 5"
+    assert "mean +/- std over 2 seeds" in lines[0] and "abc" in lines[-1]
+
+
+def test_always_table_says_which_methods_have_fewer_seeds() -> None:
+    results = {"no defense": [_run(0, [0, 0.5, 1.0]), _run(1, [0, 0.5, 1.0])],
+               "continuous MCL": [_run(0, [0, 0.02, 0.01], known_from=1), None]}
+    text = always_table(results, "The setting", 2)
+    assert "mean +/- std over 2 seeds (fewer for: continuous MCL 1)" in text
