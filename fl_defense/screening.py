@@ -71,9 +71,11 @@ def singles_out(outlying: Sequence[int], cluster: Sequence[int]) -> bool:
     """Whether a scan's trigger is the cluster's: it moves every client of the cluster whose model it was found
     on far more than the round's median client, and most of the clients it moves so are in the cluster (a
     backdoor's trigger moves the models that learnt it; a benign client may keep some of a backdoor the global
-    model already holds)."""
+    model already holds). A cluster of one client is never singled out: a trigger inverted on that client's own
+    model moves it by construction, whatever the feature (hard setting, seed 3: a benign client's skewed data
+    gave Shirt, taken as the target in round 1 while the backdoor reached ASR 0.99 by round 13)."""
     extra = set(outlying) - set(cluster)
-    return bool(cluster) and set(cluster) <= set(outlying) and len(extra) < len(set(cluster))
+    return len(set(cluster)) >= 2 and set(cluster) <= set(outlying) and len(extra) < len(set(cluster))
 
 
 PLANTED = 0.4  # the global model's trigger shift, over the clean reference's, that says the global model holds it

@@ -46,6 +46,7 @@ def test_a_trigger_is_the_clusters_only_when_its_outliers_are_in_the_cluster() -
     assert not singles_out([], [3, 7]), "a trigger that moves nobody"
     assert not singles_out([3, 5], [3, 7]), "a trigger that leaves a client of the cluster alone"
     assert not singles_out([3, 7, 5, 8], [3, 7]), "a trigger that moves as many clients outside the cluster"
+    assert not singles_out([65], [65]), "a trigger inverted on one client's model moves that model by construction"
 
 
 def test_a_backdoor_the_global_model_learnt_is_told_from_what_the_clean_reference_answers_too(bd, clean_model) -> None:  # noqa: ANN001
@@ -123,13 +124,13 @@ def test_continuous_needs_a_purifier_that_takes_a_trigger() -> None:
 
 @pytest.mark.simulation
 def test_continuous_defense_through_flower_and_ray(tmp_path) -> None:  # noqa: ANN001 - pytest's tmp_path
-    """4 clients, 1 malicious training 3 local epochs: the round-1 scan of the minority cluster flags the target,
-    whose trigger singles out that cluster (the attacker) among the round's clients; from then on that client is
-    left out of every aggregate, so the deployed model never learns the backdoor."""
+    """5 clients, 2 malicious training 3 local epochs: the round-1 scan of the minority cluster flags the target,
+    whose trigger singles out that cluster (the attackers) among the round's clients; from then on they are left
+    out of every aggregate, so the deployed model never learns the backdoor."""
     from fl_defense.simulations.runner import run_experiment
 
-    cfg = resolve({"num-clients": 4, "clients-per-round": 4, "train-fraction": 0.05, "rounds": 3,
-                   "malicious-fraction": 0.25, "malicious-epochs": 3, "device": "cpu", "defense": "mcl",
+    cfg = resolve({"num-clients": 5, "clients-per-round": 5, "train-fraction": 0.05, "rounds": 3,
+                   "malicious-fraction": 0.4, "malicious-epochs": 3, "device": "cpu", "defense": "mcl",
                    "defense-schedule": "continuous", "inversion": "nc", "nc-images": 300, "mcl-epochs": 2,
                    "out-dir": str(tmp_path)})
     results = run_experiment(cfg, tmp_path)
@@ -140,8 +141,8 @@ def test_continuous_defense_through_flower_and_ray(tmp_path) -> None:  # noqa: A
     assert rounds[0]["continuous"]["purified"], "the round the target became known purifies what was planted"
     for row in rounds:
         screen = row["continuous"]
-        assert screen["labels"] == [cfg["target-label"]] and len(screen["scores"]) == 4
-        assert screen["excluded"] == row["malicious_sampled"] == row["attackers"], "the attacker, and only it, left out"
+        assert screen["labels"] == [cfg["target-label"]] and len(screen["scores"]) == 5
+        assert screen["excluded"] == row["malicious_sampled"] == row["attackers"], "the attackers, and only they, left out"
         assert screen["filtering"]["recall"] == 1.0 and screen["filtering"]["fpr"] == 0.0
         assert row["asr"] < 0.2 and row["ba"] > 0.5
     assert "scan" not in rounds[1]["continuous"], "no scan once a target is known"
