@@ -9,7 +9,7 @@ purification (benchmarks/README.md). Here, in every round:
    outlier, and fewer clients outside the cluster are than inside (`fl_defense.screening.singles_out`). A
    backdoor's trigger moves the models that learnt it; a scan of a model of a few clients with skewed data
    flags what moves such models, which moves some of them and other skewed clients as much. Measured on the
-   hard setting, seed 0 (the rule was set there; seeds 1 and 2 test it): the round-1 cluster was two benign
+   hard setting, seed 0 (the rule was set there; seeds 1-4 were run after): the round-1 cluster was two benign
    clients and the warp scan flagged Shirt, Sandal and Bag, whose triggers moved one or two clients outside
    the cluster as much; taken as the target (the first version, no check), screening for Shirt left out
    benign clients for 60 rounds while the backdoor reached ASR 1.0. Round 2's cluster was three attackers and
