@@ -49,7 +49,7 @@ def test_a_trigger_is_the_clusters_only_when_its_outliers_are_in_the_cluster() -
     assert not singles_out([65], [65]), "a trigger inverted on one client's model moves that model by construction"
 
 
-def test_a_backdoor_the_global_model_learnt_is_told_from_what_the_clean_reference_answers_too(bd, clean_model) -> None:  # noqa: ANN001
+def test_a_backdoor_the_global_model_learnt_is_told_from_a_natural_feature(bd, clean_model) -> None:  # noqa: ANN001
     """The global model holds the trigger's backdoor when it answers the trigger far more than a model trained on the
     clean set alone does; a clean global model, or a trigger the reference answers as much, is no backdoor."""
     x, y = clean_model.clean.x, clean_model.clean.y
@@ -142,7 +142,7 @@ def test_continuous_defense_through_flower_and_ray(tmp_path) -> None:  # noqa: A
     for row in rounds:
         screen = row["continuous"]
         assert screen["labels"] == [cfg["target-label"]] and len(screen["scores"]) == 5
-        assert screen["excluded"] == row["malicious_sampled"] == row["attackers"], "the attackers, and only they, left out"
+        assert screen["excluded"] == row["malicious_sampled"] == row["attackers"], "the attackers, only they, left out"
         assert screen["filtering"]["recall"] == 1.0 and screen["filtering"]["fpr"] == 0.0
         assert row["asr"] < 0.2 and row["ba"] > 0.5
     assert "scan" not in rounds[1]["continuous"], "no scan once a target is known"

@@ -22,14 +22,14 @@ purification (benchmarks/README.md). Here, in every round:
    that client alone, and Shirt was taken; a lone attacker is found with another or once the global model
    holds its backdoor). A flag is also the target when the global model holds its trigger
    (`fl_defense.screening.held_by_global`): once the global model learnt the backdoor every client answers it
-   and no cluster stands out. Measured on the hard setting, seed 2: the
-   backdoor was planted by round 8 (global ASR 0.82) while no scan had flagged the target yet, then NC
-   flagged it in rounds 9, 10, 13 and 14 with no outlier; the first version of this test asked the round's
-   median client for 0.5 of the clean images beyond the reference and got 0.46, 0.21, 0.50 (refused) and 0.53
-   (round 14). The global model the round started from answered it 0.53, 0.40, 0.51 and 0.54 beyond the
-   reference, and every false flag of seeds 0-2 up to each seed's detection (17, all but one from the warp
-   scan) at most 0.23 (Coat in seed 2's round 13, on a global model of ASR 0.99; Dress 0.21 in seed 1's round
-   5, ASR 0.53), 15 of them at most 0.10; the level, 0.4, lies between (set on these scans; seeds 3 and 4 were run after);
+   and no cluster stands out. Measured on the hard setting, seed 2: the backdoor was planted by round 8 (global
+   ASR 0.82) while no scan had flagged the target yet, then NC flagged it in rounds 9, 10, 13 and 14 with no
+   outlier; the first version of this test asked the round's median client for 0.5 of the clean images beyond
+   the reference and got 0.46, 0.21, 0.50 (refused) and 0.53 (round 14). The global model the round started
+   from answered it 0.53, 0.40, 0.51 and 0.54 beyond the reference, and every false flag of seeds 0-2 up to
+   each seed's detection (17, all but one from the warp scan) at most 0.23 (Coat in seed 2's round 13, on a
+   global model of ASR 0.99; Dress 0.21 in seed 1's round 5, ASR 0.53), 15 of them at most 0.10; the level,
+   0.4, lies between (set on these scans; seeds 3 and 4 were run after);
 2. once a trigger is known: every client's model is scored by how far the trigger moves the clean set toward
    its label, and the outliers, and clients left out before that score above half the margin, are left out
    of the aggregate (`fl_defense.screening`);
