@@ -60,3 +60,30 @@ def test_wrn16_1_stages_features_and_pruning_on_grey_28x28() -> None:
     keep[channels] = False
     assert features[:, keep].abs().sum() > 0
     assert torch.all(model.state_dict()["bn.weight"][channels] == 0), "the pruning travels in the state"
+
+
+@pytest.mark.parametrize("name", ["cnn", "wrn16-1"])
+def test_built_models_run_channels_last_with_the_same_predictions_and_state(name: str) -> None:
+    """`build_model` stores 4-d weights channels-last (the speed-up of make run); the logits are those of the same
+    weights stored NCHW, and a state_dict sent through a Flower ArrayRecord loads into a fresh model unchanged."""
+    from flwr.app import ArrayRecord
+
+    from fl_defense.registry import MODELS
+
+    torch.manual_seed(0)
+    model = build_model(name, SPEC).eval()
+    convs = [p for p in model.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert not all(p.is_contiguous() for p in convs)  # a 1-channel first conv is both; the next ones are not
+    nchw = MODELS[name].for_dataset(SPEC).eval()
+    nchw.load_state_dict(model.state_dict())
+    assert all(p.is_contiguous() for p in nchw.parameters())
+    x = to_float(load_dataset("fashion-mnist").test_x[:64])
+    with torch.no_grad():
+        logits = model(x)
+        assert torch.allclose(logits, nchw(x), atol=1e-4)
+        assert model(x).std() > 0
+    received = build_model(name, SPEC).eval()
+    received.load_state_dict(ArrayRecord(model.state_dict()).to_torch_state_dict())
+    with torch.no_grad():
+        assert torch.equal(received(x), logits)
