@@ -3,7 +3,7 @@
 # aggregate needs it), `make test` (set up + tests).
 VENV ?= .venv
 
-.PHONY: setup run test
+.PHONY: setup run test benchmarks benchmarks-quick
 
 setup:
 	bash scripts/setup.sh
@@ -14,3 +14,11 @@ run: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest -q
+
+# Every marked block of benchmarks/README.md by its script (most of a day here; cached runs resume), or in about
+# 30 minutes the fast ones rerun and the slow ones re-rendered from their cached runs (benchmarks/all.py).
+benchmarks: setup
+	$(VENV)/bin/python -m benchmarks.all
+
+benchmarks-quick: setup
+	$(VENV)/bin/python -m benchmarks.all --quick

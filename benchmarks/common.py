@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 
@@ -22,13 +25,14 @@ from fl_defense.provenance import code_version, describe
 from fl_defense.purification import CleanSet
 from fl_defense.training import train_local
 
-__all__ = ["CACHE", "README", "Setting", "central_model", "code_version", "kill_after_round", "provenance",
-           "start_run", "wait_for_round", "write_block"]
+__all__ = ["CACHE", "NOTHING_CACHED", "README", "Setting", "central_model", "code_version", "kill_after_round", "printed_block",
+           "provenance", "start_run", "wait_for_round", "write_block"]
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CACHE = HERE / ".cache"
 README = HERE / "README.md"
+NOTHING_CACHED = 3  # exit status of a `--report-only` run that found no cached run to report (its block is kept)
 
 
 def provenance() -> str:
@@ -46,6 +50,34 @@ def write_block(name: str, text: str, readme: Path = README) -> None:
         readme.write_text(current.rstrip() + "\n\n" + block + "\n")
         return
     readme.write_text(re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, current, flags=re.S))
+
+
+class _Tee(io.TextIOBase):
+    """A text stream that writes to two."""
+
+    def __init__(self, first: TextIO, second: TextIO) -> None:
+        self.first, self.second = first, second
+
+    def write(self, text: str) -> int:
+        self.first.write(text)
+        return self.second.write(text)
+
+    def flush(self) -> None:
+        self.first.flush()
+
+
+@contextlib.contextmanager
+def printed_block(name: str, *, fence: bool, write: bool = True, readme: Path = README) -> Iterator[None]:
+    """What the script prints inside goes to stdout and, once it ends without an error, into benchmarks/README.md's
+    block `name` (in a code fence when `fence`, for output that is not a Markdown table) with the provenance line
+    under it: the block is the script's own output, never a copy made by hand. `write=False` (a dry run) only
+    prints."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(_Tee(sys.stdout, buffer)):
+        yield
+    if write:
+        text = buffer.getvalue().rstrip()
+        write_block(name, (f"```\n{text}\n```" if fence else text) + "\n\n" + provenance(), readme)
 
 
 def start_run(settings: dict[str, Any], out: Path, stderr: Any = subprocess.DEVNULL) -> subprocess.Popen[bytes]:

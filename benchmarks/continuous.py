@@ -17,12 +17,13 @@ every method, and the table says which methods have fewer seeds.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.common import provenance, write_block
+from benchmarks.common import NOTHING_CACHED, provenance, write_block
 from benchmarks.defense_table import federated_run, purified, run_seconds
 from fl_defense.config import load_toml, schedule_rounds
 from fl_defense.metrics import attack_windows, durability
@@ -90,6 +91,14 @@ def method_runs(out: Path, rounds: int, schedule: str, seeds: int, methods: list
             settings = {**overrides, **METHODS[label], "rounds": rounds, "seed": seed, "attack-schedule": schedule}
             results[label].append(federated_run(out / f"{folder}-s{seed}", compute, **settings))
     return results
+
+
+def nothing_cached(runs: dict[str, list[dict[str, Any] | None]], folder: Path) -> None:
+    """Leave (exit status NOTHING_CACHED, the block kept) when no run is there to report, as `--report-only` on a
+    fresh clone finds."""
+    if not any(res is not None for results in runs.values() for res in results):
+        print(f"no finished run under {folder}: nothing to report, the block is left as it is")
+        sys.exit(NOTHING_CACHED)
 
 
 def first_detection(res: dict[str, Any]) -> int | None:
@@ -236,14 +245,16 @@ def main() -> None:
         if args.hard:
             overrides = {**load_toml(CONFIGS / "hard.toml"), **overrides}
         folder = out / ("always-hard" if args.hard else "always")
-        text = always_table(method_runs(folder, args.rounds, "always", args.always, methods, overrides, compute),
-                            setting, args.rounds)
+        runs = method_runs(folder, args.rounds, "always", args.always, methods, overrides, compute)
+        nothing_cached(runs, folder)
+        text = always_table(runs, setting, args.rounds)
         print(text)
         if not args.dry:
             write_block("CONTINUOUS_HARD" if args.hard else "CONTINUOUS_DEFENSE", text)
         return
     folder = out / "windows"
     results = method_runs(folder, args.rounds, args.schedule, args.seeds, methods, overrides, compute)
+    nothing_cached(results, folder)
     baseline = results.get("no defense", [None])[0]
     at_end = purified(folder / "no-defense-s0", "mcl", compute) if baseline is not None else None
     scheduled = schedule_rounds(args.schedule, args.rounds)

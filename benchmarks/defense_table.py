@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import write_block
+from benchmarks.common import NOTHING_CACHED, write_block
 from fl_defense.config import resolve, schema
 from fl_defense.registry import AGGREGATION_RULES
 from fl_defense.simulations.purify import purify
@@ -298,8 +299,9 @@ def main() -> None:
     parser.add_argument("--attacks", default=",".join(sorted(set(ATTACKS) | {a for a, _ in VARIANTS})),
                         help="comma-separated attacks to compute runs for")
     parser.add_argument("--set", action="append", default=[], help="config overrides for every run (key=value)")
+    parser.add_argument("--report-only", action="store_true", help="compute nothing; report the cached runs")
     args = parser.parse_args()
-    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    parts = set() if args.report_only else {p.strip() for p in args.parts.split(",") if p.strip()}
     unknown = parts - set(PARTS)
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}; allowed: {', '.join(PARTS)}")
@@ -309,6 +311,9 @@ def main() -> None:
         parser.error(f"unknown attacks {sorted(attacks - known)}; allowed: {', '.join(sorted(known))}")
     overrides = dict(item.split("=", 1) for item in args.set)
     table, curves = build_tables(Path(args.out), parts, attacks, overrides)
+    if not curves:
+        print(f"no finished run under {args.out}: nothing to report, the block is left as it is")
+        sys.exit(NOTHING_CACHED)
     plot(curves, HERE / "defense_rounds.png")
     table += "\n![per-round BA/ASR](defense_rounds.png)"
     print(table)

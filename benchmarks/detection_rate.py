@@ -7,7 +7,7 @@ each at `--seeds` seeds with two target labels per seed, and clean models at the
 cached per model and source under benchmarks/.cache (keyed on the code version), so a rerun only scans what
 changed. The `nc` and `warp` rows are the two parts of the `nc+warp` scan (its record keeps what each part
 flagged and its seconds): the NC part is the NC scan itself, the warp part runs after it on the same reference
-model, which halves the benchmark's time. Writes the DETECTION block of benchmarks/README.md; `--no-write` only
+model, which halves the benchmark's time. Writes the DETECTION block of benchmarks/README.md; `--dry` only
 prints.
 """
 
@@ -90,7 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--sources", default="nc,warp,nc+warp,generator")
-    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--dry", action="store_true", help="print only; leave benchmarks/README.md alone")
     args = parser.parse_args()
     torch.set_num_threads(2)
     sources = args.sources.split(",")
@@ -102,7 +102,7 @@ def main() -> None:
             print(json.dumps({k: r[k] for k in ("source", "attack", "seed", "target", "flagged", "seconds")}), flush=True)
     text = table(rows, sources, args.seeds)
     print(text)
-    if not args.no_write:
+    if not args.dry:
         write_block("DETECTION", text)
 
 

@@ -19,7 +19,7 @@ import os
 import ray
 import torch
 
-from benchmarks.common import Setting, central_model
+from benchmarks.common import Setting, central_model, printed_block
 from fl_defense.config import resolve
 from fl_defense.inversion import Finding, train_reference
 from fl_defense.inversion.nc import NeuralCleanseScan
@@ -42,13 +42,8 @@ def describe(name: str, res: Finding, target: int | None) -> str:
     return f"{name:<26} {seconds(res):8.1f} s  flagged {res.flagged}{verdict}  norms [{norms}]"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target", type=int, default=0)
-    parser.add_argument("--no-reference", action="store_true",
-                        help="skip the reference budget (about 4 minutes here): time the default's modes only")
-    args = parser.parse_args()
+def measure(args: argparse.Namespace) -> None:
+    """The benchmark itself; everything it prints is its README block."""
     torch.set_num_threads(2)
     bd = central_model("badnets", args.seed, args.target)
     clean = central_model("none", args.seed, args.target)
@@ -83,6 +78,18 @@ def main() -> None:
     same = fast.flagged[:1] == ref.flagged[:1]
     print(f"same label flagged: {same}; clean model flagged nothing: {not fast_clean.flagged}")
     print(f"speed ratio reference / default: {seconds(ref) / seconds(fast):.1f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target", type=int, default=0)
+    parser.add_argument("--no-reference", action="store_true",
+                        help="skip the reference budget (about 4 minutes here): time the default's modes only")
+    parser.add_argument("--dry", action="store_true", help="print only; leave benchmarks/README.md alone")
+    args = parser.parse_args()
+    with printed_block("INVERSION-SPEED", fence=True, write=not args.dry):
+        measure(args)
 
 
 if __name__ == "__main__":

@@ -9,16 +9,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from benchmarks.common import printed_block
 from fl_defense.simulations.purify import purify
 
 HERE = Path(__file__).resolve().parent
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", default=str(HERE / "runs"))
-    parser.add_argument("--weights", default="0,0.25,0.5,1,2")
-    args = parser.parse_args()
+def measure(args: argparse.Namespace) -> None:
+    """The benchmark itself; everything it prints is its README block."""
     print("| attack | mcl-ce-weight | BA before | BA after | ASR before | ASR after | seconds |")
     print("|---|---|---|---|---|---|---|")
     for attack in ("badnets", "blended"):
@@ -27,6 +25,16 @@ def main() -> None:
             rec = purify(str(checkpoint), {"defense": "mcl", "mcl-ce-weight": w}, None)
             print(f"| {attack} | {w} | {rec['ba_before']:.4f} | {rec['ba_after']:.4f} | {rec['asr_before']:.4f} | "
                   f"{rec['asr_after']:.4f} | {rec['seconds']:.1f} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", default=str(HERE / "runs"))
+    parser.add_argument("--weights", default="0,0.25,0.5,1,2")
+    parser.add_argument("--dry", action="store_true", help="print only; leave benchmarks/README.md alone")
+    args = parser.parse_args()
+    with printed_block("MCL-CE-WEIGHT", fence=False, write=not args.dry):
+        measure(args)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from benchmarks.common import printed_block
 from fl_defense.aggregation import average_states
 from fl_defense.attacks import evaluation_attack
 from fl_defense.clients.behaviour import local_update
@@ -51,12 +52,8 @@ def in_process(cfg: dict[str, Any]) -> tuple[float, list[tuple[float, float]]]:
     return time.perf_counter() - t0, curve
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--set", action="append", default=[], help="config overrides (key=value)")
-    args = parser.parse_args()
+def measure(args: argparse.Namespace) -> None:
+    """The benchmark itself; everything it prints is its README block."""
     overrides = dict(item.split("=", 1) for item in args.set)
     cfg = resolve({**overrides, "num-clients": args.clients, "clients-per-round": args.clients, "rounds": args.rounds,
                    "device": "cpu"})
@@ -79,6 +76,17 @@ def main() -> None:
     print(f"(b) fl-defense on Flower + Ray: {b_seconds:.1f} s, of which Ray start-up and shut-down {startup:.1f} s and "
           f"rounds {b_rounds:.1f} s ({b_rounds / args.rounds:.2f} s/round); final BA {last['ba']:.4f} ASR {last['asr']:.4f}")
     print(f"overhead ratio (b without start-up) / (a): {b_rounds / a_seconds:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--set", action="append", default=[], help="config overrides (key=value)")
+    parser.add_argument("--dry", action="store_true", help="print only; leave benchmarks/README.md alone")
+    args = parser.parse_args()
+    with printed_block("OVERHEAD", fence=True, write=not args.dry):
+        measure(args)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def compare(settings: dict[str, Any], folder: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="*", help="rule names (default: every registered rule)")
-    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument("--dry", action="store_true", help="print only; leave benchmarks/README.md alone")
     args = parser.parse_args()
     torch.set_num_threads(1)
     lines = ["| rule | killed after round | resumed | every round identical | final BA / ASR |", "|---|---|---|---|---|"]
@@ -71,7 +71,7 @@ def main() -> None:
         lines.append(f"| {name} | {r['killed_after']} | {'exit ' + str(r['resume_exit'])} | "
                      f"{'yes' if r['same'] else 'NO'} | {r['final'][0]:.4f} / {r['final'][1]:.4f} |")
         print(lines[-1], flush=True)
-    if not args.no_write and not args.only:
+    if not args.dry and not args.only:
         write_block("RESUME-RULES", "\n".join(lines) + "\n\n" + provenance())
 
 

@@ -21,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+from benchmarks.common import printed_block
 from fl_defense.config import resolve
 from fl_defense.simulations.runner import run_experiment
 
@@ -77,13 +78,8 @@ class PeakMemory:
         self._thread.join()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", default="10,100,1000")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--full-data", action="store_true", help="split the whole training set in every setting")
-    parser.add_argument("--set", action="append", default=[], help="config overrides (key=value)")
-    args = parser.parse_args()
+def measure(args: argparse.Namespace) -> None:
+    """The benchmark itself; everything it prints is its README block."""
     overrides = dict(item.split("=", 1) for item in args.set)
     sizes = [int(c) for c in args.clients.split(",")]
     rows = []
@@ -108,6 +104,18 @@ def main() -> None:
     base = rows[0]
     print(f"ratios at {rows[-1][0]} vs {base[0]} clients: memory {rows[-1][1] / base[1]:.2f}x, "
           f"seconds per round {rows[-1][2] / base[2]:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", default="10,100,1000")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--full-data", action="store_true", help="split the whole training set in every setting")
+    parser.add_argument("--set", action="append", default=[], help="config overrides (key=value)")
+    parser.add_argument("--dry", action="store_true", help="print only; leave benchmarks/README.md alone")
+    args = parser.parse_args()
+    with printed_block("SCALE", fence=True, write=not args.dry):
+        measure(args)
 
 
 if __name__ == "__main__":

@@ -45,12 +45,8 @@ def sweep(grid: Path, out: Path) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grid", default=str(ROOT / "simulations" / "configs" / "sweep-example.toml"))
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "runs" / "sweep-resume"))
-    parser.add_argument("--kill-after", type=int, default=4, help="finished runs before the kill")
-    args = parser.parse_args()
+def measure(args: argparse.Namespace) -> None:
+    """The benchmark itself; everything it prints is its README block."""
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
 
@@ -89,6 +85,17 @@ def main() -> None:
     print(f"resume {'OK' if ok else 'FAILED'}: {len(reused)} of {len(before)} finished runs reused untouched, "
           f"the killed run went on after its round {', '.join(resumed) or '(none)'}, "
           f"{total - len(before) - len(resumed)} more run, {len(after)} of {total} complete")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", default=str(ROOT / "simulations" / "configs" / "sweep-example.toml"))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "runs" / "sweep-resume"))
+    parser.add_argument("--kill-after", type=int, default=4, help="finished runs before the kill")
+    parser.add_argument("--dry", action="store_true", help="print only; leave benchmarks/README.md alone")
+    args = parser.parse_args()
+    with printed_block("SWEEP-RESUME", fence=True, write=not args.dry):
+        measure(args)
 
 
 if __name__ == "__main__":

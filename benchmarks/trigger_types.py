@@ -57,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--attacks", default=",".join(ATTACKS))
-    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--dry", action="store_true", help="print only; leave benchmarks/README.md alone")
     args = parser.parse_args()
     root = HERE / "runs" / code_version() / "trigger-types"
     lines = ["| attack | true target flagged first (flagged) | ASR before | ASR after | BA before | BA drop | "
@@ -67,7 +67,7 @@ def main() -> None:
         lines.append(row(attack, records))
         print(lines[-1], flush=True)
     text = "\n".join(lines) + f"\n\n{args.seeds} seed(s) each; mean ± std over seeds. " + provenance()
-    if not args.no_write:
+    if not args.dry:
         write_block("TRIGGER-TYPES", text)
     print(text)
 

@@ -5,18 +5,24 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from benchmarks.common import write_block
+import pytest
+
+from benchmarks.all import JOBS
+from benchmarks.common import printed_block, write_block
 
 ROOT = Path(__file__).resolve().parents[1]
 READMES = (ROOT / "README.md", ROOT / "benchmarks" / "README.md")
-MARKER = re.compile(r"(?<!`)<!-- ([A-Z0-9-]+):(BEGIN|END) -->")  # not the ones quoted in the text
+MARKER = re.compile(r"(?<!`)<!-- ([A-Z0-9_-]+):(BEGIN|END) -->")  # not the ones quoted in the text
 
 
 def writes(name: str) -> list[str]:
     """The scripts under benchmarks/ and scripts/ that write the block `name`."""
-    forms = (f'write_block("{name}"', f'"<!-- {name}:BEGIN -->"')
+    def writer(text: str) -> bool:
+        return f'"<!-- {name}:BEGIN -->"' in text or (f'"{name}"' in text and ("write_block(" in text
+                                                                             or "printed_block(" in text))
+
     return [str(p.relative_to(ROOT)) for folder in ("benchmarks", "scripts") for p in sorted((ROOT / folder).glob("*.py"))
-            if any(form in p.read_text() for form in forms)]
+            if p.name not in ("all.py", "common.py") and writer(p.read_text())]
 
 
 def test_every_marked_block_is_closed_and_has_a_script_that_writes_it() -> None:
@@ -27,9 +33,38 @@ def test_every_marked_block_is_closed_and_has_a_script_that_writes_it() -> None:
         for (begin, kind), (end, end_kind) in zip(markers[::2], markers[1::2], strict=True):
             assert (kind, end_kind, begin) == ("BEGIN", "END", end), (readme, begin, end)
             names.append(begin)
-    assert len(names) == len(set(names)) and {"DETECTION", "DEFENSE-TABLE", "BAD-INPUTS"} <= set(names)
+    assert len(names) == len(set(names)) and {"DETECTION", "CONTINUOUS_HARD", "BAD-INPUTS"} <= set(names)
     orphans = [name for name in names if not writes(name)]
     assert not orphans, f"blocks no script writes: {orphans}"
+
+
+def test_make_benchmarks_has_one_job_per_block_of_the_benchmarks_readme_and_the_job_runs_its_writer() -> None:
+    """`make benchmarks` (benchmarks/all.py) regenerates every block of benchmarks/README.md, each by the script that
+    writes it, and names no block the README lacks."""
+    marked = MARKER.findall((ROOT / "benchmarks" / "README.md").read_text())
+    blocks = [name for name, kind in marked if kind == "BEGIN"]
+    jobs = {block: job for job in JOBS for block in job.blocks}
+    assert sorted(jobs) == sorted(blocks) and len(jobs) == sum(len(job.blocks) for job in JOBS)
+    for block, job in jobs.items():
+        assert writes(block) == [f"benchmarks/{job.script()}.py"], block
+        if job.quick is not None:
+            assert job.quick[0] == job.script() and "--report-only" in job.quick
+    assert sum(job.minutes for job in JOBS if job.quick_as_full) <= 30  # the --quick budget
+
+
+def test_printed_block_writes_what_was_printed_with_its_provenance_and_nothing_after_an_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- A:BEGIN -->\nold\n<!-- A:END -->\n")
+    with printed_block("A", fence=True, readme=readme):
+        print("ratio 1.71x")
+    assert "ratio 1.71x" in capsys.readouterr().out
+    text = readme.read_text()
+    assert text.startswith("<!-- A:BEGIN -->\n```\nratio 1.71x\n```\n\nMade by commit ") and "old" not in text
+    with pytest.raises(RuntimeError), printed_block("A", fence=False, readme=readme):
+        print("half a table")
+        raise RuntimeError("the benchmark failed")
+    assert readme.read_text() == text
 
 
 def test_write_block_replaces_its_own_block_and_appends_a_new_one(tmp_path: Path) -> None:
