@@ -28,7 +28,8 @@ from fl_defense.inversion.nc import NeuralCleanseScan
 def run(setting: Setting, cfg: dict, reference: torch.nn.Module | None) -> Finding:
     """One scan as the defense runs it (reference model passed in, so only inversion is timed)."""
     source = NeuralCleanseScan(cfg)
-    source.reference = reference
+    if reference is not None:
+        source.reference.model = reference  # the run's CleanReference, already trained
     return source.find(setting.model, setting.clean, 10, torch.device("cpu"), torch.Generator().manual_seed(cfg["seed"]))
 
 

@@ -149,3 +149,12 @@ def test_the_hard_setting_is_a_named_config_of_the_issue_s_values() -> None:
     cfg = resolve(load_toml(ROOT / "simulations" / "configs" / "hard.toml"))
     assert (cfg["num-clients"], cfg["clients-per-round"], cfg["partition"], cfg["alpha"]) == (100, 10, "dirichlet", 0.5)
     assert (cfg["malicious-fraction"], cfg["rounds"], cfg["attack"]) == (0.2, 60, "badnets")
+
+
+def test_the_centralised_setting_is_one_honest_client_whose_data_a_third_party_poisoned() -> None:
+    from fl_defense.attacks.malicious import ground_truth
+
+    cfg = resolve(load_toml(ROOT / "simulations" / "configs" / "centralised.toml"))
+    assert (cfg["num-clients"], cfg["clients-per-round"], cfg["threat"]) == (1, 1, "poisoned-data")
+    assert (cfg["poison-rate"], cfg["local-epochs"], cfg["clean-fraction"]) == (0.1, 1, 0.05)
+    assert ground_truth(cfg, [0], 1) == ([0], [0])  # its data is poisoned in every round
