@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import torch
 
@@ -52,31 +51,22 @@ def write_block(name: str, text: str, readme: Path = README) -> None:
     readme.write_text(re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, current, flags=re.S))
 
 
-class _Tee(io.TextIOBase):
-    """A text stream that writes to two."""
-
-    def __init__(self, first: TextIO, second: TextIO) -> None:
-        self.first, self.second = first, second
-
-    def write(self, text: str) -> int:
-        self.first.write(text)
-        return self.second.write(text)
-
-    def flush(self) -> None:
-        self.first.flush()
-
-
 @contextlib.contextmanager
-def printed_block(name: str, *, fence: bool, write: bool = True, readme: Path = README) -> Iterator[None]:
-    """What the script prints inside goes to stdout and, once it ends without an error, into benchmarks/README.md's
-    block `name` (in a code fence when `fence`, for output that is not a Markdown table) with the provenance line
-    under it: the block is the script's own output, never a copy made by hand. `write=False` (a dry run) only
-    prints."""
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(_Tee(sys.stdout, buffer)):
-        yield
+def printed_block(name: str, *, fence: bool, write: bool = True,
+                  readme: Path = README) -> Iterator[Callable[[str], None]]:
+    """Yields `emit`, the script's print for its results: each line goes to stdout and, once the block ends without
+    an error, into benchmarks/README.md's block `name` (in a code fence when `fence`, for output that is not a
+    Markdown table) with the provenance line under it: the block is the script's own output, never a copy made by
+    hand. What else is printed meanwhile (a run's progress) stays out. `write=False` (a dry run) only prints."""
+    lines: list[str] = []
+
+    def emit(text: str = "") -> None:
+        print(text, flush=True)
+        lines.append(text)
+
+    yield emit
     if write:
-        text = buffer.getvalue().rstrip()
+        text = "\n".join(lines).rstrip()
         write_block(name, (f"```\n{text}\n```" if fence else text) + "\n\n" + provenance(), readme)
 
 

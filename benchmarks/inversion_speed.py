@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 
 import ray
 import torch
@@ -43,8 +44,8 @@ def describe(name: str, res: Finding, target: int | None) -> str:
     return f"{name:<26} {seconds(res):8.1f} s  flagged {res.flagged}{verdict}  norms [{norms}]"
 
 
-def measure(args: argparse.Namespace) -> None:
-    """The benchmark itself; everything it prints is its README block."""
+def measure(args: argparse.Namespace, emit: Callable[[str], None]) -> None:
+    """The benchmark itself; what it `emit`s is its README block."""
     torch.set_num_threads(2)
     bd = central_model("badnets", args.seed, args.target)
     clean = central_model("none", args.seed, args.target)
@@ -57,28 +58,28 @@ def measure(args: argparse.Namespace) -> None:
     g = torch.Generator().manual_seed(args.seed)
     reference = train_reference(bd.model, bd.clean.x, bd.clean.y, default["nc-reference-epochs"], g, torch.device("cpu"))
     fast_clean = run(clean, default, reference)  # first: it also warms up torch's kernels and threads
-    print(describe("default on a clean model", fast_clean, None), flush=True)
+    emit(describe("default on a clean model", fast_clean, None))
     fast = run(bd, default, reference)
-    print(describe("default (fast, loop)", fast, args.target), flush=True)
+    emit(describe("default (fast, loop)", fast, args.target))
     bat = run(bd, batched, reference)
-    print(describe("fast, batched", bat, args.target), flush=True)
+    emit(describe("fast, batched", bat, args.target))
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
         cold = run(bd, on_ray, reference)
-        print(describe("fast, Ray pool (cold)", cold, args.target), flush=True)
+        emit(describe("fast, Ray pool (cold)", cold, args.target))
         warm = run(bd, on_ray, reference)
-        print(describe("fast, Ray pool (warm)", warm, args.target), flush=True)
+        emit(describe("fast, Ray pool (warm)", warm, args.target))
     finally:
         ray.shutdown()
-    print(f"batched / loop speed on this machine: {seconds(fast) / seconds(bat):.2f}x")
-    print(f"Ray pool / batched time: cold {seconds(cold) / seconds(bat):.2f}x, warm {seconds(warm) / seconds(bat):.2f}x")
+    emit(f"batched / loop speed on this machine: {seconds(fast) / seconds(bat):.2f}x")
+    emit(f"Ray pool / batched time: cold {seconds(cold) / seconds(bat):.2f}x, warm {seconds(warm) / seconds(bat):.2f}x")
     if args.no_reference:
         return
     ref = run(bd, reference_cfg, None)
-    print(describe("reference (80 epochs, loop)", ref, args.target), flush=True)
+    emit(describe("reference (80 epochs, loop)", ref, args.target))
     same = fast.flagged[:1] == ref.flagged[:1]
-    print(f"same label flagged: {same}; clean model flagged nothing: {not fast_clean.flagged}")
-    print(f"speed ratio reference / default: {seconds(ref) / seconds(fast):.1f}x")
+    emit(f"same label flagged: {same}; clean model flagged nothing: {not fast_clean.flagged}")
+    emit(f"speed ratio reference / default: {seconds(ref) / seconds(fast):.1f}x")
 
 
 def main() -> None:
@@ -89,8 +90,8 @@ def main() -> None:
                         help="skip the reference budget (about 4 minutes here): time the default's modes only")
     parser.add_argument("--dry", action="store_true", help="print only; leave benchmarks/README.md alone")
     args = parser.parse_args()
-    with printed_block("INVERSION-SPEED", fence=True, write=not args.dry):
-        measure(args)
+    with printed_block("INVERSION-SPEED", fence=True, write=not args.dry) as emit:
+        measure(args, emit)
 
 
 if __name__ == "__main__":

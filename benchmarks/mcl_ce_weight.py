@@ -7,6 +7,7 @@ default setting), so run that first. Weight 0 is the reference MCL (contrastive 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.common import printed_block
@@ -15,16 +16,16 @@ from fl_defense.simulations.purify import purify
 HERE = Path(__file__).resolve().parent
 
 
-def measure(args: argparse.Namespace) -> None:
-    """The benchmark itself; everything it prints is its README block."""
-    print("| attack | mcl-ce-weight | BA before | BA after | ASR before | ASR after | seconds |")
-    print("|---|---|---|---|---|---|---|")
+def measure(args: argparse.Namespace, emit: Callable[[str], None]) -> None:
+    """The benchmark itself; what it `emit`s is its README block."""
+    emit("| attack | mcl-ce-weight | BA before | BA after | ASR before | ASR after | seconds |")
+    emit("|---|---|---|---|---|---|---|")
     for attack in ("badnets", "blended"):
         checkpoint = Path(args.runs) / attack / "checkpoints" / "final.pt"
         for w in args.weights.split(","):
             rec = purify(str(checkpoint), {"defense": "mcl", "mcl-ce-weight": w}, None)
-            print(f"| {attack} | {w} | {rec['ba_before']:.4f} | {rec['ba_after']:.4f} | {rec['asr_before']:.4f} | "
-                  f"{rec['asr_after']:.4f} | {rec['seconds']:.1f} |", flush=True)
+            emit(f"| {attack} | {w} | {rec['ba_before']:.4f} | {rec['ba_after']:.4f} | {rec['asr_before']:.4f} | "
+                  f"{rec['asr_after']:.4f} | {rec['seconds']:.1f} |")
 
 
 def main() -> None:
@@ -33,8 +34,8 @@ def main() -> None:
     parser.add_argument("--weights", default="0,0.25,0.5,1,2")
     parser.add_argument("--dry", action="store_true", help="print only; leave benchmarks/README.md alone")
     args = parser.parse_args()
-    with printed_block("MCL-CE-WEIGHT", fence=False, write=not args.dry):
-        measure(args)
+    with printed_block("MCL-CE-WEIGHT", fence=False, write=not args.dry) as emit:
+        measure(args, emit)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,8 @@ def in_process(cfg: dict[str, Any]) -> tuple[float, list[tuple[float, float]]]:
     return time.perf_counter() - t0, curve
 
 
-def measure(args: argparse.Namespace) -> None:
-    """The benchmark itself; everything it prints is its README block."""
+def measure(args: argparse.Namespace, emit: Callable[[str], None]) -> None:
+    """The benchmark itself; what it `emit`s is its README block."""
     overrides = dict(item.split("=", 1) for item in args.set)
     cfg = resolve({**overrides, "num-clients": args.clients, "clients-per-round": args.clients, "rounds": args.rounds,
                    "device": "cpu"})
@@ -70,12 +71,12 @@ def measure(args: argparse.Namespace) -> None:
     b_rounds = sum(r["seconds"] + r["eval_seconds"] for r in rounds)
     startup = b_seconds - b_rounds
     last = results["rounds"][-1]
-    print(f"setting: {args.clients} clients, all sampled, {args.rounds} rounds, {cfg['attack']} (the default otherwise)")
-    print(f"(a) in-process PyTorch loop: {a_seconds:.1f} s ({a_seconds / args.rounds:.2f} s/round); "
+    emit(f"setting: {args.clients} clients, all sampled, {args.rounds} rounds, {cfg['attack']} (the default otherwise)")
+    emit(f"(a) in-process PyTorch loop: {a_seconds:.1f} s ({a_seconds / args.rounds:.2f} s/round); "
           f"final BA {a_curve[-1][0]:.4f} ASR {a_curve[-1][1]:.4f}")
-    print(f"(b) fl-defense on Flower + Ray: {b_seconds:.1f} s, of which Ray start-up and shut-down {startup:.1f} s and "
+    emit(f"(b) fl-defense on Flower + Ray: {b_seconds:.1f} s, of which Ray start-up and shut-down {startup:.1f} s and "
           f"rounds {b_rounds:.1f} s ({b_rounds / args.rounds:.2f} s/round); final BA {last['ba']:.4f} ASR {last['asr']:.4f}")
-    print(f"overhead ratio (b without start-up) / (a): {b_rounds / a_seconds:.3f}")
+    emit(f"overhead ratio (b without start-up) / (a): {b_rounds / a_seconds:.3f}")
 
 
 def main() -> None:
@@ -85,8 +86,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="config overrides (key=value)")
     parser.add_argument("--dry", action="store_true", help="print only; leave benchmarks/README.md alone")
     args = parser.parse_args()
-    with printed_block("OVERHEAD", fence=True, write=not args.dry):
-        measure(args)
+    with printed_block("OVERHEAD", fence=True, write=not args.dry) as emit:
+        measure(args, emit)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.common import printed_block
@@ -78,8 +79,8 @@ class PeakMemory:
         self._thread.join()
 
 
-def measure(args: argparse.Namespace) -> None:
-    """The benchmark itself; everything it prints is its README block."""
+def measure(args: argparse.Namespace, emit: Callable[[str], None]) -> None:
+    """The benchmark itself; what it `emit`s is its README block."""
     overrides = dict(item.split("=", 1) for item in args.set)
     sizes = [int(c) for c in args.clients.split(",")]
     rows = []
@@ -94,15 +95,14 @@ def measure(args: argparse.Namespace) -> None:
         later = [r for r in results["rounds"] if r["round"] > 1]
         per_round = sum(r["seconds"] + r["eval_seconds"] for r in later) / max(len(later), 1)
         rows.append((n, mem.peak / 2**20, per_round, wall))
-        print(f"{n} clients: peak memory {mem.peak / 2**20:.0f} MiB, {per_round:.2f} s/round, wall {wall:.0f} s",
-              flush=True)
-    print(f"data: {'the whole training set split' if args.full_data else 'the same shard size per client in every setting'}")
-    print("| clients | peak memory (MiB) | seconds per round | wall seconds |")
-    print("|---|---|---|---|")
+        emit(f"{n} clients: peak memory {mem.peak / 2**20:.0f} MiB, {per_round:.2f} s/round, wall {wall:.0f} s")
+    emit(f"data: {'the whole training set split' if args.full_data else 'the same shard size per client in every setting'}")
+    emit("| clients | peak memory (MiB) | seconds per round | wall seconds |")
+    emit("|---|---|---|---|")
     for n, mib, sec, wall in rows:
-        print(f"| {n} | {mib:.0f} | {sec:.2f} | {wall:.0f} |")
+        emit(f"| {n} | {mib:.0f} | {sec:.2f} | {wall:.0f} |")
     base = rows[0]
-    print(f"ratios at {rows[-1][0]} vs {base[0]} clients: memory {rows[-1][1] / base[1]:.2f}x, "
+    emit(f"ratios at {rows[-1][0]} vs {base[0]} clients: memory {rows[-1][1] / base[1]:.2f}x, "
           f"seconds per round {rows[-1][2] / base[2]:.2f}x")
 
 
@@ -114,8 +114,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="config overrides (key=value)")
     parser.add_argument("--dry", action="store_true", help="print only; leave benchmarks/README.md alone")
     args = parser.parse_args()
-    with printed_block("SCALE", fence=True, write=not args.dry):
-        measure(args)
+    with printed_block("SCALE", fence=True, write=not args.dry) as emit:
+        measure(args, emit)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from benchmarks.common import printed_block
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = Path(sys.executable).with_name("fl-defense")
@@ -45,8 +48,8 @@ def sweep(grid: Path, out: Path) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def measure(args: argparse.Namespace) -> None:
-    """The benchmark itself; everything it prints is its README block."""
+def measure(args: argparse.Namespace, emit: Callable[[str], None]) -> None:
+    """The benchmark itself; what it `emit`s is its README block."""
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
 
@@ -64,7 +67,7 @@ def measure(args: argparse.Namespace) -> None:
     proc.wait()
     first_seconds = time.perf_counter() - t0
     before = finished_runs(out)
-    print(f"first sweep: {len(before)} runs finished, then SIGKILLed in the next after its round "
+    emit(f"first sweep: {len(before)} runs finished, then SIGKILLed in the next after its round "
           f"{mid_run(out)[0][1]} ({first_seconds:.0f} s)")
 
     t1 = time.perf_counter()
@@ -76,13 +79,13 @@ def measure(args: argparse.Namespace) -> None:
     after = finished_runs(out)
     total = int(re.search(r"^\[sweep \d+/(\d+)\]", text, re.M).group(1))
     reused = [name for name, mtime in before.items() if after.get(name) == mtime]
-    print(f"resumed sweep: {len(after)} of {total} runs finished ({resumed_seconds:.0f} s); "
+    emit(f"resumed sweep: {len(after)} of {total} runs finished ({resumed_seconds:.0f} s); "
           f"{text.count('finished before')} reported as finished before")
-    print((out / "summary.md").read_text())
+    emit((out / "summary.md").read_text())
     resumed = re.findall(r"resuming after round (\d+)", text)
     ok = (len(reused) == len(before) and len(after) == total and text.count("finished before") == len(before)
           and len(resumed) == 1)
-    print(f"resume {'OK' if ok else 'FAILED'}: {len(reused)} of {len(before)} finished runs reused untouched, "
+    emit(f"resume {'OK' if ok else 'FAILED'}: {len(reused)} of {len(before)} finished runs reused untouched, "
           f"the killed run went on after its round {', '.join(resumed) or '(none)'}, "
           f"{total - len(before) - len(resumed)} more run, {len(after)} of {total} complete")
 
@@ -94,8 +97,8 @@ def main() -> None:
     parser.add_argument("--kill-after", type=int, default=4, help="finished runs before the kill")
     parser.add_argument("--dry", action="store_true", help="print only; leave benchmarks/README.md alone")
     args = parser.parse_args()
-    with printed_block("SWEEP-RESUME", fence=True, write=not args.dry):
-        measure(args)
+    with printed_block("SWEEP-RESUME", fence=True, write=not args.dry) as emit:
+        measure(args, emit)
 
 
 if __name__ == "__main__":

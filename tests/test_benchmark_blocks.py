@@ -52,17 +52,19 @@ def test_make_benchmarks_has_one_job_per_block_of_the_benchmarks_readme_and_the_
     assert sum(job.minutes for job in JOBS if job.quick_as_full) <= 30  # the --quick budget
 
 
-def test_printed_block_writes_what_was_printed_with_its_provenance_and_nothing_after_an_error(
+def test_printed_block_writes_what_was_emitted_with_its_provenance_and_nothing_after_an_error(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     readme = tmp_path / "README.md"
     readme.write_text("<!-- A:BEGIN -->\nold\n<!-- A:END -->\n")
-    with printed_block("A", fence=True, readme=readme):
-        print("ratio 1.71x")
+    with printed_block("A", fence=True, readme=readme) as emit:
+        print("[round 1/20] progress of a run, not a result")
+        emit("ratio 1.71x")
     assert "ratio 1.71x" in capsys.readouterr().out
     text = readme.read_text()
     assert text.startswith("<!-- A:BEGIN -->\n```\nratio 1.71x\n```\n\nMade by commit ") and "old" not in text
-    with pytest.raises(RuntimeError), printed_block("A", fence=False, readme=readme):
-        print("half a table")
+    assert "progress" not in text
+    with pytest.raises(RuntimeError), printed_block("A", fence=False, readme=readme) as emit:
+        emit("half a table")
         raise RuntimeError("the benchmark failed")
     assert readme.read_text() == text
 
