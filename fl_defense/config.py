@@ -83,7 +83,8 @@ RUN_OPTIONS: dict[str, Option] = {o.key: o for o in (
            "joins a running cluster (`ray start --head` on one machine, `ray start --address=HOST:PORT` on the "
            "others)", check=lambda v: v in ("", "auto") or bool(re.match(r"^[\w.-]+:\d+$", v)),
            allowed="empty, auto, or HOST:PORT"),
-    positive("eval-batch-size", 1000, "batch size of the server's evaluation"),
+    positive("eval-batch-size", 256, "batch size of the server's evaluation (256: the small CNN evaluates the test set "
+             "2x faster on this project's 2-core CPU than at 1000, its activations staying in cache; larger on a GPU)"),
     Option("out-dir", "", "output folder; empty: runs/<dataset>-<attack>-<time>"),
     Option("init-from", "", "a checkpoint (a run's checkpoints/*.pt, or a bare state_dict) the global model starts "
            "from instead of a fresh one; e.g. a clean pre-trained model, attacked from round 1 (BackFed's protocol)"),

@@ -28,7 +28,7 @@ MAD_SCALE = 1.4826  # the MAD of a normal sample times this estimates its standa
 
 @torch.inference_mode()
 def trigger_shift(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, stamp: Stamp, label: int,
-                  device: torch.device, batch_size: int = 1000) -> float:
+                  device: torch.device, batch_size: int = 256) -> float:
     """The share of clean images of other labels that `model` calls `label` with the trigger, minus that share
     without it: what the trigger itself adds toward the label."""
     model = model.to(device).eval()
