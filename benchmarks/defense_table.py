@@ -57,11 +57,14 @@ SCOPED: dict[str, tuple[str, str]] = {
 }
 
 
+NOT_RESULTS = ("out-dir", "eval-batch-size")  # where a run is written and how fast it is evaluated, not what it computes
+
+
 def _in_use(key: str, cfg: dict[str, Any]) -> bool:
     for prefix, (selector, method) in SCOPED.items():
         if key.startswith(prefix):
             return cfg[selector] == method
-    return key != "out-dir"
+    return key not in NOT_RESULTS
 
 
 def same_config(saved: dict[str, Any], cfg: dict[str, Any]) -> bool:
