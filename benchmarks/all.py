@@ -44,7 +44,7 @@ JOBS = (
     Job(("SCALE",), ("scale",), 2, quick_as_full=True),
     Job(("SWEEP-RESUME",), ("sweep_resume",), 8, quick_as_full=True),
     Job(("RESUME-RULES",), ("resume_rules",), 16),
-    Job(("MODELS",), ("models",), 12),
+    Job(("MODELS",), ("models",), 8),
     Job(("DETECTION",), ("detection_rate", "--seeds", "3", "--sources", "nc,warp,nc+warp"), 35),
     Job(("TRIGGER-TYPES",), ("trigger_types", "--seeds", "3"), 60),
     Job(("DEFENSE-TABLE",), ("defense_table",), 300, quick=("defense_table", "--report-only")),
