@@ -11,56 +11,52 @@ cached), and names the blocks it left alone. `--list` prints the jobs; `--only N
 from __future__ import annotations
 
 import argparse
-import re
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 
-from benchmarks.common import NOTHING_CACHED, README, ROOT
+from benchmarks.common import NOTHING_CACHED, ROOT
 
 
 @dataclass(frozen=True)
 class Job:
-    """The blocks one script writes, its arguments, its minutes here, and what `--quick` does with it."""
+    """The block one script writes, its arguments, its minutes here, and what `--quick` does with it: `rerun`
+    (fast enough), `report` (re-render the cached runs, `--report-only`) or `skip` (too slow, left alone)."""
 
-    blocks: tuple[str, ...]
+    block: str
     args: tuple[str, ...]
     minutes: int
-    quick: tuple[str, ...] | None = None  # arguments that only re-render cached runs; None: too slow, left alone
-    quick_as_full: bool = False  # fast enough to rerun in full under --quick
+    quick: str = "skip"
 
     def script(self) -> str:
         return self.args[0]
+
+    def quick_args(self) -> tuple[str, ...] | None:
+        return {"rerun": self.args, "report": (*self.args, "--report-only"), "skip": None}[self.quick]
 
 
 ALWAYS_METHODS = "no defense,continuous MCL,continuous MCL (PGD attackers),continuous MCL (Neurotoxin attackers)"
 HARD_METHODS = "no defense,continuous MCL,MCL every 5,shadow,FLAME,Multi-Krum,FoolsGold"
 
 JOBS = (
-    Job(("RUN-TIME",), ("run_time", "--attack-only"), 7, quick_as_full=True),
-    Job(("INVERSION-SPEED",), ("inversion_speed",), 5, quick_as_full=True),
-    Job(("OVERHEAD",), ("overhead",), 6, quick_as_full=True),
-    Job(("SCALE",), ("scale",), 2, quick_as_full=True),
-    Job(("SWEEP-RESUME",), ("sweep_resume",), 8, quick_as_full=True),
-    Job(("RESUME-RULES",), ("resume_rules",), 16),
-    Job(("MODELS",), ("models",), 8),
-    Job(("DETECTION",), ("detection_rate", "--seeds", "3", "--sources", "nc,warp,nc+warp"), 35),
-    Job(("TRIGGER-TYPES",), ("trigger_types", "--seeds", "3"), 60),
-    Job(("DEFENSE-TABLE",), ("defense_table",), 300, quick=("defense_table", "--report-only")),
-    Job(("MCL-CE-WEIGHT",), ("mcl_ce_weight", "--weights", "0,0.5,1,2"), 6),
-    Job(("CONTINUOUS_DEFENSE",), ("continuous", "--always", "3", "--rounds", "40", "--methods", ALWAYS_METHODS), 70,
-        quick=("continuous", "--always", "3", "--rounds", "40", "--methods", ALWAYS_METHODS, "--report-only")),
-    Job(("CONTINUOUS_HARD",), ("continuous", "--always", "5", "--hard", "--rounds", "60", "--methods", HARD_METHODS),
-        420, quick=("continuous", "--always", "5", "--hard", "--rounds", "60", "--methods", HARD_METHODS,
-                    "--report-only")),
-    Job(("CONTINUOUS",), ("continuous", "--seeds", "3"), 400, quick=("continuous", "--seeds", "3", "--report-only")),
+    Job("RUN-TIME", ("run_time", "--attack-only"), 7, "rerun"),
+    Job("INVERSION-SPEED", ("inversion_speed",), 5, "rerun"),
+    Job("OVERHEAD", ("overhead",), 7, "rerun"),
+    Job("SCALE", ("scale",), 2, "rerun"),
+    Job("SWEEP-RESUME", ("sweep_resume",), 8, "rerun"),
+    Job("RESUME-RULES", ("resume_rules",), 16),
+    Job("MODELS", ("models",), 8),
+    Job("DETECTION", ("detection_rate", "--seeds", "3", "--sources", "nc,warp,nc+warp"), 35),
+    Job("TRIGGER-TYPES", ("trigger_types", "--seeds", "3"), 60),
+    Job("DEFENSE-TABLE", ("defense_table",), 300, "report"),
+    Job("MCL-CE-WEIGHT", ("mcl_ce_weight", "--weights", "0,0.5,1,2"), 6),
+    Job("CONTINUOUS_DEFENSE", ("continuous", "--always", "3", "--rounds", "40", "--methods", ALWAYS_METHODS), 70,
+        "report"),
+    Job("CONTINUOUS_HARD", ("continuous", "--always", "5", "--hard", "--rounds", "60", "--methods", HARD_METHODS),
+        420, "report"),
+    Job("CONTINUOUS", ("continuous", "--seeds", "3"), 400, "report"),
 )
-
-
-def readme_blocks() -> list[str]:
-    """The block names marked in benchmarks/README.md, in order."""
-    return re.findall(r"<!-- ([A-Z0-9_-]+):BEGIN -->", README.read_text())
 
 
 def run(args: tuple[str, ...]) -> int:
@@ -75,29 +71,27 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated block names")
     args = parser.parse_args()
     only = set(args.only.split(",")) if args.only else None
-    unknown = (only or set()) - {b for job in JOBS for b in job.blocks}
+    unknown = (only or set()) - {job.block for job in JOBS}
     if unknown:
-        sys.exit(f"unknown blocks {sorted(unknown)}; the blocks are {', '.join(b for j in JOBS for b in j.blocks)}")
+        sys.exit(f"unknown blocks {sorted(unknown)}; the blocks are {', '.join(job.block for job in JOBS)}")
     if args.list:
         for job in JOBS:
-            mode = "rerun" if job.quick_as_full else ("re-rendered" if job.quick else "left alone")
-            print(f"{','.join(job.blocks):20} ~{job.minutes:>3} min  --quick: {mode:11}  "
-                  f"python -m benchmarks.{' '.join(job.args)}")
+            print(f"{job.block:20} ~{job.minutes:>3} min  --quick: {job.quick:6}  python -m benchmarks.{' '.join(job.args)}")
         return
     outcome: list[str] = []
     for job in JOBS:
-        if only is not None and not only & set(job.blocks):
+        if only is not None and job.block not in only:
             continue
-        command = job.args if not args.quick or job.quick_as_full else job.quick
+        command = job.quick_args() if args.quick else job.args
         if command is None:
-            outcome.append(f"{','.join(job.blocks)}: left alone (about {job.minutes} min; run without --quick)")
+            outcome.append(f"{job.block}: left alone (about {job.minutes} min; run without --quick)")
             continue
-        print(f"== {','.join(job.blocks)}: python -m benchmarks.{' '.join(command)}", flush=True)
+        print(f"== {job.block}: python -m benchmarks.{' '.join(command)}", flush=True)
         start = time.perf_counter()
         code = run(command)
         status = ("written" if code == 0 else "left alone: no cached runs" if code == NOTHING_CACHED
                   else f"FAILED (exit {code}), block left as it was")
-        outcome.append(f"{','.join(job.blocks)}: {status} in {(time.perf_counter() - start) / 60:.1f} min")
+        outcome.append(f"{job.block}: {status} in {(time.perf_counter() - start) / 60:.1f} min")
     print("\n".join(outcome))
     if any("FAILED" in line for line in outcome):
         sys.exit(1)

@@ -43,13 +43,13 @@ def test_make_benchmarks_has_one_job_per_block_of_the_benchmarks_readme_and_the_
     writes it, and names no block the README lacks."""
     marked = MARKER.findall((ROOT / "benchmarks" / "README.md").read_text())
     blocks = [name for name, kind in marked if kind == "BEGIN"]
-    jobs = {block: job for job in JOBS for block in job.blocks}
-    assert sorted(jobs) == sorted(blocks) and len(jobs) == sum(len(job.blocks) for job in JOBS)
+    jobs = {job.block: job for job in JOBS}
+    assert sorted(jobs) == sorted(blocks) and len(jobs) == len(JOBS)
     for block, job in jobs.items():
         assert writes(block) == [f"benchmarks/{job.script()}.py"], block
-        if job.quick is not None:
-            assert job.quick[0] == job.script() and "--report-only" in job.quick
-    assert sum(job.minutes for job in JOBS if job.quick_as_full) <= 30  # the --quick budget
+        quick = job.quick_args()
+        assert quick is None or quick[:len(job.args)] == job.args
+    assert sum(job.minutes for job in JOBS if job.quick == "rerun") <= 30  # the --quick budget
 
 
 def test_printed_block_writes_what_was_emitted_with_its_provenance_and_nothing_after_an_error(
