@@ -73,7 +73,7 @@ def main() -> None:
     only = set(args.only.split(",")) if args.only else None
     unknown = (only or set()) - {job.block for job in JOBS}
     if unknown:
-        sys.exit(f"unknown blocks {sorted(unknown)}; the blocks are {', '.join(job.block for job in JOBS)}")
+        parser.error(f"unknown blocks {sorted(unknown)}; the blocks are {', '.join(job.block for job in JOBS)}")
     if args.list:
         for job in JOBS:
             print(f"{job.block:20} ~{job.minutes:>3} min  --quick: {job.quick:6}  python -m benchmarks.{' '.join(job.args)}")
