@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import re
@@ -24,8 +25,8 @@ from fl_defense.provenance import code_version, describe
 from fl_defense.purification import CleanSet
 from fl_defense.training import train_local
 
-__all__ = ["CACHE", "NOTHING_CACHED", "README", "Setting", "central_model", "code_version", "kill_after_round", "printed_block",
-           "provenance", "start_run", "wait_for_round", "write_block"]
+__all__ = ["CACHE", "NOTHING_CACHED", "README", "Setting", "central_model", "code_version", "kill_after_round", "main_writing_block",
+           "printed_block", "provenance", "start_run", "wait_for_round", "write_block"]
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -68,6 +69,18 @@ def printed_block(name: str, *, fence: bool, write: bool = True,
     if write:
         text = "\n".join(lines).rstrip()
         write_block(name, (f"```\n{text}\n```" if fence else text) + "\n\n" + provenance(), readme)
+
+
+Emit = Callable[[str], None]
+
+
+def main_writing_block(name: str, parser: argparse.ArgumentParser,
+                       measure: Callable[[argparse.Namespace, Emit], None], *, fence: bool) -> None:
+    """A benchmark's main: its `parser` gains `--dry`, and what `measure` emits becomes the block `name`."""
+    parser.add_argument("--dry", action="store_true", help="print only; leave benchmarks/README.md alone")
+    args = parser.parse_args()
+    with printed_block(name, fence=fence, write=not args.dry) as emit:
+        measure(args, emit)
 
 
 def start_run(settings: dict[str, Any], out: Path, stderr: Any = subprocess.DEVNULL) -> subprocess.Popen[bytes]:

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable
 
 import ray
 import torch
 
-from benchmarks.common import Setting, central_model, printed_block
+from benchmarks.common import Emit, Setting, central_model, main_writing_block
 from fl_defense.config import resolve
 from fl_defense.inversion import Finding, train_reference
 from fl_defense.inversion.nc import NeuralCleanseScan
@@ -44,7 +43,7 @@ def describe(name: str, res: Finding, target: int | None) -> str:
     return f"{name:<26} {seconds(res):8.1f} s  flagged {res.flagged}{verdict}  norms [{norms}]"
 
 
-def measure(args: argparse.Namespace, emit: Callable[[str], None]) -> None:
+def measure(args: argparse.Namespace, emit: Emit) -> None:
     """The benchmark itself; what it `emit`s is its README block."""
     torch.set_num_threads(2)
     bd = central_model("badnets", args.seed, args.target)
@@ -88,10 +87,7 @@ def main() -> None:
     parser.add_argument("--target", type=int, default=0)
     parser.add_argument("--no-reference", action="store_true",
                         help="skip the reference budget (about 4 minutes here): time the default's modes only")
-    parser.add_argument("--dry", action="store_true", help="print only; leave benchmarks/README.md alone")
-    args = parser.parse_args()
-    with printed_block("INVERSION-SPEED", fence=True, write=not args.dry) as emit:
-        measure(args, emit)
+    main_writing_block("INVERSION-SPEED", parser, measure, fence=True)
 
 
 if __name__ == "__main__":

@@ -7,16 +7,15 @@ default setting), so run that first. Weight 0 is the reference MCL (contrastive 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.common import printed_block
+from benchmarks.common import Emit, main_writing_block
 from fl_defense.simulations.purify import purify
 
 HERE = Path(__file__).resolve().parent
 
 
-def measure(args: argparse.Namespace, emit: Callable[[str], None]) -> None:
+def measure(args: argparse.Namespace, emit: Emit) -> None:
     """The benchmark itself; what it `emit`s is its README block."""
     emit("| attack | mcl-ce-weight | BA before | BA after | ASR before | ASR after | seconds |")
     emit("|---|---|---|---|---|---|---|")
@@ -32,10 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", default=str(HERE / "runs"))
     parser.add_argument("--weights", default="0,0.25,0.5,1,2")
-    parser.add_argument("--dry", action="store_true", help="print only; leave benchmarks/README.md alone")
-    args = parser.parse_args()
-    with printed_block("MCL-CE-WEIGHT", fence=False, write=not args.dry) as emit:
-        measure(args, emit)
+    main_writing_block("MCL-CE-WEIGHT", parser, measure, fence=False)
 
 
 if __name__ == "__main__":

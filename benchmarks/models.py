@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import printed_block
+from benchmarks.common import Emit, main_writing_block
 from fl_defense.config import resolve
 from fl_defense.data import dataset_spec
 from fl_defense.models import build_model
@@ -33,7 +32,7 @@ def timed(name: str, rounds: int, share: float) -> dict[str, Any]:
         return run_experiment({**cfg, "out-dir": tmp}, Path(tmp))
 
 
-def measure(args: argparse.Namespace, emit: Callable[[str], None]) -> None:
+def measure(args: argparse.Namespace, emit: Emit) -> None:
     """The benchmark itself; what it `emit`s is its README block."""
     spec = dataset_spec("fashion-mnist")
     rows = {}
@@ -59,10 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--train-fraction", type=float, default=0.05)
-    parser.add_argument("--dry", action="store_true", help="print only; leave benchmarks/README.md alone")
-    args = parser.parse_args()
-    with printed_block("MODELS", fence=False, write=not args.dry) as emit:
-        measure(args, emit)
+    main_writing_block("MODELS", parser, measure, fence=False)
 
 
 if __name__ == "__main__":

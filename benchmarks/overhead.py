@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from benchmarks.common import printed_block
+from benchmarks.common import Emit, main_writing_block
 from fl_defense.aggregation import average_states
 from fl_defense.attacks import evaluation_attack
 from fl_defense.clients.behaviour import local_update
@@ -53,7 +52,7 @@ def in_process(cfg: dict[str, Any]) -> tuple[float, list[tuple[float, float]]]:
     return time.perf_counter() - t0, curve
 
 
-def measure(args: argparse.Namespace, emit: Callable[[str], None]) -> None:
+def measure(args: argparse.Namespace, emit: Emit) -> None:
     """The benchmark itself; what it `emit`s is its README block."""
     overrides = dict(item.split("=", 1) for item in args.set)
     cfg = resolve({**overrides, "num-clients": args.clients, "clients-per-round": args.clients, "rounds": args.rounds,
@@ -84,10 +83,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--set", action="append", default=[], help="config overrides (key=value)")
-    parser.add_argument("--dry", action="store_true", help="print only; leave benchmarks/README.md alone")
-    args = parser.parse_args()
-    with printed_block("OVERHEAD", fence=True, write=not args.dry) as emit:
-        measure(args, emit)
+    main_writing_block("OVERHEAD", parser, measure, fence=True)
 
 
 if __name__ == "__main__":

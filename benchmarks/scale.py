@@ -19,10 +19,9 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.common import printed_block
+from benchmarks.common import Emit, main_writing_block
 from fl_defense.config import resolve
 from fl_defense.simulations.runner import run_experiment
 
@@ -79,7 +78,7 @@ class PeakMemory:
         self._thread.join()
 
 
-def measure(args: argparse.Namespace, emit: Callable[[str], None]) -> None:
+def measure(args: argparse.Namespace, emit: Emit) -> None:
     """The benchmark itself; what it `emit`s is its README block."""
     overrides = dict(item.split("=", 1) for item in args.set)
     sizes = [int(c) for c in args.clients.split(",")]
@@ -112,10 +111,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--full-data", action="store_true", help="split the whole training set in every setting")
     parser.add_argument("--set", action="append", default=[], help="config overrides (key=value)")
-    parser.add_argument("--dry", action="store_true", help="print only; leave benchmarks/README.md alone")
-    args = parser.parse_args()
-    with printed_block("SCALE", fence=True, write=not args.dry) as emit:
-        measure(args, emit)
+    main_writing_block("SCALE", parser, measure, fence=True)
 
 
 if __name__ == "__main__":

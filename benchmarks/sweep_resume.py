@@ -19,10 +19,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.common import printed_block
+from benchmarks.common import Emit, main_writing_block
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = Path(sys.executable).with_name("fl-defense")
@@ -48,7 +47,7 @@ def sweep(grid: Path, out: Path) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def measure(args: argparse.Namespace, emit: Callable[[str], None]) -> None:
+def measure(args: argparse.Namespace, emit: Emit) -> None:
     """The benchmark itself; what it `emit`s is its README block."""
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
@@ -95,10 +94,7 @@ def main() -> None:
     parser.add_argument("--grid", default=str(ROOT / "simulations" / "configs" / "sweep-example.toml"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "runs" / "sweep-resume"))
     parser.add_argument("--kill-after", type=int, default=4, help="finished runs before the kill")
-    parser.add_argument("--dry", action="store_true", help="print only; leave benchmarks/README.md alone")
-    args = parser.parse_args()
-    with printed_block("SWEEP-RESUME", fence=True, write=not args.dry) as emit:
-        measure(args, emit)
+    main_writing_block("SWEEP-RESUME", parser, measure, fence=True)
 
 
 if __name__ == "__main__":

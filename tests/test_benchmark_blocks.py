@@ -18,8 +18,8 @@ MARKER = re.compile(r"(?<!`)<!-- ([A-Z0-9_-]+):(BEGIN|END) -->")  # not the ones
 def writes(name: str) -> list[str]:
     """The scripts under benchmarks/ and scripts/ that write the block `name`."""
     def writer(text: str) -> bool:
-        return f'"<!-- {name}:BEGIN -->"' in text or (f'"{name}"' in text and ("write_block(" in text
-                                                                             or "printed_block(" in text))
+        calls = ("write_block(", "printed_block(", "main_writing_block(")
+        return f'"<!-- {name}:BEGIN -->"' in text or (f'"{name}"' in text and any(c in text for c in calls))
 
     return [str(p.relative_to(ROOT)) for folder in ("benchmarks", "scripts") for p in sorted((ROOT / folder).glob("*.py"))
             if p.name not in ("all.py", "common.py") and writer(p.read_text())]
