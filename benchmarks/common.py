@@ -25,13 +25,14 @@ from fl_defense.provenance import code_version, describe
 from fl_defense.purification import CleanSet
 from fl_defense.training import train_local
 
-__all__ = ["CACHE", "NOTHING_CACHED", "README", "Setting", "central_model", "code_version", "kill_after_round", "main_writing_block",
-           "printed_block", "provenance", "start_run", "wait_for_round", "write_block"]
+__all__ = ["CACHE", "NOTHING_CACHED", "README", "Emit", "Setting", "central_model", "code_version", "kill_after_round",
+           "main_writing_block", "printed_block", "provenance", "start_run", "wait_for_round", "write_block"]
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CACHE = HERE / ".cache"
 README = HERE / "README.md"
+Emit = Callable[[str], None]  # a benchmark's print for the lines of its README block
 NOTHING_CACHED = 3  # exit status of a `--report-only` run that found no cached run to report (its block is kept)
 
 
@@ -54,7 +55,7 @@ def write_block(name: str, text: str, readme: Path = README) -> None:
 
 @contextlib.contextmanager
 def printed_block(name: str, *, fence: bool, write: bool = True,
-                  readme: Path = README) -> Iterator[Callable[[str], None]]:
+                  readme: Path = README) -> Iterator[Emit]:
     """Yields `emit`, the script's print for its results: each line goes to stdout and, once the block ends without
     an error, into benchmarks/README.md's block `name` (in a code fence when `fence`, for output that is not a
     Markdown table) with the provenance line under it: the block is the script's own output, never a copy made by
@@ -69,9 +70,6 @@ def printed_block(name: str, *, fence: bool, write: bool = True,
     if write:
         text = "\n".join(lines).rstrip()
         write_block(name, (f"```\n{text}\n```" if fence else text) + "\n\n" + provenance(), readme)
-
-
-Emit = Callable[[str], None]
 
 
 def main_writing_block(name: str, parser: argparse.ArgumentParser,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,8 +31,8 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from benchmarks.common import ROOT, provenance, write_block
-from fl_defense.data.datasets import DatasetSpec
+from benchmarks.common import Emit, main_writing_block, start_run
+from fl_defense.data import dataset_spec
 from fl_defense.registry import MODELS
 
 MAKE_RUN = {"defense": "mcl", "defense-schedule": "continuous"}
@@ -41,13 +40,12 @@ BAR_SECONDS = 240.0
 
 
 def timed_run(settings: dict[str, str], out: Path) -> tuple[float, dict[str, Any]]:
-    """Wall seconds of `fl-defense run --config default.toml --set ...` and its results.json."""
-    args = [sys.executable, "-m", "fl_defense.simulations.cli", "run", "--config",
-            str(ROOT / "simulations/configs/default.toml"), "--out", str(out)]
-    for key, value in settings.items():
-        args += ["--set", f"{key}={value}"]
+    """Wall seconds of `fl-defense run --set ...` (every other key at its default, as in default.toml) and its
+    results.json."""
     start = time.perf_counter()
-    subprocess.run(args, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_run(settings, out)
+    if proc.wait() != 0:
+        sys.exit(f"fl-defense run {settings} failed (exit {proc.returncode})")
     return time.perf_counter() - start, json.loads((out / "results.json").read_text())
 
 
@@ -66,7 +64,7 @@ def phases(wall: float, results: dict[str, Any]) -> dict[str, float]:
 
 def layout_ratios(server_threads: int) -> tuple[float, float]:
     """Speed of channels-last over NCHW weights: (SGD step at 1 thread, evaluation batch at `server_threads`)."""
-    spec = DatasetSpec("fashion-mnist", 1, 28, 10, (0.5,), (0.5,), "")
+    spec = dataset_spec("fashion-mnist")
     seconds: dict[tuple[str, bool], float] = {}
     for channels_last in (False, True):
         torch.manual_seed(0)
@@ -77,6 +75,7 @@ def layout_ratios(server_threads: int) -> tuple[float, float]:
         seconds["step", channels_last] = _sgd_seconds(model)
         torch.set_num_threads(server_threads)
         seconds["eval", channels_last] = _eval_seconds(model)
+    torch.set_num_threads(server_threads)
     return (seconds["step", False] / seconds["step", True], seconds["eval", False] / seconds["eval", True])
 
 
@@ -123,25 +122,23 @@ def report(runs: dict[str, tuple[float, dict[str, Any]]], ratios: tuple[float, f
                      f"{a_last['ba']:.4f}, ASR {a_last['asr']:.4f}; `make run` / attack only: {wall / a_wall:.2f}x.")
     lines.append(f"Channels-last over NCHW weights, same process: {ratios[0]:.2f}x per SGD step (1 thread, "
                  f"batch 32), {ratios[1]:.2f}x per evaluation batch ({torch.get_num_threads()} threads, 1,000 images).")
-    return "\n".join(lines + ["", provenance()])
+    return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--attack-only", action="store_true", help="also time the run without the defense")
-    parser.add_argument("--dry", action="store_true", help="print the block, leave benchmarks/README.md alone")
-    args = parser.parse_args()
-    threads = torch.get_num_threads()
+def measure(args: argparse.Namespace, emit: Emit) -> None:
+    """The benchmark itself; what it `emit`s is its README block."""
     runs: dict[str, tuple[float, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         runs["make run"] = timed_run(MAKE_RUN, Path(tmp) / "make-run")
         if args.attack_only:
             runs["attack only"] = timed_run({}, Path(tmp) / "attack-only")
-    text = report(runs, layout_ratios(threads))
-    torch.set_num_threads(threads)
-    print(text)
-    if not args.dry:
-        write_block("RUN-TIME", text)
+    emit(report(runs, layout_ratios(torch.get_num_threads())))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--attack-only", action="store_true", help="also time the run without the defense")
+    main_writing_block("RUN-TIME", parser, measure, fence=False)
 
 
 if __name__ == "__main__":
