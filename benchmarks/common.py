@@ -26,7 +26,8 @@ from fl_defense.purification import CleanSet
 from fl_defense.training import train_local
 
 __all__ = ["CACHE", "NOTHING_CACHED", "README", "Emit", "Setting", "central_model", "code_version", "kill_after_round",
-           "main_writing_block", "printed_block", "provenance", "start_run", "wait_for_round", "write_block"]
+           "main_writing_block", "mean_std", "printed_block", "provenance", "start_run", "wait_for_round",
+           "write_block"]
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -39,6 +40,15 @@ NOTHING_CACHED = 3  # exit status of a `--report-only` run that found no cached 
 def provenance() -> str:
     """The line under every table a benchmark writes: commit, versions, machine."""
     return describe()
+
+
+def mean_std(values: list[float], digits: int = 4) -> str:
+    """`mean +/- std` (sample std) over seeds, the bare value for one seed, "-" for none."""
+    if not values:
+        return "-"
+    t = torch.tensor(values, dtype=torch.float64)
+    spread = f" +/- {float(t.std()):.{digits}f}" if len(values) > 1 else ""
+    return f"{float(t.mean()):.{digits}f}{spread}"
 
 
 def write_block(name: str, text: str, readme: Path = README) -> None:

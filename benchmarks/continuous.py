@@ -21,9 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 
-from benchmarks.common import NOTHING_CACHED, provenance, write_block
+from benchmarks.common import NOTHING_CACHED, mean_std, provenance, write_block
 from benchmarks.defense_table import federated_run, purified, run_seconds
 from fl_defense.config import load_toml, schedule_rounds
 from fl_defense.metrics import attack_windows, durability
@@ -114,14 +113,6 @@ def detection(res: dict[str, Any]) -> str:
         return str(found)
     wrong = next((r for r in res["rounds"] if r.get("continuous", {}).get("labels")), None)
     return "-" if wrong is None else f"- (labels {wrong['continuous']['labels']} from {wrong['round']})"
-
-
-def mean_std(values: list[float], digits: int = 4) -> str:
-    if not values:
-        return "-"
-    t = torch.tensor(values, dtype=torch.float64)
-    spread = f" +/- {float(t.std()):.{digits}f}" if len(values) > 1 else ""
-    return f"{float(t.mean()):.{digits}f}{spread}"
 
 
 def filtering_rates(runs: list[dict[str, Any]]) -> str:

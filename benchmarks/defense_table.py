@@ -20,10 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import NOTHING_CACHED, write_block
+from benchmarks.common import NOTHING_CACHED, mean_std, provenance, write_block
 from fl_defense.config import resolve, schema
 from fl_defense.registry import AGGREGATION_RULES
 from fl_defense.simulations.purify import purify
@@ -43,6 +44,10 @@ PARTS = ("defenses", "aggregation", "poisoned", "continuous", "attacks")
 # Bulyan tolerates f malicious of n only if n >= 4f + 3: with 20% malicious, 11 clients (f = 2) is the smallest
 # federation it accepts, so its row is measured there (all 11 sampled each round).
 RULE_SETTINGS: dict[str, dict[str, Any]] = {"bulyan": {"num-clients": 11, "clients-per-round": 11}}
+# The rules measured over every seed beside FedAvg: the strongest competitor of the single-seed table (2026-11,
+# commit 3df7004): Multi-Krum, the lowest ASR at no BA cost on both attacks (0.012 / 0.014, BA 0.910 / 0.912).
+# The other rules get seed 0 only: all eleven over three seeds would take about four hours here.
+SEEDED_RULES = ("multikrum",)
 
 
 # Keys that only matter when a given method is selected: a cached run stays valid when they change
@@ -113,17 +118,22 @@ def run_seconds(res: dict[str, Any]) -> float:
     return sum(r.get("seconds", 0.0) + r.get("eval_seconds", 0.0) for r in res["rounds"])
 
 
-def aggregation_seconds(res: dict[str, Any]) -> str:
-    """Seconds the server spent in the aggregation rule itself, summed over the run."""
-    times = [(row.get("aggregation") or {}).get("seconds") for row in res["rounds"] if row["round"] > 0]
-    return f"{sum(times):.1f}" if times and None not in times else "-"
+def aggregation_seconds(runs: list[dict[str, Any]]) -> str:
+    """Seconds the server spent in the aggregation rule itself, summed over each run (mean over the runs)."""
+    totals = []
+    for res in runs:
+        times = [(row.get("aggregation") or {}).get("seconds") for row in res["rounds"] if row["round"] > 0]
+        if not times or None in times:
+            return "-"
+        totals.append(sum(times))
+    return mean_std(totals, 1)
 
 
-def excluded_malicious(res: dict[str, Any]) -> str:
-    """How often the aggregation rule left out the attackers' updates, where the rule reports exclusions."""
+def excluded_malicious(runs: list[dict[str, Any]]) -> str:
+    """How often the aggregation rule left out the attackers' updates (over all runs), where the rule reports it."""
     kept = total = 0
     seen = False
-    for row in res["rounds"]:
+    for row in (row for res in runs for row in res["rounds"]):
         info = row.get("aggregation") or {}
         if "excluded" not in info:
             continue
@@ -159,90 +169,118 @@ def plot(runs: dict[str, dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def build_tables(out: Path, parts: set[str], attacks: set[str],
-                 overrides: dict[str, str]) -> tuple[str, dict[str, dict[str, Any]]]:
-    """Compute the runs of `parts` x `attacks` that are not cached; render every run that is available."""
+def finals(runs: list[dict[str, Any]]) -> str:
+    """`BA | ASR | seeds` cells of a row over the finished runs of its seeds."""
+    return (f"{mean_std([final(r)[0] for r in runs])} | {mean_std([final(r)[1] for r in runs])} | "
+            f"{len(runs)}")
+
+
+def defense_rows(out: Path, attack: str, base: list[dict[str, Any]], compute: bool,
+                 used: list[dict[str, Any]]) -> list[str]:
+    """The `defenses` part of one attack: no defense, then every purifier on each seed's final model (the records
+    rendered are added to `used`)."""
+    rows = [f"| {attack} | none | {finals(base)} | - | - |"]
+    for defense in DEFENSES:
+        recs = [purified(out / f"{attack}-s{r['config']['seed']}", defense, compute) for r in base]
+        recs = [rec for rec in recs if rec is not None]
+        used += recs
+        if not recs:
+            rows.append(f"| {attack} | {defense} | not run | | | | |")
+            continue
+        rows.append(f"| {attack} | {defense} | {mean_std([rec['ba_after'] for rec in recs])} | "
+                    f"{mean_std([rec['asr_after'] for rec in recs])} | {len(recs)} | "
+                    f"{mean_std([rec['seconds'] for rec in recs], 1)} | "
+                    f"{'; '.join(str(rec.get('flagged', '-')) for rec in recs)} |")
+    return rows
+
+
+def aggregation_row(attack: str, name: str, runs: list[dict[str, Any]]) -> str:
+    if not runs:
+        return f"| {attack} | {name} | not run | | | | | |"
+    return (f"| {attack} | {name} | {finals(runs)} | {aggregation_seconds(runs)} | "
+            f"{mean_std([run_seconds(r) for r in runs], 0)} | {excluded_malicious(runs)} |")
+
+
+def build_tables(out: Path, parts: set[str], attacks: set[str], overrides: dict[str, str],
+                 seeds: int) -> tuple[str, dict[str, dict[str, Any]]]:
+    """Compute the runs of `parts` x `attacks` that are not cached; render every run that is available, and say
+    which code made them."""
     lines: list[str] = []
     curves: dict[str, dict[str, Any]] = {}
+    used: list[dict[str, Any]] = []
+
     def computing(part: str, attack: str) -> bool:
         return part in parts and attack in attacks
 
-    base = {a: federated_run(out / a, computing("defenses", a) or computing("aggregation", a), **overrides,
-                             attack=a) for a in ATTACKS}
+    def seeded_runs(name: str, n: int, compute: bool, **settings: Any) -> list[dict[str, Any]]:
+        """The finished runs `<name>-s<seed>` of seeds 0..n-1 (computed now when `compute`)."""
+        runs = [federated_run(out / f"{name}-s{seed}", compute, **overrides, **settings, seed=seed)
+                for seed in range(n)]
+        used.extend(r for r in runs if r is not None)
+        return [r for r in runs if r is not None]
+
+    base = {a: seeded_runs(a, seeds, computing("defenses", a), attack=a) for a in ATTACKS}
+    rows = []
+    for attack, runs in base.items():
+        if runs:
+            curves[f"{attack}, FedAvg, no defense, seed 0"] = runs[0]
+            rows += defense_rows(out, attack, runs, computing("defenses", attack), used)
+    lines += section("Server-side defenses (FedAvg, final global model; mean +/- std over the seeds column's runs)",
+                     "| attack | defense | BA | ASR | seeds | seconds | flagged (per seed) |", rows, "defenses")
 
     rows = []
-    for attack, res in base.items():
-        if res is None:
-            continue
-        curves[f"{attack}, FedAvg, no defense"] = res
-        ba, asr = final(res)
-        rows.append(f"| {attack} | none | {ba:.4f} | {asr:.4f} | - | - |")
-        for defense in DEFENSES:
-            rec = purified(out / attack, defense, computing("defenses", attack))
-            if rec is None:
-                rows.append(f"| {attack} | {defense} | not run | | | |")
-                continue
-            rows.append(f"| {attack} | {defense} | {rec['ba_after']:.4f} | {rec['asr_after']:.4f} | "
-                        f"{rec['seconds']:.1f} | {rec.get('flagged', '-')} |")
-    if rows:
-        lines += ["### Server-side defenses (FedAvg, final global model)", "",
-                  "| attack | defense | BA | ASR | seconds | flagged |", "|---|---|---|---|---|---|", *rows, ""]
-
-    rows = []
-    for attack, res in base.items():
-        if res is None:
-            continue
-        ba, asr = final(res)
-        rows.append(f"| {attack} | fedavg | {ba:.4f} | {asr:.4f} | {aggregation_seconds(res)} | "
-                    f"{run_seconds(res):.0f} | - |")
+    for attack, runs in base.items():
+        rows.append(aggregation_row(attack, "fedavg", runs))
         for rule in AGGREGATIONS:
             setting = RULE_SETTINGS.get(rule, {})
-            r = federated_run(out / f"{attack}-agg-{rule}", computing("aggregation", attack), **overrides, attack=attack,
-                              aggregation=rule, **setting)
-            name = rule + "".join(f", {k} {v}" for k, v in setting.items() if k == "num-clients")
-            if r is None:
-                rows.append(f"| {attack} | {name} | not run | | | | |")
-                continue
-            ba, asr = final(r)
-            rows.append(f"| {attack} | {name} | {ba:.4f} | {asr:.4f} | {aggregation_seconds(r)} | "
-                        f"{run_seconds(r):.0f} | {excluded_malicious(r)} |")
-            if rule == "flame":
-                curves[f"{attack}, FLAME"] = r
-    if rows:
-        lines += ["### Aggregation rules (no server-side defense)", "",
-                  "| attack | aggregation | BA | ASR | aggregation seconds | run seconds | attacker updates excluded |",
-                  "|---|---|---|---|---|---|---|", *rows, ""]
+            rule_runs = seeded_runs(f"{attack}-agg-{rule}", seeds if rule in SEEDED_RULES else 1,
+                                    computing("aggregation", attack), attack=attack, aggregation=rule,
+                                    **setting)
+            rows.append(aggregation_row(attack, rule + "".join(f", {k} {v}" for k, v in setting.items()
+                                                               if k == "num-clients"), rule_runs))
+            if rule == "flame" and rule_runs:
+                curves[f"{attack}, FLAME, seed 0"] = rule_runs[0]
+    lines += section("Aggregation rules (no server-side defense; FedAvg's runs are the `defenses` part's)",
+                     "| attack | aggregation | BA | ASR | seeds | aggregation seconds | run seconds | attacker "
+                     "updates excluded |", rows, "aggregation")
 
     rows = []
     for attack in ATTACKS:
         for cd in CLIENT_DEFENSES:
-            r = federated_run(out / f"{attack}-poisoned-{cd}", computing("poisoned", attack), **overrides, attack=attack,
-                              threat="poisoned-data", **{"client-defense": cd})
-            if r is None:
-                rows.append(f"| {attack} | {cd} | not run | | |")
-                continue
-            ba, asr = final(r)
-            rows.append(f"| {attack} | {cd} | {ba:.4f} | {asr:.4f} | {run_seconds(r):.0f} |")
-            if cd != "none":
-                curves[f"{attack}, poisoned data, {cd.upper()}"] = r
-    if rows:
-        lines += ["### Poisoned data, honest clients (`threat=poisoned-data`)", "",
-                  "| attack | client-defense | BA | ASR | run seconds |", "|---|---|---|---|---|", *rows, ""]
+            runs = seeded_runs(f"{attack}-poisoned-{cd}", 1, computing("poisoned", attack), attack=attack,
+                               threat="poisoned-data", **{"client-defense": cd})
+            rows.append(f"| {attack} | {cd} | {finals(runs)} | {mean_std([run_seconds(r) for r in runs], 0)} |"
+                        if runs else f"| {attack} | {cd} | not run | | | |")
+            if cd != "none" and runs:
+                curves[f"{attack}, poisoned data, {cd.upper()}"] = runs[0]
+    lines += section("Poisoned data, honest clients (`threat=poisoned-data`)",
+                     "| attack | client-defense | BA | ASR | seeds | run seconds |", rows, "poisoned")
 
-    lines += attack_tables(out, parts, attacks, overrides, curves)
+    lines += attack_tables(seeded_runs, "attacks" in parts, attacks, curves)
 
-    every = federated_run(out / "badnets-mcl-every5", computing("continuous", "badnets"), **overrides, attack="badnets",
-                          defense="mcl", **{"defense-schedule": "every:5"})
-    if every is not None:
-        curves["badnets, MCL every 5 rounds"] = every
-        lines += ["### MCL every 5 rounds, BadNets attacking in every round", "",
-                  "BA / ASR before -> after each purification:", ""]
-        lines += [f"- round {r['round']}: flagged {r.get('flagged')}, trigger: "
-                  f"{r.get('trigger_source') or 'none, not purified'}, BA {r['ba_before']:.4f} -> "
-                  f"{r['ba_after']:.4f}, ASR {r['asr_before']:.4f} -> {r['asr_after']:.4f}"
-                  for r in every["defense"]]
-        lines.append("")
+    every = seeded_runs("badnets-mcl-every5", 1, computing("continuous", "badnets"), attack="badnets", defense="mcl",
+                        **{"defense-schedule": "every:5"})
+    rows = [f"- round {r['round']}: flagged {r.get('flagged')}, trigger: "
+            f"{r.get('trigger_source') or 'none, not purified'}, BA {r['ba_before']:.4f} -> "
+            f"{r['ba_after']:.4f}, ASR {r['asr_before']:.4f} -> {r['asr_after']:.4f}"
+            for run in every for r in run["defense"]]
+    if every:
+        curves["badnets, MCL every 5 rounds"] = every[0]
+    lines += section("MCL every 5 rounds, BadNets attacking in every round (seed 0)",
+                     "BA / ASR before -> after each purification:", rows, "continuous")
+    versions = sorted({rec.get("provenance", {}).get("code_version", "?") for rec in used})
+    lines.append(f"Runs and purifications made at code version {', '.join(versions)} (their provenance); table "
+                 f"written by {provenance()}")
     return "\n".join(lines), curves
+
+
+def section(title: str, header: str, rows: list[str], part: str) -> list[str]:
+    """A part's table, or one line saying that none of its runs is cached (a row with a result is needed)."""
+    if not any("not run" not in row for row in rows):
+        return [f"### {title}", "", f"No run of this part is cached: `python -m benchmarks.defense_table --parts "
+                f"{part}` computes it.", ""]
+    rule = "|" + "---|" * header.count(" | ") + "---|" if header.startswith("|") else ""
+    return [f"### {title}", "", header, *([rule] if rule else []), *rows, ""]
 
 
 def variant_name(attack: str, training: str) -> str:
@@ -255,48 +293,45 @@ def piece_asr(res: dict[str, Any]) -> str:
     return ", ".join(f"{v:.2f}" for v in pieces.values()) or "-"
 
 
-def attack_tables(out: Path, parts: set[str], attacks: set[str], overrides: dict[str, str],
+def attack_tables(seeded_runs: Callable[..., list[dict[str, Any]]], computing: bool, attacks: set[str],
                   curves: dict[str, dict[str, Any]]) -> list[str]:
-    """The `attacks` part: each attack without defense, and some with MCL every 5 rounds."""
+    """The `attacks` part (seed 0): each attack without defense, and some with MCL every 5 rounds."""
     rows = []
     for attack, training in VARIANTS:
-        name = variant_name(attack, training)
-        r = federated_run(out / name, "attacks" in parts and attack in attacks, **overrides, attack=attack,
-                          **{"attack-training": training})
-        if r is None:
+        runs = seeded_runs(variant_name(attack, training), 1, computing and attack in attacks,
+                           attack=attack, **{"attack-training": training})
+        if not runs:
             rows.append(f"| {attack} | {training} | not run | | | | |")
             continue
-        ba, asr = final(r)
-        peak = max(row["asr"] for row in r["rounds"])
-        rows.append(f"| {attack} | {training} | {ba:.4f} | {asr:.4f} | {peak:.4f} | {piece_asr(r)} | "
-                    f"{run_seconds(r):.0f} |")
-    lines = []
-    if rows:
-        lines += ["### Attacks without defense (FedAvg)", "",
-                  "| attack | attack-training | BA | ASR | highest ASR | ASR per DBA piece | run seconds |",
-                  "|---|---|---|---|---|---|---|", *rows, ""]
+        ba, asr = final(runs[0])
+        peak = max(row["asr"] for row in runs[0]["rounds"])
+        rows.append(f"| {attack} | {training} | {ba:.4f} | {asr:.4f} | {peak:.4f} | {piece_asr(runs[0])} | "
+                    f"{run_seconds(runs[0]):.0f} |")
+    lines = section("Attacks without defense (FedAvg, seed 0)", "| attack | attack-training | BA | ASR | highest ASR "
+                    "| ASR per DBA piece | run seconds |", rows, "attacks")
     rows = []
     for attack, training in MCL_EVERY:
         name = variant_name(attack, training)
-        r = federated_run(out / f"{name}-mcl-every5", "attacks" in parts and attack in attacks, **overrides,
-                          attack=attack, defense="mcl", **{"attack-training": training, "defense-schedule": "every:5"})
-        if r is None:
+        runs = seeded_runs(f"{name}-mcl-every5", 1, computing and attack in attacks,
+                           attack=attack, defense="mcl", **{"attack-training": training, "defense-schedule": "every:5"})
+        if not runs:
             rows.append(f"| {attack} | {training} | not run | | |")
             continue
-        curves[f"{name}, MCL every 5 rounds"] = r
-        after = ", ".join(f"{d['asr_before']:.2f} -> {d['asr_after']:.3f}" for d in r["defense"])
-        ba, asr = final(r)
+        curves[f"{name}, MCL every 5 rounds"] = runs[0]
+        after = ", ".join(f"{d['asr_before']:.2f} -> {d['asr_after']:.3f}" for d in runs[0]["defense"])
+        ba, asr = final(runs[0])
         rows.append(f"| {attack} | {training} | {after} | {ba:.4f} | {asr:.4f} |")
-    if rows:
-        lines += ["### Attacks with MCL every 5 rounds (rounds 5, 10, 15, 20)", "",
-                  "| attack | attack-training | ASR before -> after each purification | final BA | final ASR |",
-                  "|---|---|---|---|---|", *rows, ""]
-    return lines
+    return lines + section("Attacks with MCL every 5 rounds (rounds 5, 10, 15, 20; seed 0)", "| attack | "
+                           "attack-training | ASR before -> after each purification | final BA | final ASR |", rows,
+                           "attacks")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(HERE / "runs"), help="where the federated runs are kept")
+    parser.add_argument("--out", default=str(HERE / "runs" / "defense-table"),
+                        help="where the federated runs are kept")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="seeds of the `defenses` part and of FedAvg and Multi-Krum in `aggregation`")
     parser.add_argument("--parts", default=",".join(PARTS),
                         help=f"comma-separated parts to compute if not cached: {', '.join(PARTS)}")
     parser.add_argument("--attacks", default=",".join(sorted(set(ATTACKS) | {a for a, _ in VARIANTS})),
@@ -313,12 +348,14 @@ def main() -> None:
     if attacks - known:
         parser.error(f"unknown attacks {sorted(attacks - known)}; allowed: {', '.join(sorted(known))}")
     overrides = dict(item.split("=", 1) for item in args.set)
-    table, curves = build_tables(Path(args.out), parts, attacks, overrides)
+    if args.seeds < 1:
+        parser.error(f"--seeds must be at least 1, got {args.seeds}")
+    table, curves = build_tables(Path(args.out), parts, attacks, overrides, args.seeds)
     if not curves:
         print(f"no finished run under {args.out}: nothing to report, the block is left as it is")
         sys.exit(NOTHING_CACHED)
     plot(curves, HERE / "defense_rounds.png")
-    table += "\n![per-round BA/ASR](defense_rounds.png)"
+    table += "\n\n![per-round BA/ASR](defense_rounds.png)"
     print(table)
     write_block("DEFENSE-TABLE", table)
 

@@ -1,6 +1,6 @@
 """Choose MCL's cross-entropy weight: BA/ASR of MCL at several `mcl-ce-weight` on the same checkpoints.
 
-Uses the final global models of `benchmarks/defense_table.py`'s federated runs (BadNets and Blended,
+Uses the final global models of `benchmarks/defense_table.py`'s seed-0 federated runs (BadNets and Blended,
 default setting), so run that first. Weight 0 is the reference MCL (contrastive loss only).
 """
 
@@ -20,7 +20,7 @@ def measure(args: argparse.Namespace, emit: Emit) -> None:
     emit("| attack | mcl-ce-weight | BA before | BA after | ASR before | ASR after | seconds |")
     emit("|---|---|---|---|---|---|---|")
     for attack in ("badnets", "blended"):
-        checkpoint = Path(args.runs) / attack / "checkpoints" / "final.pt"
+        checkpoint = Path(args.runs) / f"{attack}-s0" / "checkpoints" / "final.pt"
         for w in args.weights.split(","):
             rec = purify(str(checkpoint), {"defense": "mcl", "mcl-ce-weight": w}, None)
             emit(f"| {attack} | {w} | {rec['ba_before']:.4f} | {rec['ba_after']:.4f} | {rec['asr_before']:.4f} | "
@@ -29,7 +29,7 @@ def measure(args: argparse.Namespace, emit: Emit) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", default=str(HERE / "runs"))
+    parser.add_argument("--runs", default=str(HERE / "runs" / "defense-table"))
     parser.add_argument("--weights", default="0,0.25,0.5,1,2")
     main_writing_block("MCL-CE-WEIGHT", parser, measure, fence=False)
 
