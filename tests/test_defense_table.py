@@ -1,0 +1,49 @@
+"""The defense table reads each row from the cached runs of its seeds: mean +/- std over the runs whose config is
+the row's (a run made with another config is not reused), a seeds column, and one line for a part with no run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from benchmarks.defense_table import build_tables
+from fl_defense.config import resolve
+
+
+def _cache(folder: Path, asr: float, ba: float, attackers_excluded: bool | None = None, **settings: Any) -> None:
+    """A finished results.json of the default setting with `settings`, 20 rounds, final BA/ASR as given."""
+    cfg = resolve({**settings, "out-dir": str(folder)})
+    rounds = [{"round": r, "ba": ba, "asr": asr, "seconds": 5.0, "eval_seconds": 1.0, "attackers": [3, 7]}
+              for r in range(cfg["rounds"] + 1)]
+    if attackers_excluded is not None:
+        for row in rounds[1:]:
+            row["aggregation"] = {"seconds": 0.5, "excluded": [3, 7] if attackers_excluded else [1]}
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"config": cfg, "rounds": rounds,
+                                                     "provenance": {"code_version": f"v{settings['seed']}"}}))
+
+
+def test_rows_are_the_mean_and_std_of_their_seeds_and_a_run_of_another_config_is_not_used(tmp_path: Path) -> None:
+    _cache(tmp_path / "badnets-s0", 0.9, 0.90, attack="badnets", seed=0)
+    _cache(tmp_path / "badnets-s1", 0.7, 0.92, attack="badnets", seed=1)
+    _cache(tmp_path / "badnets-s2", 0.1, 0.50, attack="badnets", seed=2, lr=0.5)  # another config: not this row's
+    for seed, excluded in ((0, True), (1, False)):
+        _cache(tmp_path / f"badnets-agg-multikrum-s{seed}", 0.01, 0.91, excluded, attack="badnets", seed=seed,
+               aggregation="multikrum")
+    text, curves = build_tables(tmp_path, set(), {"badnets"}, {}, 3)
+    lines = text.splitlines()
+    none = [c.strip() for c in next(line for line in lines if line.startswith("| badnets | none")).split("|")[1:-1]]
+    assert none[2:5] == ["0.9100 +/- 0.0141", "0.8000 +/- 0.1414", "2"]
+    krum = [c.strip() for c in next(line for line in lines if "| multikrum |" in line).split("|")[1:-1]]
+    assert krum[2:6] == ["0.9100 +/- 0.0000", "0.0100 +/- 0.0000", "2", "10.0 +/- 0.0"]
+    assert krum[7] == "40/80", "attackers left out in seed 0's 20 rounds, kept in seed 1's"
+    assert next(line for line in lines if "| krum |" in line).endswith("| not run | | | | | |")
+    assert "| badnets | mcl | not run |" in text, "no purification is cached and none was asked for"
+    assert "No run of this part is cached: `python -m benchmarks.defense_table --parts poisoned`" in text
+    assert "code version v0, v1" in text and list(curves) == ["badnets, FedAvg, no defense, seed 0"]
+
+
+def test_no_cached_run_gives_no_curve_and_one_line_per_part(tmp_path: Path) -> None:
+    text, curves = build_tables(tmp_path, set(), {"badnets"}, {}, 3)
+    assert not curves and text.count("No run of this part is cached") == 6
