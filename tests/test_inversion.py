@@ -162,6 +162,18 @@ def test_a_later_flag_adds_to_the_memory_and_keeps_the_target() -> None:
                             "label 5 of defense call 2: its trigger and this scan's re-inversion")
 
 
+def test_a_scan_that_flags_several_labels_purifies_with_all_of_them_and_remembers_them() -> None:
+    """Seed 1 of the defense table's BadNets run: NC flagged Bag (index 5.37) before the target (5.04); purifying with
+    the likeliest label only (Bag's trigger) left ASR 0.094 after MCL and 0.18 after NC unlearning, with both
+    labels 0.010 and 0.015."""
+    stage, (both,) = _stage_calls(_finding([6.0, 50, 48, 52, 47, 5], [5, 0]))
+    assert (both.source, both.labels) == ("scan", [5, 0]) and set(stage.found) == {0, 5}
+    assert isinstance(both.stamp, StampMix)
+    assert both.stamp.stamps == (stage.found[5][0], stage.found[0][0])
+    failed = _stage_calls(_finding([6.0, 50, 48, 52, 47, 5], [5, 0], failed=(5,)))[1][0]
+    assert failed.labels == [0] and not isinstance(failed.stamp, StampMix), "a label without a trigger is left out"
+
+
 @pytest.mark.parametrize(("defense", "schedule", "rounds", "expected"), [
     ("none", "every:2", 6, []),
     ("mcl", "end", 6, [6]),
