@@ -62,7 +62,8 @@ SCOPED: dict[str, tuple[str, str]] = {
 }
 
 
-NOT_RESULTS = ("out-dir", "eval-batch-size")  # where a run is written and how fast it is evaluated, not what it computes
+# Where a run is written and how fast it is evaluated, not what it computes.
+NOT_RESULTS = ("out-dir", "eval-batch-size")
 
 
 def _in_use(key: str, cfg: dict[str, Any]) -> bool:
@@ -201,77 +202,89 @@ def aggregation_row(attack: str, name: str, runs: list[dict[str, Any]]) -> str:
             f"{mean_std([run_seconds(r) for r in runs], 0)} | {excluded_malicious(runs)} |")
 
 
+class Tables:
+    """The parts' tables over the runs under `out`: a run of a part being computed is made when not cached; every
+    run and purification rendered is kept in `used` (for the code versions) and some in `curves` (for the PNG)."""
+
+    def __init__(self, out: Path, parts: set[str], attacks: set[str], overrides: dict[str, str], seeds: int) -> None:
+        self.out, self.parts, self.attacks, self.overrides, self.seeds = out, parts, attacks, overrides, seeds
+        self.curves: dict[str, dict[str, Any]] = {}
+        self.used: list[dict[str, Any]] = []
+
+    def computing(self, part: str, attack: str) -> bool:
+        return part in self.parts and attack in self.attacks
+
+    def runs(self, name: str, n: int, compute: bool, **settings: Any) -> list[dict[str, Any]]:
+        """The finished runs `<name>-s<seed>` of seeds 0..n-1 (computed now when `compute`)."""
+        runs = [federated_run(self.out / f"{name}-s{seed}", compute, **self.overrides, **settings, seed=seed)
+                for seed in range(n)]
+        found = [r for r in runs if r is not None]
+        self.used += found
+        return found
+
+    def defenses(self, base: dict[str, list[dict[str, Any]]]) -> list[str]:
+        rows = []
+        for attack, runs in base.items():
+            if runs:
+                self.curves[f"{attack}, FedAvg, no defense, seed 0"] = runs[0]
+                rows += defense_rows(self.out, attack, runs, self.computing("defenses", attack), self.used)
+        return section("Server-side defenses (FedAvg, final global model; mean +/- std over the seeds column's runs)",
+                       "| attack | defense | BA | ASR | seeds | seconds | flagged (per seed) |", rows, "defenses")
+
+    def aggregation(self, base: dict[str, list[dict[str, Any]]]) -> list[str]:
+        rows = []
+        for attack, runs in base.items():
+            rows.append(aggregation_row(attack, "fedavg", runs))
+            for rule in AGGREGATIONS:
+                setting = RULE_SETTINGS.get(rule, {})
+                rule_runs = self.runs(f"{attack}-agg-{rule}", self.seeds if rule in SEEDED_RULES else 1,
+                                      self.computing("aggregation", attack), attack=attack, aggregation=rule, **setting)
+                name = rule + "".join(f", {k} {v}" for k, v in setting.items() if k == "num-clients")
+                rows.append(aggregation_row(attack, name, rule_runs))
+                if rule == "flame" and rule_runs:
+                    self.curves[f"{attack}, FLAME, seed 0"] = rule_runs[0]
+        return section("Aggregation rules (no server-side defense; FedAvg's runs are the `defenses` part's)",
+                       "| attack | aggregation | BA | ASR | seeds | aggregation seconds | run seconds | attacker "
+                       "updates excluded |", rows, "aggregation")
+
+    def poisoned(self) -> list[str]:
+        rows = []
+        for attack in ATTACKS:
+            for cd in CLIENT_DEFENSES:
+                runs = self.runs(f"{attack}-poisoned-{cd}", 1, self.computing("poisoned", attack), attack=attack,
+                                 threat="poisoned-data", **{"client-defense": cd})
+                rows.append(f"| {attack} | {cd} | {finals(runs)} | {mean_std([run_seconds(r) for r in runs], 0)} |"
+                            if runs else f"| {attack} | {cd} | not run | | | |")
+                if cd != "none" and runs:
+                    self.curves[f"{attack}, poisoned data, {cd.upper()}"] = runs[0]
+        return section("Poisoned data, honest clients (`threat=poisoned-data`)",
+                       "| attack | client-defense | BA | ASR | seeds | run seconds |", rows, "poisoned")
+
+    def continuous(self) -> list[str]:
+        every = self.runs("badnets-mcl-every5", 1, self.computing("continuous", "badnets"), attack="badnets",
+                          defense="mcl", **{"defense-schedule": "every:5"})
+        rows = [f"- round {r['round']}: flagged {r.get('flagged')}, trigger: "
+                f"{r.get('trigger_source') or 'none, not purified'}, BA {r['ba_before']:.4f} -> "
+                f"{r['ba_after']:.4f}, ASR {r['asr_before']:.4f} -> {r['asr_after']:.4f}"
+                for run in every for r in run["defense"]]
+        if every:
+            self.curves["badnets, MCL every 5 rounds"] = every[0]
+        return section("MCL every 5 rounds, BadNets attacking in every round (seed 0)",
+                       "BA / ASR before -> after each purification:", rows, "continuous")
+
+
 def build_tables(out: Path, parts: set[str], attacks: set[str], overrides: dict[str, str],
                  seeds: int) -> tuple[str, dict[str, dict[str, Any]]]:
     """Compute the runs of `parts` x `attacks` that are not cached; render every run that is available, and say
     which code made them."""
-    lines: list[str] = []
-    curves: dict[str, dict[str, Any]] = {}
-    used: list[dict[str, Any]] = []
-
-    def computing(part: str, attack: str) -> bool:
-        return part in parts and attack in attacks
-
-    def seeded_runs(name: str, n: int, compute: bool, **settings: Any) -> list[dict[str, Any]]:
-        """The finished runs `<name>-s<seed>` of seeds 0..n-1 (computed now when `compute`)."""
-        runs = [federated_run(out / f"{name}-s{seed}", compute, **overrides, **settings, seed=seed)
-                for seed in range(n)]
-        used.extend(r for r in runs if r is not None)
-        return [r for r in runs if r is not None]
-
-    base = {a: seeded_runs(a, seeds, computing("defenses", a), attack=a) for a in ATTACKS}
-    rows = []
-    for attack, runs in base.items():
-        if runs:
-            curves[f"{attack}, FedAvg, no defense, seed 0"] = runs[0]
-            rows += defense_rows(out, attack, runs, computing("defenses", attack), used)
-    lines += section("Server-side defenses (FedAvg, final global model; mean +/- std over the seeds column's runs)",
-                     "| attack | defense | BA | ASR | seeds | seconds | flagged (per seed) |", rows, "defenses")
-
-    rows = []
-    for attack, runs in base.items():
-        rows.append(aggregation_row(attack, "fedavg", runs))
-        for rule in AGGREGATIONS:
-            setting = RULE_SETTINGS.get(rule, {})
-            rule_runs = seeded_runs(f"{attack}-agg-{rule}", seeds if rule in SEEDED_RULES else 1,
-                                    computing("aggregation", attack), attack=attack, aggregation=rule,
-                                    **setting)
-            rows.append(aggregation_row(attack, rule + "".join(f", {k} {v}" for k, v in setting.items()
-                                                               if k == "num-clients"), rule_runs))
-            if rule == "flame" and rule_runs:
-                curves[f"{attack}, FLAME, seed 0"] = rule_runs[0]
-    lines += section("Aggregation rules (no server-side defense; FedAvg's runs are the `defenses` part's)",
-                     "| attack | aggregation | BA | ASR | seeds | aggregation seconds | run seconds | attacker "
-                     "updates excluded |", rows, "aggregation")
-
-    rows = []
-    for attack in ATTACKS:
-        for cd in CLIENT_DEFENSES:
-            runs = seeded_runs(f"{attack}-poisoned-{cd}", 1, computing("poisoned", attack), attack=attack,
-                               threat="poisoned-data", **{"client-defense": cd})
-            rows.append(f"| {attack} | {cd} | {finals(runs)} | {mean_std([run_seconds(r) for r in runs], 0)} |"
-                        if runs else f"| {attack} | {cd} | not run | | | |")
-            if cd != "none" and runs:
-                curves[f"{attack}, poisoned data, {cd.upper()}"] = runs[0]
-    lines += section("Poisoned data, honest clients (`threat=poisoned-data`)",
-                     "| attack | client-defense | BA | ASR | seeds | run seconds |", rows, "poisoned")
-
-    lines += attack_tables(seeded_runs, "attacks" in parts, attacks, curves)
-
-    every = seeded_runs("badnets-mcl-every5", 1, computing("continuous", "badnets"), attack="badnets", defense="mcl",
-                        **{"defense-schedule": "every:5"})
-    rows = [f"- round {r['round']}: flagged {r.get('flagged')}, trigger: "
-            f"{r.get('trigger_source') or 'none, not purified'}, BA {r['ba_before']:.4f} -> "
-            f"{r['ba_after']:.4f}, ASR {r['asr_before']:.4f} -> {r['asr_after']:.4f}"
-            for run in every for r in run["defense"]]
-    if every:
-        curves["badnets, MCL every 5 rounds"] = every[0]
-    lines += section("MCL every 5 rounds, BadNets attacking in every round (seed 0)",
-                     "BA / ASR before -> after each purification:", rows, "continuous")
-    versions = sorted({rec.get("provenance", {}).get("code_version", "?") for rec in used})
+    t = Tables(out, parts, attacks, overrides, seeds)
+    base = {a: t.runs(a, seeds, t.computing("defenses", a), attack=a) for a in ATTACKS}
+    lines = [*t.defenses(base), *t.aggregation(base), *t.poisoned(),
+             *attack_tables(t.runs, "attacks" in parts, attacks, t.curves), *t.continuous()]
+    versions = sorted({rec.get("provenance", {}).get("code_version", "?") for rec in t.used})
     lines.append(f"Runs and purifications made at code version {', '.join(versions)} (their provenance); table "
                  f"written by {provenance()}")
-    return "\n".join(lines), curves
+    return "\n".join(lines), t.curves
 
 
 def section(title: str, header: str, rows: list[str], part: str) -> list[str]:
