@@ -49,7 +49,7 @@ def test_flagged_labels_come_lowest_transfer_first() -> None:
 def test_scan_flags_the_target_of_a_backdoored_model(bd) -> None:  # noqa: ANN001 - fixture
     result = _scan(bd)
     assert result.flagged[:1] == [bd.target], result.record
-    trigger = result.trigger()
+    trigger = result.triggers.get(bd.target)
     assert trigger is not None
     assert trigger.mask.shape == (1, 28, 28) and 0 <= trigger.mask.min() and trigger.mask.max() <= 1
     assert bd.asr(bd.model) > 0.9

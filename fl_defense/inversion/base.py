@@ -32,10 +32,6 @@ class Finding:
     record: dict[str, Any] = field(default_factory=dict)
     transfer: list[float] | None = None
 
-    def trigger(self) -> Stamp | None:
-        """The trigger of the likeliest flagged label; None when nothing is flagged."""
-        return self.triggers.get(self.flagged[0]) if self.flagged else None
-
 
 class TriggerSource:
     """Base class: `find` must not modify the model. `reference` is the clean reference model, for the sources

@@ -55,10 +55,6 @@ class ScanResult:
     def norms(self) -> list[float]:
         return [inv.norm for inv in self.inversions]
 
-    def trigger(self) -> Trigger | None:
-        """The inverted trigger of the first flagged label (see `DetectionRule.flag`); None when nothing is flagged."""
-        return self.trigger_for(self.flagged[0]) if self.flagged else None
-
     def trigger_for(self, label: int) -> Trigger | None:
         """The trigger this scan inverted for `label`; None if it never reached the success threshold."""
         inv = self.inversions[label]
