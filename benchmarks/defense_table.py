@@ -191,8 +191,14 @@ def defense_rows(out: Path, attack: str, base: list[dict[str, Any]], compute: bo
         rows.append(f"| {attack} | {defense} | {mean_std([rec['ba_after'] for rec in recs])} | "
                     f"{mean_std([rec['asr_after'] for rec in recs])} | {len(recs)} | "
                     f"{mean_std([rec['seconds'] for rec in recs], 1)} | "
-                    f"{'; '.join(str(rec.get('flagged', '-')) for rec in recs)} |")
+                    f"{'; '.join(map(finding, recs))} |")
     return rows
+
+
+def finding(rec: dict[str, Any]) -> str:
+    """What a purification's scan flagged and, for CNP, the share of BatchNorm neurons it pruned."""
+    pruned = rec.get("cnp_pruned_share")
+    return str(rec.get("flagged", "-")) + ("" if pruned is None else f", pruned {pruned:.0%}")
 
 
 def aggregation_row(attack: str, name: str, runs: list[dict[str, Any]]) -> str:
@@ -229,7 +235,8 @@ class Tables:
                 self.curves[f"{attack}, FedAvg, no defense, seed 0"] = runs[0]
                 rows += defense_rows(self.out, attack, runs, self.computing("defenses", attack), self.used)
         return section("Server-side defenses (FedAvg, final global model; mean +/- std over the seeds column's runs)",
-                       "| attack | defense | BA | ASR | seeds | seconds | flagged (per seed) |", rows, "defenses")
+                       "| attack | defense | BA | ASR | seeds | seconds | flagged (per seed; CNP: BN neurons pruned) |",
+                       rows, "defenses")
 
     def aggregation(self, base: dict[str, list[dict[str, Any]]]) -> list[str]:
         rows = []
