@@ -56,17 +56,22 @@ def foreign() -> list[str]:
     return out
 
 
+# What a benchmark writes into the checkout (its README block, its figure): changes to these are not code. A
+# defense-table run that had written its PNG gave the next part's runs a dirty key while the code was the commit's.
+NOT_CODE = ("*.md", "*.png")
+
+
 def code_version() -> str:
     """A short key of the code: the commit, and a hash of the uncommitted changes to tracked files other than
-    Markdown if any (a benchmark writing its README block must not change the key of the next one's cache);
-    "+mixed" when part of the code came from another checkout (`foreign`)."""
+    `NOT_CODE` if any (a benchmark writing its README block or figure must not change the key of the next one's
+    runs); "+mixed" when part of the code came from another checkout (`foreign`)."""
     head, dirty = commit()
     if head is None:
         return "unversioned"
     mixed = "+mixed" if foreign() else ""
     if not dirty:
         return head[:12] + mixed
-    changes = _git("diff", "HEAD", "--", ".", ":(exclude)*.md") or ""  # prose (a benchmark's README) is not code
+    changes = _git("diff", "HEAD", "--", ".", *(f":(exclude){pattern}" for pattern in NOT_CODE)) or ""
     key = head[:12] if not changes.strip() else f"{head[:12]}+{hashlib.sha256(changes.encode()).hexdigest()[:8]}"
     return key + mixed
 

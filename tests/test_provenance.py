@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,3 +32,28 @@ def test_a_server_imported_from_another_checkout_marks_the_code_version_mixed(mo
     made_by = provenance.provenance()
     assert made_by["code_version"].endswith("+mixed") and made_by["foreign"] == provenance.foreign()
     assert "+mixed" in provenance.describe(made_by)
+
+
+def test_the_code_version_ignores_a_benchmarks_readme_and_figure_but_not_code(monkeypatch: pytest.MonkeyPatch,
+                                                                               tmp_path: Path) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    files = {"code.py": "x = 1\n", "README.md": "# r\n", "plot.png": "png"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "c")
+    monkeypatch.setattr(provenance, "ROOT", tmp_path)
+    monkeypatch.setattr(provenance, "foreign", list)  # the package's subpackages are not in this repository
+    versions = []
+    for name, text in (("README.md", "# new block\n"), ("plot.png", "new figure"), ("code.py", "x = 2\n")):
+        (tmp_path / name).write_text(text)
+        provenance.commit.cache_clear()
+        versions.append(provenance.code_version())
+    provenance.commit.cache_clear()
+    head = versions[0]
+    assert len(head) == 12 and versions[1] == head, "a README block or a figure is not code"
+    assert versions[2].startswith(head + "+"), "a change to code is"
