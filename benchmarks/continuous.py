@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
 from benchmarks.common import NOTHING_CACHED, mean_std, provenance, write_block
 from benchmarks.defense_table import federated_run, purified, run_seconds
 from fl_defense.config import load_toml, schedule_rounds
@@ -247,7 +246,7 @@ def main() -> None:
     results = method_runs(folder, args.rounds, args.schedule, args.seeds, methods, overrides, compute)
     nothing_cached(results, folder)
     baseline = results.get("no defense", [None])[0]
-    at_end = purified(folder / "no-defense-s0", "mcl", compute) if baseline is not None else None
+    at_end = purified(folder / "no-defense-s0", baseline, "mcl", compute) if baseline is not None else None
     scheduled = schedule_rounds(args.schedule, args.rounds)
     png = HERE / "continuous_rounds.png"
     text = windows_table(results, at_end, scheduled, f"{args.rounds} rounds, `attack-schedule={args.schedule}`, "

@@ -97,12 +97,12 @@ def federated_run(out: Path, compute: bool, **overrides: Any) -> dict[str, Any] 
     return result
 
 
-def purified(run_dir: Path, defense: str, compute: bool) -> dict[str, Any] | None:
-    """A purifier's record on the run's final model: cached, computed now (when `compute`), or None."""
+def purified(run_dir: Path, res: dict[str, Any], defense: str, compute: bool) -> dict[str, Any] | None:
+    """A purifier's record on the final model of the run `res` kept in `run_dir`: cached, computed now (when
+    `compute`), or None."""
     out = run_dir / f"purify-{defense}"
     checkpoint = run_dir / "checkpoints" / "final.pt"
-    saved = json.loads((run_dir / "results.json").read_text())["config"]
-    saved.pop("out-dir", None)
+    saved = {k: v for k, v in res["config"].items() if k != "out-dir"}
     cfg = resolve({**saved, "defense": defense})
     record = cached(out / "purify.json", cfg)
     if record is None and compute:
@@ -176,25 +176,6 @@ def finals(runs: list[dict[str, Any]]) -> str:
             f"{len(runs)}")
 
 
-def defense_rows(out: Path, attack: str, base: list[dict[str, Any]], compute: bool,
-                 used: list[dict[str, Any]]) -> list[str]:
-    """The `defenses` part of one attack: no defense, then every purifier on each seed's final model (the records
-    rendered are added to `used`)."""
-    rows = [f"| {attack} | none | {finals(base)} | - | - |"]
-    for defense in DEFENSES:
-        recs = [purified(out / f"{attack}-s{r['config']['seed']}", defense, compute) for r in base]
-        recs = [rec for rec in recs if rec is not None]
-        used += recs
-        if not recs:
-            rows.append(f"| {attack} | {defense} | not run | | | | |")
-            continue
-        rows.append(f"| {attack} | {defense} | {mean_std([rec['ba_after'] for rec in recs])} | "
-                    f"{mean_std([rec['asr_after'] for rec in recs])} | {len(recs)} | "
-                    f"{mean_std([rec['seconds'] for rec in recs], 1)} | "
-                    f"{'; '.join(map(finding, recs))} |")
-    return rows
-
-
 def finding(rec: dict[str, Any]) -> str:
     """What a purification's scan flagged and, for CNP, the share of BatchNorm neurons it pruned."""
     pruned = rec.get("cnp_pruned_share")
@@ -233,10 +214,26 @@ class Tables:
         for attack, runs in base.items():
             if runs:
                 self.curves[f"{attack}, FedAvg, no defense, seed 0"] = runs[0]
-                rows += defense_rows(self.out, attack, runs, self.computing("defenses", attack), self.used)
+                rows += self.purifier_rows(attack, runs)
         return section("Server-side defenses (FedAvg, final global model; mean +/- std over the seeds column's runs)",
                        "| attack | defense | BA | ASR | seeds | seconds | flagged (per seed; CNP: BN neurons pruned) |",
                        rows, "defenses")
+
+    def purifier_rows(self, attack: str, base: list[dict[str, Any]]) -> list[str]:
+        """One attack's rows: no defense, then every purifier on each seed's final model."""
+        rows = [f"| {attack} | none | {finals(base)} | - | - |"]
+        for defense in DEFENSES:
+            recs = [purified(self.out / f"{attack}-s{r['config']['seed']}", r, defense,
+                             self.computing("defenses", attack)) for r in base]
+            recs = [rec for rec in recs if rec is not None]
+            self.used += recs
+            if not recs:
+                rows.append(f"| {attack} | {defense} | not run | | | | |")
+                continue
+            rows.append(f"| {attack} | {defense} | {mean_std([rec['ba_after'] for rec in recs])} | "
+                        f"{mean_std([rec['asr_after'] for rec in recs])} | {len(recs)} | "
+                        f"{mean_std([rec['seconds'] for rec in recs], 1)} | {'; '.join(map(finding, recs))} |")
+        return rows
 
     def aggregation(self, base: dict[str, list[dict[str, Any]]]) -> list[str]:
         rows = []

@@ -14,18 +14,13 @@ from typing import Any
 
 import torch
 
-from fl_defense.attacks.trigger import Stamp, StampMix, stamp_from_state
+from fl_defense.attacks.trigger import Stamp, mix, stamp_from_state
 from fl_defense.config import schedule_rounds
 from fl_defense.data import ImageData, split_for, to_float
 from fl_defense.inversion.base import Finding, TriggerSource
 from fl_defense.models.base import BackdoorModel
 from fl_defense.purification.base import CleanSet, Purifier, build_purifier
 from fl_defense.registry import TRIGGER_SOURCES
-
-
-def mix(stamps: list[Stamp]) -> Stamp:
-    """One stamp for a purifier: the only one, or all of them taking turns over the images."""
-    return stamps[0] if len(stamps) == 1 else StampMix(tuple(stamps))
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,11 @@ class StampMix:
         return {"kind": "mix", "stamps": [s.state_dict() for s in self.stamps]}  # type: ignore[attr-defined]
 
 
+def mix(stamps: list[Stamp]) -> Stamp:
+    """One stamp for a purifier: the only one, or all of them taking turns over the images."""
+    return stamps[0] if len(stamps) == 1 else StampMix(tuple(stamps))
+
+
 @dataclass(frozen=True)
 class Trigger:
     """Pattern p (C x H x W) and mask m (1 x H x W or C x H x W), both in [0, 1], with opacity alpha."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from fl_defense.attacks.trigger import Stamp, StampMix
+from fl_defense.attacks.trigger import Stamp, mix
 from fl_defense.inversion.base import Finding, TriggerSource
 from fl_defense.inversion.nc import NeuralCleanseScan
 from fl_defense.inversion.warp import WarpScan
@@ -39,7 +39,7 @@ def combine(findings: list[Finding], names: list[str] | None = None) -> Finding:
     for f in findings:
         for label, stamp in f.triggers.items():
             by_label.setdefault(label, []).append(stamp)
-    triggers = {label: s[0] if len(s) == 1 else StampMix(tuple(s)) for label, s in by_label.items()}
+    triggers = {label: mix(s) for label, s in by_label.items()}
     record: dict[str, Any] = {}
     for f in findings:
         record.update(f.record)
