@@ -1,13 +1,13 @@
 """Continuous training: long runs in which BadNets attackers come and go, or never stop, under every defense.
 
-Windows (the default): on the default setting (Fashion-MNIST, 10 clients, 2 malicious) for `--rounds` rounds
-(at least 100) with the attack windows of `--schedule`, the same run at `--seeds` seeds under `--methods` (no
-defense, MCL every 5 rounds, the continuous defense, shadow learning, FLAME, Multi-Krum, FoolsGold), and MCL
-once at the end of the no-defense run. It prints and writes into benchmarks/README.md (between the CONTINUOUS
-markers) final BA and ASR, the highest deployed ASR from the continuous defense's first detection, the
-durability of each attack window (rounds from the last attacking round until ASR < 0.10, see
-`fl_defense.metrics.durability`), the run's seconds and the continuous defense's share of them, with a PNG of
-ASR and BA over rounds (seed 0).
+Windows (the default): on the default setting (Fashion-MNIST, 10 clients, 2 malicious) for `--rounds` rounds (at
+least 100) with the attack windows of `--schedule`, the same run at `--seeds` seeds under `--methods` (no defense,
+MCL every 5 rounds, the continuous defense with full and with warm warp scans, shadow learning, FLAME, Multi-Krum,
+FoolsGold), and MCL once at the end of the no-defense run. It prints and writes into benchmarks/README.md (between
+the CONTINUOUS markers) final BA and ASR, the highest deployed ASR from the continuous defense's first detection,
+the durability of each attack window (rounds from the last attacking round until ASR < 0.10, see
+`fl_defense.metrics.durability`), the run's seconds and the continuous defense's share of them, with a PNG of ASR
+and BA over rounds (seed 0).
 `--always SEEDS`: the attack in every round, on the default or (`--hard`) the hard setting (the
 CONTINUOUS_DEFENSE and CONTINUOUS_HARD blocks). Runs are cached under --out, so an interrupted benchmark goes
 on where it stopped; run a method's seeds in one call and the others in another, then `--report-only` with
@@ -66,6 +66,8 @@ def plot(results: dict[str, list[dict[str, Any] | None]], scheduled: list[int], 
 
 
 METHODS = {"no defense": {}, "continuous MCL": {"defense": "mcl", "defense-schedule": "continuous"},
+          "continuous MCL (warm warp scans)": {"defense": "mcl", "defense-schedule": "continuous",
+                                               "warp-warm-epochs": 1},
           "MCL every 5": {"defense": "mcl", "defense-schedule": "every:5"}, "shadow": {"defense": "shadow"},
           "FLAME": {"aggregation": "flame"}, "Multi-Krum": {"aggregation": "multikrum"},
           "FoolsGold": {"aggregation": "foolsgold"},
@@ -75,7 +77,8 @@ METHODS = {"no defense": {}, "continuous MCL": {"defense": "mcl", "defense-sched
           "no defense (Neurotoxin attackers)": {"attack-training": "neurotoxin"},
           "continuous MCL (Neurotoxin attackers)": {"defense": "mcl", "defense-schedule": "continuous",
                                                     "attack-training": "neurotoxin"}}
-WINDOW_METHODS = ("no defense", "MCL every 5", "continuous MCL", "shadow", "FLAME", "Multi-Krum", "FoolsGold")
+WINDOW_METHODS = ("no defense", "MCL every 5", "continuous MCL", "continuous MCL (warm warp scans)", "shadow", "FLAME",
+                  "Multi-Krum", "FoolsGold")
 ALWAYS_METHODS = ("no defense", "continuous MCL")
 
 
@@ -168,8 +171,10 @@ def always_table(results: dict[str, list[dict[str, Any] | None]], setting: str, 
 def windows_row(label: str, runs: list[dict[str, Any]], since: dict[int, int], scheduled: list[int]) -> str:
     """One method's line over its seeds in the run with attack windows: final BA/ASR, the highest deployed ASR from
     the continuous defense's first detection at the same seed (the first attacked round where it has not run), each
-    seed's durability per window, the run's seconds and the continuous defense's share of them."""
-    starts = [since.get(res["config"]["seed"], scheduled[0] if scheduled else 1) for res in runs]
+    seed's durability per window, the run's seconds and the continuous defense's share of them. A variant of the
+    continuous defense is measured from its own first detection."""
+    starts = [(first_detection(res) if "continuous" in label else None)
+              or since.get(res["config"]["seed"], scheduled[0] if scheduled else 1) for res in runs]
     peak = [max(r["asr"] for r in res["rounds"] if r["round"] >= f) for res, f in zip(runs, starts, strict=True)]
     defended = [[r for r in res["rounds"] if "continuous" in r] for res in runs]
     share = [sum(r["seconds"] for r in rows) / sum(r["seconds"] - r["continuous"]["defense_seconds"] for r in rows)

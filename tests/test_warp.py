@@ -77,3 +77,23 @@ def test_a_warp_stamp_round_trips_and_moves_pixels_by_its_offsets() -> None:
     assert torch.allclose(shifted.apply(x)[..., 3, 2], torch.ones(1), atol=1e-5)
     back = stamp_from_state(shifted.state_dict())
     assert isinstance(back, WarpStamp) and torch.equal(back.apply(x), shifted.apply(x))
+
+
+def test_warm_warp_scans_start_from_the_last_warps_and_the_pair_keeps_both_parts_state(
+        clean_model: Backdoored, bd_wanet: Backdoored) -> None:
+    """`inversion=nc+warp` with `warp-warm-epochs`: the pair's state holds the warp part's last warps (the shared
+    reference model once), so a resumed run warm-starts as the uninterrupted one does; a warm scan of a WaNet model,
+    from a clean model's warps, runs one pass per label and flags the target."""
+    from fl_defense.inversion.combined import NCAndWarp
+
+    cfg = resolve({**FAST, "warp-warm-epochs": 1})
+    pair = NCAndWarp(cfg)
+    pair.find(clean_model.model, clean_model.clean, 10, CPU, torch.Generator().manual_seed(0))
+    restored = NCAndWarp(cfg)
+    restored.load_state_dict(pair.state_dict(), clean_model.model)
+    nc, warp = restored.parts
+    assert restored.reference.model is not None and nc.reference is warp.reference is restored.reference
+    assert warp.last is not None
+    assert torch.equal(warp.last[3].control, pair.parts[1].last[3].control)
+    found = warp.find(bd_wanet.model, bd_wanet.clean, 10, CPU, torch.Generator().manual_seed(1))
+    assert found.record["warp_warm"] and found.flagged == [bd_wanet.target], found.record
