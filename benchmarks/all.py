@@ -37,7 +37,7 @@ class Job:
 
 
 ALWAYS_METHODS = "no defense,continuous MCL,continuous MCL (PGD attackers),continuous MCL (Neurotoxin attackers)"
-HARD_METHODS = "no defense,continuous MCL,MCL every 5,shadow,FLAME,Multi-Krum,FoolsGold"
+HARD_METHODS = "no defense,continuous MCL,MCL every 5,shadow,FLAME,Multi-Krum,FoolsGold,no attack (clean floor)"
 
 JOBS = (
     Job("RUN-TIME", ("run_time", "--attack-only"), 7, "rerun"),
