@@ -65,7 +65,8 @@ def plot(results: dict[str, list[dict[str, Any] | None]], scheduled: list[int], 
     fig.savefig(path, dpi=100)
 
 
-METHODS = {"no defense": {}, "no attack (clean floor)": {"malicious-fraction": 0.0}, "continuous MCL": {"defense": "mcl", "defense-schedule": "continuous"},
+METHODS = {"no defense": {}, "no attack (clean floor)": {"malicious-fraction": 0.0},
+          "continuous MCL": {"defense": "mcl", "defense-schedule": "continuous"},
           "continuous MCL (warm warp scans)": {"defense": "mcl", "defense-schedule": "continuous",
                                                "warp-warm-epochs": 1},
           "MCL every 5": {"defense": "mcl", "defense-schedule": "every:5"}, "shadow": {"defense": "shadow"},

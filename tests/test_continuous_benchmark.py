@@ -36,6 +36,20 @@ def test_windows_table_counts_from_each_seeds_detection_and_keeps_each_seeds_dur
     assert "mean +/- std over 2 seeds" in lines[0] and "abc" in lines[-1]
 
 
+def test_a_variant_of_the_continuous_defense_is_measured_from_its_own_detection() -> None:
+    """A later detection of the variant (round 4) must not charge it the ASR of rounds it had not flagged yet, and
+    an earlier one (round 2) must count the rounds from there; other methods keep the plain defense's round."""
+    results = {"continuous MCL": [_run(0, [0, 0.1, 0.6, 0.02, 0.01, 0.01], known_from=3)],
+               "continuous MCL (warm warp scans)": [_run(0, [0, 0.1, 0.7, 0.5, 0.03, 0.01], known_from=4)],
+               "no defense": [_run(0, [0, 0.1, 0.9, 0.95, 0.6, 0.3])]}
+    lines = windows_table(results, None, [2, 3], "header").splitlines()
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]] for line in lines
+             if line.startswith("| ")}
+    warm = cells["continuous MCL (warm warp scans)"]
+    assert warm[1] == "4" and warm[4] == "0.0300"
+    assert cells["continuous MCL"][4] == "0.0200" and cells["no defense"][4] == "0.9500"
+
+
 def test_always_table_says_which_methods_have_fewer_seeds() -> None:
     results = {"no defense": [_run(0, [0, 0.5, 1.0]), _run(1, [0, 0.5, 1.0])],
                "continuous MCL": [_run(0, [0, 0.02, 0.01], known_from=1), None]}

@@ -3,8 +3,9 @@
 A source looks at a model with the server's clean set and says which labels it flags as backdoor targets
 (likeliest first, none when it sees no backdoor) and, for each label it could, the trigger it inverted.
 What a source learns once and reuses at later calls of a run (the clean reference model that tells backdoors
-from natural features, a generator's weights) is its state, saved in the run's checkpoint. The defense pipeline (`fl_defense.defense`) adds the run's memory of
-what was flagged and hands the chosen trigger to the purifier.
+from natural features, a generator's weights, the last warps to warm-start from) is its state, saved in the run's
+checkpoint. The defense pipeline (`fl_defense.defense`) adds the run's memory of what was flagged and hands the
+chosen trigger to the purifier.
 """
 
 from __future__ import annotations
