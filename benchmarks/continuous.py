@@ -2,12 +2,12 @@
 
 Windows (the default): on the default setting (Fashion-MNIST, 10 clients, 2 malicious) for `--rounds` rounds (at
 least 100) with the attack windows of `--schedule`, the same run at `--seeds` seeds under `--methods` (no defense,
-MCL every 5 rounds, the continuous defense with full and with warm warp scans, shadow learning, FLAME, Multi-Krum,
-FoolsGold), and MCL once at the end of the no-defense run. It prints and writes into benchmarks/README.md (between
-the CONTINUOUS markers) final BA and ASR, the highest deployed ASR from the continuous defense's first detection,
-the durability of each attack window (rounds from the last attacking round until ASR < 0.10, see
-`fl_defense.metrics.durability`), the run's seconds and the continuous defense's share of them, with a PNG of ASR
-and BA over rounds (seed 0).
+MCL every 5 rounds, the continuous defense (also with warm warp scans, and scanning every 2nd round), shadow
+learning, FLAME, Multi-Krum, FoolsGold), and MCL once at the end of the no-defense run. It prints and writes into
+benchmarks/README.md (between the CONTINUOUS markers) final BA and ASR, the highest deployed ASR from the continuous
+defense's first detection, the durability of each attack window (rounds from the last attacking round until ASR <
+0.10, see `fl_defense.metrics.durability`), the run's seconds and the continuous defense's share of them, with a PNG
+of ASR and BA over rounds (seed 0).
 `--always SEEDS`: the attack in every round, on the default or (`--hard`) the hard setting (the
 CONTINUOUS_DEFENSE and CONTINUOUS_HARD blocks). Runs are cached under --out, so an interrupted benchmark goes
 on where it stopped; run a method's seeds in one call and the others in another, then `--report-only` with
@@ -69,6 +69,8 @@ METHODS = {"no defense": {}, "no attack (clean floor)": {"malicious-fraction": 0
           "continuous MCL": {"defense": "mcl", "defense-schedule": "continuous"},
           "continuous MCL (warm warp scans)": {"defense": "mcl", "defense-schedule": "continuous",
                                                "warp-warm-epochs": 1},
+          "continuous MCL (scans every 2 rounds)": {"defense": "mcl", "defense-schedule": "continuous",
+                                                    "continuous-scan-every": 2},
           "MCL every 5": {"defense": "mcl", "defense-schedule": "every:5"}, "shadow": {"defense": "shadow"},
           "FLAME": {"aggregation": "flame"}, "Multi-Krum": {"aggregation": "multikrum"},
           "FoolsGold": {"aggregation": "foolsgold"},
@@ -78,8 +80,8 @@ METHODS = {"no defense": {}, "no attack (clean floor)": {"malicious-fraction": 0
           "no defense (Neurotoxin attackers)": {"attack-training": "neurotoxin"},
           "continuous MCL (Neurotoxin attackers)": {"defense": "mcl", "defense-schedule": "continuous",
                                                     "attack-training": "neurotoxin"}}
-WINDOW_METHODS = ("no defense", "MCL every 5", "continuous MCL", "continuous MCL (warm warp scans)", "shadow", "FLAME",
-                  "Multi-Krum", "FoolsGold")
+WINDOW_METHODS = ("no defense", "MCL every 5", "continuous MCL", "continuous MCL (warm warp scans)",
+                  "continuous MCL (scans every 2 rounds)", "shadow", "FLAME", "Multi-Krum", "FoolsGold")
 ALWAYS_METHODS = ("no defense", "continuous MCL")
 
 
