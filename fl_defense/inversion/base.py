@@ -50,8 +50,16 @@ class TriggerSource:
 
     def state_dict(self) -> dict[str, Any]:
         """What the source carries between the calls of a run (plain tensors, for a weights-only checkpoint)."""
-        return {"reference": self.reference.state_dict()}
+        return {"reference": self.reference.state_dict(), **self.own_state()}
 
     def load_state_dict(self, state: Mapping[str, Any], model: BackdoorModel) -> None:
         """Restore `state_dict`; `model` gives the architecture of any model the state holds."""
         self.reference.load_state_dict(state.get("reference"), model)
+        self.load_own_state(state)
+
+    def own_state(self) -> dict[str, Any]:
+        """The source's state besides the reference model, which a pair of sources shares (none by default)."""
+        return {}
+
+    def load_own_state(self, state: Mapping[str, Any]) -> None:
+        """Restore `own_state`."""

@@ -64,12 +64,10 @@ class NCAndWarp(TriggerSource):
         return combine([part.find(model, clean, num_classes, device, generator) for part in self.parts],
                        ["nc", "warp"])
 
-    def state_dict(self) -> dict[str, Any]:
-        """The shared reference model once, and what each part keeps of its last call (its warm start)."""
-        return {**super().state_dict(), "parts": [{k: v for k, v in part.state_dict().items() if k != "reference"}
-                                                  for part in self.parts]}
+    def own_state(self) -> dict[str, Any]:
+        """What each part keeps of its last call (its warm start); the shared reference model is saved once."""
+        return {"parts": [part.own_state() for part in self.parts]}
 
-    def load_state_dict(self, state: Mapping[str, Any], model: BackdoorModel) -> None:
-        super().load_state_dict(state, model)
+    def load_own_state(self, state: Mapping[str, Any]) -> None:
         for part, part_state in zip(self.parts, state.get("parts", [{}] * len(self.parts)), strict=True):
-            part.load_state_dict({**part_state, "reference": state.get("reference")}, model)
+            part.load_own_state(part_state)

@@ -167,10 +167,9 @@ class WarpScan(TriggerSource):
                   "warp_warm": warm is not None, "inversion_seconds": time.perf_counter() - t0}
         return Finding(flagged, dict(enumerate(stamps)), record, transfer)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "last": None if self.last is None else [s.control for s in self.last]}
+    def own_state(self) -> dict[str, Any]:
+        return {"last": None if self.last is None else [s.control for s in self.last]}
 
-    def load_state_dict(self, state: Mapping[str, Any], model: BackdoorModel) -> None:
-        super().load_state_dict(state, model)
+    def load_own_state(self, state: Mapping[str, Any]) -> None:
         last = state.get("last")
         self.last = None if last is None else [WarpStamp(control) for control in last]
