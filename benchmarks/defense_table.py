@@ -1,6 +1,6 @@
 """BA / ASR / seconds of every defense of the project on the default federated setting, in one table.
 
-Five parts, on the default setting (20% malicious clients); the first four for BadNets and Blended:
+Six parts, on the default setting (20% malicious clients); all but `attacks` for BadNets and Blended:
 - `defenses`: one FedAvg run per attack; every server-side purifier is applied to that run's final
   global model with the server's clean set, so all are compared on the very same backdoored model;
 - `aggregation`: one run per aggregation rule (no server-side defense);
@@ -9,7 +9,9 @@ Five parts, on the default setting (20% malicious clients); the first four for B
 - `continuous`: MCL every 5 rounds while BadNets never stops;
 - `attacks`: the other attacks (DBA, WaNet, SIG; BadNets trained with PGD, constrain-and-scale,
   Neurotoxin) without defense, and Blended and all of these but constrain-and-scale with MCL every 5
-  rounds.
+  rounds;
+- `models`: the `defenses` part's FedAvg run and MCL at the end with `model=wrn16-1` (the MCL paper's
+  WRN-16-1; about 12 minutes per run here against 2.5 for the small CNN).
 Runs are cached under --out and reused while their config is unchanged, so the parts can be computed
 one at a time (`--parts aggregation`); the tables of every part with cached results are written to
 benchmarks/README.md between the DEFENSE-TABLE markers, with a PNG of per-round BA/ASR.
@@ -40,7 +42,9 @@ MCL_EVERY = (("blended", "plain"), ("dba", "plain"), ("badnets", "neurotoxin"), 
 DEFENSES = ("ft", "nc-unlearn", "fp", "nad", "mcl", "cnp")
 AGGREGATIONS = tuple(a for a in AGGREGATION_RULES.entries if a not in ("fedavg", "fedavgm"))
 CLIENT_DEFENSES = ("none", "abl", "dbd")
-PARTS = ("defenses", "aggregation", "poisoned", "continuous", "attacks")
+PARTS = ("defenses", "aggregation", "poisoned", "continuous", "attacks", "models")
+# The paper models measured in the `models` part; ResNet-18 takes over seven minutes per round here.
+PAPER_MODELS = ("wrn16-1",)
 # Bulyan tolerates f malicious of n only if n >= 4f + 3: with 20% malicious, 11 clients (f = 2) is the smallest
 # federation it accepts, so its row is measured there (all 11 sampled each round).
 RULE_SETTINGS: dict[str, dict[str, Any]] = {"bulyan": {"num-clients": 11, "clients-per-round": 11}}
@@ -264,6 +268,29 @@ class Tables:
         return section("Poisoned data, honest clients (`threat=poisoned-data`)",
                        "| attack | client-defense | BA | ASR | seeds | run seconds |", rows, "poisoned")
 
+    def models(self) -> list[str]:
+        """MCL at the end on the paper's model: the federated run, then MCL on its final model, per seed."""
+        rows = []
+        for attack in ATTACKS:
+            for model in PAPER_MODELS:
+                name = f"{attack}-{model}"
+                runs = self.runs(name, self.seeds, self.computing("models", attack), attack=attack, model=model)
+                recs = [rec for r in runs if (rec := purified(self.out / f"{name}-s{r['config']['seed']}", r, "mcl",
+                                                              self.computing("models", attack))) is not None]
+                self.used += recs
+                if not recs:
+                    rows.append(f"| {attack} | {model} | not run | | | | | | |")
+                    continue
+                drops = [rec["ba_before"] - rec["ba_after"] for rec in recs]
+                rows.append(f"| {attack} | {model} | {mean_std([rec['ba_before'] for rec in recs])} | "
+                            f"{mean_std([rec['asr_before'] for rec in recs])} | "
+                            f"{mean_std([rec['asr_after'] for rec in recs])} | {mean_std(drops)} | {len(recs)} | "
+                            f"{mean_std([run_seconds(r) for r in runs], 0)} | "
+                            f"{mean_std([rec['seconds'] for rec in recs], 0)} | {'; '.join(map(finding, recs))} |")
+        return section("MCL at the end on the paper's model (FedAvg; mean +/- std over the seeds column's runs)",
+                       "| attack | model | BA before | ASR before | ASR after MCL | BA drop | seeds | run seconds | "
+                       "MCL seconds (scan included) | flagged (per seed) |", rows, "models")
+
     def continuous(self) -> list[str]:
         every = self.runs("badnets-mcl-every5", 1, self.computing("continuous", "badnets"), attack="badnets",
                           defense="mcl", **{"defense-schedule": "every:5"})
@@ -284,7 +311,7 @@ def build_tables(out: Path, parts: set[str], attacks: set[str], overrides: dict[
     t = Tables(out, parts, attacks, overrides, seeds)
     base = {a: t.runs(a, seeds, t.computing("defenses", a), attack=a) for a in ATTACKS}
     lines = [*t.defenses(base), *t.aggregation(base), *t.poisoned(),
-             *attack_tables(t.runs, "attacks" in parts, attacks, t.curves), *t.continuous()]
+             *attack_tables(t.runs, "attacks" in parts, attacks, t.curves), *t.continuous(), *t.models()]
     versions = sorted({rec.get("provenance", {}).get("code_version", "?") for rec in t.used})
     lines.append(f"Runs and purifications made at code version {', '.join(versions)} (their provenance); table "
                  f"written by {provenance()}")

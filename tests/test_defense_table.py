@@ -46,4 +46,23 @@ def test_rows_are_the_mean_and_std_of_their_seeds_and_a_run_of_another_config_is
 
 def test_no_cached_run_gives_no_curve_and_one_line_per_part(tmp_path: Path) -> None:
     text, curves = build_tables(tmp_path, set(), {"badnets"}, {}, 3)
-    assert not curves and text.count("No run of this part is cached") == 6
+    assert not curves and text.count("No run of this part is cached") == 7
+
+
+def test_the_paper_model_row_reads_the_mcl_purification_of_each_seeds_wrn_run(tmp_path: Path) -> None:
+    for seed, (before, after) in enumerate(((0.91, 0.90), (0.90, 0.87))):
+        folder = tmp_path / f"badnets-wrn16-1-s{seed}"
+        _cache(folder, 0.95, before, attack="badnets", seed=seed, model="wrn16-1")
+        saved = json.loads((folder / "results.json").read_text())["config"]
+        record = {"config": resolve({**{k: v for k, v in saved.items() if k != "out-dir"}, "defense": "mcl"}),
+                  "ba_before": before, "asr_before": 0.95, "ba_after": after, "asr_after": 0.01 * (seed + 1),
+                  "seconds": 100.0, "flagged": [0]}
+        (folder / "purify-mcl").mkdir()
+        (folder / "purify-mcl" / "purify.json").write_text(json.dumps(record))
+    _cache(tmp_path / "blended-wrn16-1-s0", 0.95, 0.9, attack="blended", seed=0, model="cnn")  # not the model's run
+    text, _ = build_tables(tmp_path, set(), {"badnets"}, {}, 3)
+    row = [c.strip() for c in next(line for line in text.splitlines()
+                                   if line.startswith("| badnets | wrn16-1")).split("|")[1:-1]]
+    assert row[2:7] == ["0.9050 +/- 0.0071", "0.9500 +/- 0.0000", "0.0150 +/- 0.0071", "0.0200 +/- 0.0141", "2"]
+    assert row[9] == "[0]; [0]"
+    assert "| blended | wrn16-1 | not run |" in text
