@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -408,14 +409,22 @@ def run_deployment(work: Path, out: Path, supernodes: int, rounds: int, override
     for p in runtime_ports:  # they started while `flwr run` built and sent the app
         _wait_listening(p, procs)
 
+    results = await_results(run_id, out, rounds, procs, env, logs, run_timeout_s)
+    return Finished(results, port, control, material, env, logs)
+
+
+def await_results(run_id: int, out: Path, rounds: int, procs: Processes, env: dict[str, str], logs: Path,
+                  timeout_s: float) -> dict[str, Any]:
+    """The run's results once every round is written and the SuperLink says it completed; a DeployError when a
+    process dies, the SuperLink reports the run ended otherwise, or `timeout_s` passes."""
     results = out / "results.json"
-    deadline = time.monotonic() + run_timeout_s
+    deadline = time.monotonic() + timeout_s
     last_status = time.monotonic()
     while True:
         procs.check()
         procs.track()
         if time.monotonic() > deadline:
-            raise DeployError(f"run {run_id} did not finish {rounds} rounds in {run_timeout_s:.0f} s; logs: {logs}")
+            raise DeployError(f"run {run_id} did not finish {rounds} rounds in {timeout_s:.0f} s; logs: {logs}")
         # Ask the SuperLink now and then (to notice a failed run), and every second once the results are written.
         written = _rounds_done(results) >= rounds and (out / "checkpoints" / "final.pt").exists()
         if written or time.monotonic() - last_status > STATUS_EVERY_S:
@@ -429,7 +438,7 @@ def run_deployment(work: Path, out: Path, supernodes: int, rounds: int, override
                 raise DeployError(f"run {run_id} ended ({status}) after {_rounds_done(results)} of {rounds} "
                                   f"rounds; ServerApp log: {log}")
         time.sleep(0.5 if written else 1.0)
-    return Finished(json.loads(results.read_text()), port, control, material, env, logs)
+    return dict(json.loads(results.read_text()))
 
 
 def check_overrides(overrides: dict[str, str]) -> None:
