@@ -49,8 +49,12 @@ class TriggerStage:
     can answer to the old trigger or, after a purification taught the model to ignore that one, to other
     features of the attackers' trigger, which the re-inversion finds even when its mask is no smaller than
     other labels' (Blended, MCL every 5 rounds, round 15: remembered trigger alone 0.71 -> 0.25, with the
-    re-inversion 0.71 -> 0.011). All flagged labels are kept, not the last: a natural feature flagged once
-    (Fashion-MNIST's "Bag", when the fading backdoor no longer was) must not make the defense forget the target.
+    re-inversion 0.71 -> 0.011). All flagged labels are kept, not the last, and a call that flags a label purifies
+    with the remembered ones too: a natural feature flagged once (Fashion-MNIST's "Bag", when the fading backdoor
+    no longer was) must not make the defense forget the target. Until 2026-12-06 a call that flagged anything
+    purified with this call's flags alone: BadNets with PGD attackers, MCL every 5 rounds (defense table, seed 0),
+    round 20 flagged Bag only, and ASR went 0.853 -> 0.324 where the remembered target's trigger had taken it
+    0.471 -> 0.014 in round 15.
     """
 
     def __init__(self, source: TriggerSource) -> None:
@@ -69,20 +73,22 @@ class TriggerStage:
 
     def _choose(self, finding: Finding) -> FoundTrigger | None:
         flagged = [label for label in finding.flagged if label in finding.triggers]
-        if flagged:
-            for label in flagged:
-                self.found[label] = (finding.triggers[label], self.calls)
-            return FoundTrigger(mix([finding.triggers[label] for label in flagged]), flagged, "scan")
-        stamps: list[Stamp] = []
-        sources = []
+        for label in flagged:
+            self.found[label] = (finding.triggers[label], self.calls)
+        stamps = [finding.triggers[label] for label in flagged]
+        labels = list(flagged)
+        sources = ["scan"] if flagged else []
         for label, (remembered, call) in self.found.items():
+            if label in flagged:
+                continue
             current = finding.triggers.get(label)
             stamps += [remembered] if current is None else [remembered, current]
+            labels.append(label)
             sources.append(f"label {label} of defense call {call}: its trigger"
                            + ("" if current is None else " and this scan's re-inversion"))
         if not stamps:
             return None
-        return FoundTrigger(mix(stamps), list(self.found), "; ".join(sources))
+        return FoundTrigger(mix(stamps), labels, "; ".join(sources))
 
     def state_dict(self) -> dict[str, Any]:
         """Plain tensors and numbers, for a checkpoint that `torch.load(weights_only=True)` can read."""

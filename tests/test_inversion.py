@@ -155,9 +155,13 @@ def test_a_later_flag_adds_to_the_memory_and_keeps_the_target() -> None:
     stage, (target, bag, mixed) = _stage_calls(_finding([5.0, 50, 48, 52, 47, 55], [0]),
                                                _finding([50.0, 50, 48, 52, 47, 6], [5]),
                                                _finding([80.0, 50, 48, 52, 47, 55], [], failed=(0,)))
-    assert (bag.source, bag.labels) == ("scan", [5]) and set(stage.found) == {0, 5}
+    assert set(stage.found) == {0, 5} and bag.labels == [5, 0], "the flag purifies with the remembered target too"
+    assert bag.source == "scan; label 0 of defense call 1: its trigger and this scan's re-inversion"
+    assert isinstance(bag.stamp, StampMix) and len(bag.stamp.stamps) == 3
+    assert bag.stamp.stamps[0] is stage.found[5][0] and bag.stamp.stamps[1] is target.stamp
     assert mixed.labels == [0, 5] and isinstance(mixed.stamp, StampMix)
-    assert mixed.stamp.stamps[0] is target.stamp and mixed.stamp.stamps[1] is bag.stamp and len(mixed.stamp.stamps) == 3
+    assert mixed.stamp.stamps[0] is target.stamp and mixed.stamp.stamps[1] is stage.found[5][0]
+    assert len(mixed.stamp.stamps) == 3
     assert mixed.source == ("label 0 of defense call 1: its trigger; "
                             "label 5 of defense call 2: its trigger and this scan's re-inversion")
 
