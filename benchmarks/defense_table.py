@@ -284,7 +284,7 @@ class Tables:
                                                               self.computing("models", attack))) is not None]
                 self.used += recs
                 if not recs:
-                    rows.append(f"| {attack} | {label} | not run | | | | | | |")
+                    rows.append(f"| {attack} | {label} | not run |" + " |" * 7)
                     continue
                 drops = [rec["ba_before"] - rec["ba_after"] for rec in recs]
                 rows.append(f"| {attack} | {label} | {mean_std([rec['ba_before'] for rec in recs])} | "
