@@ -11,7 +11,8 @@ Six parts, on the default setting (20% malicious clients); all but `attacks` for
   Neurotoxin) without defense, and Blended and all of these but constrain-and-scale with MCL every 5
   rounds;
 - `models`: the `defenses` part's FedAvg run and MCL at the end with `model=wrn16-1` (the MCL paper's
-  WRN-16-1; about 12 minutes per run here against 2.5 for the small CNN).
+  WRN-16-1), also with attackers training 5 local epochs; about 25 and 37 minutes per run here against 2.5
+  for the small CNN, and about 5 minutes per MCL against 40 s.
 Runs are cached under --out and reused while their config is unchanged, so the parts can be computed
 one at a time (`--parts aggregation`); the tables of every part with cached results are written to
 benchmarks/README.md between the DEFENSE-TABLE markers, with a PNG of per-round BA/ASR.
@@ -275,13 +276,13 @@ class Tables:
         """MCL at the end on the paper's model: the federated run, then MCL on its final model, per seed."""
         rows = []
         for attack in ATTACKS:
+            compute = self.computing("models", attack)
             for model, attackers in PAPER_MODELS:
                 name = f"{attack}-{model}" + "".join(f"-{k}{v}" for k, v in attackers.items())
-                runs = self.runs(name, self.seeds, self.computing("models", attack), attack=attack, model=model,
-                                 **attackers)
                 label = model + "".join(f", {k} {v}" for k, v in attackers.items())
-                recs = [rec for r in runs if (rec := purified(self.out / f"{name}-s{r['config']['seed']}", r, "mcl",
-                                                              self.computing("models", attack))) is not None]
+                runs = self.runs(name, self.seeds, compute, attack=attack, model=model, **attackers)
+                recs = [rec for r in runs
+                        if (rec := purified(self.out / f"{name}-s{r['config']['seed']}", r, "mcl", compute)) is not None]
                 self.used += recs
                 if not recs:
                     rows.append(f"| {attack} | {label} | not run |" + " |" * 7)
