@@ -1,15 +1,20 @@
-"""What one run process holds while it runs: its folder, locked against a second writer, and Ctrl-C, which ends
-the run at once with exit status 130 and a folder `fl-defense run --resume` continues.
+"""What one run process holds while it runs: its folder, locked against a second writer, and the signals that
+end it. Ctrl-C (SIGINT) and SIGTERM (`kill`, `timeout`, a cluster scheduler) end the run at once with one line,
+exit status 130 or 143 (128 + the signal, as a shell reports it), and a folder `fl-defense run --resume`
+continues.
 
-Without the handler a SIGINT stops Ray but leaves Flower's ServerApp thread (not a daemon) running, and the
-process hangs; the handler stops Ray and ends the process without waiting for that thread. The checkpoints are
-written atomically (`fl_defense.files`), so whatever round the interrupt lands in, the folder holds the last
-completed round.
+Without the handlers a SIGINT stops Ray but leaves Flower's ServerApp thread (not a daemon) running, and the
+process hangs; a SIGTERM reached the handlers Ray installs when it starts (a `sys.exit` in Python and absl's
+C++ failure handler), which printed a C++ stack banner and a Flower traceback and ended with exit status 134.
+Ours stop Ray and end the process without waiting for that thread; they must be installed after Ray has
+started (`fl_defense.simulations.runner.start_ray`). The checkpoints are written atomically
+(`fl_defense.files`), so whatever round the signal lands in, the folder holds the last completed round.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shutil
 import signal
@@ -27,7 +32,7 @@ from fl_defense.server import checkpoint
 LOCK = ".fl-defense.lock"
 RUN_FILES = ("results.json", "checkpoints", "tensorboard", "client-state", "plot.png")  # what a run writes there
 RAY_STOP_SECONDS = 20.0
-INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+STOPPED_BY = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)"}
 
 
 def prepare(out_dir: Path, overwrite: bool) -> None:
@@ -59,8 +64,7 @@ def hold(out_dir: Path) -> Iterator[None]:
         handle.truncate()
         handle.write(str(os.getpid()))
         handle.flush()
-        with _stop_on_interrupt(out_dir):
-            yield
+        yield
     finally:
         handle.close()  # releases the lock
 
@@ -72,26 +76,35 @@ def _stop_ray() -> None:
         ray.shutdown()
 
 
+def exit_status(signum: int) -> int:
+    """128 + the signal number: 130 for SIGINT, 143 for SIGTERM."""
+    return 128 + signum
+
+
 @contextmanager
-def _stop_on_interrupt(out_dir: Path) -> Iterator[None]:
-    """On SIGINT: one line, Ray stopped (at most RAY_STOP_SECONDS), exit 130; a second SIGINT exits at once."""
-    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+def stop_on_signals(out_dir: Path) -> Iterator[None]:
+    """On SIGINT or SIGTERM: one line, Ray stopped (at most RAY_STOP_SECONDS), exit 128 + the signal; a second
+    signal exits at once. Outside the main thread (signals reach only that one) nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def interrupted(signum: int, frame: FrameType | None) -> None:
-        signal.signal(signal.SIGINT, lambda *_: os._exit(INTERRUPTED))
+    def stop(signum: int, frame: FrameType | None) -> None:
+        for sig in STOPPED_BY:
+            signal.signal(sig, lambda *_: os._exit(exit_status(signum)))
         resumable = (out_dir / "checkpoints" / checkpoint.NAME).is_file()
         then = f"continue with: fl-defense run --resume {out_dir}" if resumable else "no round had finished"
-        print(f"fl-defense: interrupted; {then}", file=sys.stderr, flush=True)
+        print(f"fl-defense: {STOPPED_BY[signal.Signals(signum)]}; {then}", file=sys.stderr, flush=True)
+        logging.getLogger("flwr").disabled = True  # its threads would log the client tasks this stop cuts short
         stopper = threading.Thread(target=_stop_ray, daemon=True)
         stopper.start()
         stopper.join(RAY_STOP_SECONDS)
         sys.stdout.flush()
-        os._exit(INTERRUPTED)
+        os._exit(exit_status(signum))
 
-    previous = signal.signal(signal.SIGINT, interrupted)
+    previous = {sig: signal.signal(sig, stop) for sig in STOPPED_BY}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set outside Python

@@ -14,7 +14,7 @@ from fl_defense.attacks import evaluation_attack
 from fl_defense.data import data_for, split_for
 from fl_defense.errors import ConfigError
 from fl_defense.server.server_app import initial_model, make_server_app
-from fl_defense.simulations.run_folder import hold, prepare
+from fl_defense.simulations.run_folder import hold, prepare, stop_on_signals
 from fl_defense.training import resolve_device
 
 
@@ -58,10 +58,22 @@ def backend_config(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"client_resources": {"num_cpus": cfg["num-cpus"], "num_gpus": cfg["num-gpus"]}, "init_args": init_args}
 
 
+def start_ray(backend: dict[str, Any]) -> None:
+    """Start Ray now, with Flower's own start-up (its RayBackend's `ray.init`: `backend`'s init_args, the driver's
+    sys.path as the workers' PYTHONPATH), so that the run's signal handlers go in after the ones Ray installs when
+    it starts (`run_folder.stop_on_signals`). `run_simulation` then finds Ray running and does not start it again;
+    it stops Ray when the run ends. Inside a Ray worker (a sweep on Ray) Ray already runs and nothing happens."""
+    import ray
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+    if not ray.is_initialized():
+        RayBackend(backend)  # creates no actor: the pool is built by run_simulation's backend
+
+
 def run_experiment(cfg: dict[str, Any], out_dir: Path, client_app: ClientApp | None = None,
                    resume: dict[str, Any] | None = None, replace: bool | None = None) -> dict[str, Any]:
-    """Check inputs, run the federated simulation holding its folder (`run_folder.hold`: a lock, and Ctrl-C), and
-    return the results written to results.json.
+    """Check inputs, run the federated simulation holding its folder (`run_folder.hold`: a lock; Ctrl-C and
+    SIGTERM end it resumably, `run_folder.stop_on_signals`), and return the results written to results.json.
 
     `client_app` replaces the project's ClientApp (e.g. one that injects faults, to test the server);
     `resume` is a checkpoint (`server.checkpoint.load`) to continue from; `replace` False refuses a folder that
@@ -74,8 +86,11 @@ def run_experiment(cfg: dict[str, Any], out_dir: Path, client_app: ClientApp | N
     with hold(out_dir):
         if replace is not None:
             prepare(out_dir, overwrite=replace)
-        run_simulation(server_app=make_server_app(cfg, out_dir, resume), client_app=client_app or app,
-                       num_supernodes=cfg["num-clients"], backend_config=backend_config(cfg))
+        server_app, backend = make_server_app(cfg, out_dir, resume), backend_config(cfg)
+        start_ray(backend)
+        with stop_on_signals(out_dir):
+            run_simulation(server_app=server_app, client_app=client_app or app, num_supernodes=cfg["num-clients"],
+                           backend_config=backend)
     results_file = out_dir / "results.json"
     if not results_file.is_file():
         raise RuntimeError(f"the simulation ended without writing {results_file}; see the log above")
