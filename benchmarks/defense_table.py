@@ -5,7 +5,7 @@ Six parts, on the default setting (20% malicious clients); all but `attacks` for
   global model with the server's clean set, so all are compared on the very same backdoored model;
 - `aggregation`: one run per aggregation rule (no server-side defense);
 - `poisoned`: `threat=poisoned-data` (honest clients, a third party poisoned two clients' data), one
-  run per honest training code: plain SGD, ABL, DBD;
+  run per honest training code and seed: plain SGD, ABL, DBD;
 - `continuous`: MCL every 5 rounds while BadNets never stops;
 - `attacks`: the other attacks (DBA, WaNet, SIG; BadNets trained with PGD, constrain-and-scale,
   Neurotoxin) without defense, and Blended and all of these but constrain-and-scale with MCL every 5
@@ -263,12 +263,12 @@ class Tables:
         rows = []
         for attack in ATTACKS:
             for cd in CLIENT_DEFENSES:
-                runs = self.runs(f"{attack}-poisoned-{cd}", 1, self.computing("poisoned", attack), attack=attack,
-                                 threat="poisoned-data", **{"client-defense": cd})
+                runs = self.runs(f"{attack}-poisoned-{cd}", self.seeds, self.computing("poisoned", attack),
+                                 attack=attack, threat="poisoned-data", **{"client-defense": cd})
                 rows.append(f"| {attack} | {cd} | {finals(runs)} | {mean_std([run_seconds(r) for r in runs], 0)} |"
                             if runs else f"| {attack} | {cd} | not run | | | |")
                 if cd != "none" and runs:
-                    self.curves[f"{attack}, poisoned data, {cd.upper()}"] = runs[0]
+                    self.curves[f"{attack}, poisoned data, {cd.upper()}, seed 0"] = runs[0]
         return section("Poisoned data, honest clients (`threat=poisoned-data`)",
                        "| attack | client-defense | BA | ASR | seeds | run seconds |", rows, "poisoned")
 
@@ -381,7 +381,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "runs" / "defense-table"),
                         help="where the federated runs are kept")
     parser.add_argument("--seeds", type=int, default=3,
-                        help="seeds of the `defenses` part and of FedAvg and Multi-Krum in `aggregation`")
+                        help="seeds of the `defenses`, `poisoned` and `models` parts and of FedAvg and Multi-Krum in "
+                             "`aggregation`")
     parser.add_argument("--parts", default=",".join(PARTS),
                         help=f"comma-separated parts to compute if not cached: {', '.join(PARTS)}")
     parser.add_argument("--attacks", default=",".join(sorted(set(ATTACKS) | {a for a, _ in VARIANTS})),
