@@ -126,7 +126,6 @@ def test_client_memory_on_disk_is_what_a_fresh_node_restores(tmp_path: Path) -> 
     assert torch.equal(load_memory(node, "k", folder, 3)["last"], torch.full((2,), 4.0))  # the node's own first
 
 
-@pytest.mark.simulation
 def no_process_left(group: int, within: float) -> bool:
     """True once no process of the process group is alive (within `within` seconds)."""
     deadline = time.monotonic() + within
@@ -139,6 +138,7 @@ def no_process_left(group: int, within: float) -> bool:
     return False
 
 
+@pytest.mark.simulation
 @pytest.mark.parametrize("signum, to_group, status, said", [
     (signal.SIGINT, True, 130, "interrupted"),  # Ctrl-C: a terminal signals the foreground process group
     (signal.SIGTERM, False, 143, "terminated (SIGTERM)"),  # `kill PID`, `timeout`: the run's process only
