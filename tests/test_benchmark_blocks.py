@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,18 @@ def test_write_block_replaces_its_own_block_and_appends_a_new_one(tmp_path: Path
     write_block("D", "d", readme)
     assert readme.read_text() == ("# B\n\n<!-- A:BEGIN -->\nnew a\n<!-- A:END -->\ntext\n<!-- C:BEGIN -->\nold c\n"
                                   "<!-- C:END -->\n\n<!-- D:BEGIN -->\nd\n<!-- D:END -->\n")
+
+
+@pytest.mark.parametrize("path, kept", [
+    ("benchmarks/runs/continuous/always/no-defense-s0/results.json", True),
+    ("benchmarks/runs/defense-table/badnets-s0/purify-mcl/purify.json", True),
+    ("benchmarks/runs/defense-table/badnets-s0/checkpoints/final.pt", False),
+    ("benchmarks/runs/defense-table/badnets-s0/tensorboard/events.out.tfevents.1", False),
+    ("benchmarks/runs/defense-table/badnets-s0/plot.png", False),
+    ("runs/sweep-grid/results.json", False),
+])
+def test_git_keeps_the_benchmark_runs_records_and_nothing_bulky(path: str, kept: bool) -> None:
+    """A fresh clone (a new session's checkout) must report and resume benchmark runs: their results.json and
+    purify.json are committed; checkpoints, event files and plots are not."""
+    ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=ROOT).returncode == 0
+    assert ignored is not kept
