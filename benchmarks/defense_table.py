@@ -14,8 +14,9 @@ Six parts, on the default setting (20% malicious clients); all but `attacks` for
   WRN-16-1), also with attackers training 5 local epochs; about 25 and 37 minutes per run here against 2.5
   for the small CNN, and about 5 minutes per MCL against 40 s.
 Runs are cached under --out and reused while their config is unchanged, so the parts can be computed
-one at a time (`--parts aggregation`); the tables of every part with cached results are written to
-benchmarks/README.md between the DEFENSE-TABLE markers, with a PNG of per-round BA/ASR.
+one at a time (`--parts aggregation`). Each part has its own block in benchmarks/README.md (BLOCKS), written
+when the part has a cached run and left as it is otherwise, so computing or re-rendering one part never
+touches another's table; the PNG of per-round BA/ASR is redrawn when every part is rendered.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ DEFENSES = ("ft", "nc-unlearn", "fp", "nad", "mcl", "cnp")
 AGGREGATIONS = tuple(a for a in AGGREGATION_RULES.entries if a not in ("fedavg", "fedavgm"))
 CLIENT_DEFENSES = ("none", "abl", "dbd")
 PARTS = ("defenses", "aggregation", "poisoned", "continuous", "attacks", "models")
+BLOCKS = {"defenses": "DEFENSE-TABLE-DEFENSES", "aggregation": "DEFENSE-TABLE-AGGREGATION",
+          "poisoned": "DEFENSE-TABLE-POISONED", "continuous": "DEFENSE-TABLE-CONTINUOUS",
+          "attacks": "DEFENSE-TABLE-ATTACKS", "models": "DEFENSE-TABLE-MODELS"}
 # The paper models of the `models` part (ResNet-18 takes over seven minutes per round here), each with the
 # attackers' settings: on WRN-16-1 the default attackers (one local epoch) did not plant BadNets (ASR 0.014-0.049
 # in rounds 1-16, seed 0, against 0.97 on the small CNN), so it is measured with attackers training 5 local epochs
@@ -201,8 +205,9 @@ class Tables:
     """The parts' tables over the runs under `out`: a run of a part being computed is made when not cached; every
     run and purification rendered is kept in `used` (for the code versions) and some in `curves` (for the PNG)."""
 
-    def __init__(self, out: Path, parts: set[str], attacks: set[str], overrides: dict[str, str], seeds: int) -> None:
-        self.out, self.parts, self.attacks, self.overrides, self.seeds = out, parts, attacks, overrides, seeds
+    def __init__(self, out: Path, computed: set[str], attacks: set[str], overrides: dict[str, str],
+                 seeds: int) -> None:
+        self.out, self.parts, self.attacks, self.overrides, self.seeds = out, computed, attacks, overrides, seeds
         self.curves: dict[str, dict[str, Any]] = {}
         self.used: list[dict[str, Any]] = []
 
@@ -310,18 +315,30 @@ class Tables:
                        "BA / ASR before -> after each purification:", rows, "continuous")
 
 
-def build_tables(out: Path, parts: set[str], attacks: set[str], overrides: dict[str, str],
-                 seeds: int) -> tuple[str, dict[str, dict[str, Any]]]:
-    """Compute the runs of `parts` x `attacks` that are not cached; render every run that is available, and say
-    which code made them."""
-    t = Tables(out, parts, attacks, overrides, seeds)
-    base = {a: t.runs(a, seeds, t.computing("defenses", a), attack=a) for a in ATTACKS}
-    lines = [*t.defenses(base), *t.aggregation(base), *t.poisoned(),
-             *attack_tables(t.runs, "attacks" in parts, attacks, t.curves), *t.continuous(), *t.models()]
-    versions = sorted({rec.get("provenance", {}).get("code_version", "?") for rec in t.used})
-    lines.append(f"Runs and purifications made at code version {', '.join(versions)} (their provenance); table "
-                 f"written by {provenance()}")
-    return "\n".join(lines), t.curves
+def build_tables(out: Path, rendered: list[str], computed: set[str], attacks: set[str], overrides: dict[str, str],
+                 seeds: int) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """Compute the runs of `computed` parts x `attacks` that are not cached; render each of the `rendered` parts that
+    has a cached run, saying which code made its runs. Returns {part: its block} and the seed-0 curves."""
+    t = Tables(out, computed, attacks, overrides, seeds)
+    base: dict[str, list[dict[str, Any]]] = {}
+    if {"defenses", "aggregation"} & set(rendered):
+        base = {a: t.runs(a, seeds, t.computing("defenses", a), attack=a) for a in ATTACKS}
+    render: dict[str, Callable[[], list[str]]] = {
+        "defenses": lambda: t.defenses(base), "aggregation": lambda: t.aggregation(base), "poisoned": t.poisoned,
+        "attacks": lambda: attack_tables(t.runs, "attacks" in computed, attacks, t.curves),
+        "continuous": t.continuous, "models": t.models}
+    blocks = {}
+    for part in rendered:
+        t.used = [r for runs in base.values() for r in runs] if part in ("defenses", "aggregation") else []
+        lines = render[part]()
+        if any(line.startswith("No run of this part is cached") for line in lines):
+            print("\n".join(lines))
+            continue
+        versions = sorted({rec.get("provenance", {}).get("code_version", "?") for rec in t.used})
+        lines.append(f"Runs and purifications made at code version {', '.join(versions)} (their provenance); "
+                     f"table written by {provenance()}")
+        blocks[part] = "\n".join(lines)
+    return blocks, t.curves
 
 
 def section(title: str, header: str, rows: list[str], part: str) -> list[str]:
@@ -384,14 +401,14 @@ def main() -> None:
                         help="seeds of the `defenses`, `poisoned` and `models` parts and of FedAvg and Multi-Krum in "
                              "`aggregation`")
     parser.add_argument("--parts", default=",".join(PARTS),
-                        help=f"comma-separated parts to compute if not cached: {', '.join(PARTS)}")
+                        help=f"comma-separated parts to compute if not cached and render: {', '.join(PARTS)}")
     parser.add_argument("--attacks", default=",".join(sorted(set(ATTACKS) | {a for a, _ in VARIANTS})),
                         help="comma-separated attacks to compute runs for")
     parser.add_argument("--set", action="append", default=[], help="config overrides for every run (key=value)")
     parser.add_argument("--report-only", action="store_true", help="compute nothing; report the cached runs")
     args = parser.parse_args()
-    parts = set() if args.report_only else {p.strip() for p in args.parts.split(",") if p.strip()}
-    unknown = parts - set(PARTS)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = set(parts) - set(PARTS)
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}; allowed: {', '.join(PARTS)}")
     attacks = {a.strip() for a in args.attacks.split(",") if a.strip()}
@@ -401,14 +418,20 @@ def main() -> None:
     overrides = dict(item.split("=", 1) for item in args.set)
     if args.seeds < 1:
         parser.error(f"--seeds must be at least 1, got {args.seeds}")
-    table, curves = build_tables(Path(args.out), parts, attacks, overrides, args.seeds)
-    if not curves:
-        print(f"no finished run under {args.out}: nothing to report, the block is left as it is")
+    computed = set() if args.report_only else set(parts)
+    blocks, curves = build_tables(Path(args.out), parts, computed, attacks, overrides, args.seeds)
+    if not blocks:
+        print(f"no finished run of {', '.join(parts)} under {args.out}: nothing to report, the blocks are left as "
+              f"they are")
         sys.exit(NOTHING_CACHED)
-    plot(curves, HERE / "defense_rounds.png")
-    table += "\n\n![per-round BA/ASR](defense_rounds.png)"
-    print(table)
-    write_block("DEFENSE-TABLE", table)
+    for part, text in blocks.items():
+        print(text)
+        write_block(BLOCKS[part], text)
+    if set(blocks) == set(PARTS):
+        plot(curves, HERE / "defense_rounds.png")
+    else:
+        print("defense_rounds.png left as it is: it shows every part's seed-0 curves, so it is redrawn when all "
+              "parts are rendered")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The defense table reads each row from the cached runs of its seeds: mean +/- std over the runs whose config is
-the row's (a run made with another config is not reused), a seeds column, and one line for a part with no run."""
+the row's (a run made with another config is not reused), a seeds column; a part with no cached run gets no block,
+so rendering one part never overwrites another's table."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks.defense_table import build_tables
+from benchmarks.defense_table import PARTS, build_tables
 from fl_defense.config import resolve
 
 
@@ -31,7 +32,9 @@ def test_rows_are_the_mean_and_std_of_their_seeds_and_a_run_of_another_config_is
     for seed, excluded in ((0, True), (1, False)):
         _cache(tmp_path / f"badnets-agg-multikrum-s{seed}", 0.01, 0.91, excluded, attack="badnets", seed=seed,
                aggregation="multikrum")
-    text, curves = build_tables(tmp_path, set(), {"badnets"}, {}, 3)
+    blocks, curves = build_tables(tmp_path, list(PARTS), set(), {"badnets"}, {}, 3)
+    assert sorted(blocks) == ["aggregation", "defenses"], "the parts without a cached run get no block"
+    text = "\n".join(blocks.values())
     lines = text.splitlines()
     none = [c.strip() for c in next(line for line in lines if line.startswith("| badnets | none")).split("|")[1:-1]]
     assert none[2:5] == ["0.9100 +/- 0.0141", "0.8000 +/- 0.1414", "2"]
@@ -40,13 +43,14 @@ def test_rows_are_the_mean_and_std_of_their_seeds_and_a_run_of_another_config_is
     assert krum[7] == "40/80", "attackers left out in seed 0's 20 rounds, kept in seed 1's"
     assert next(line for line in lines if "| krum |" in line).endswith("| not run | | | | | |")
     assert "| badnets | mcl | not run |" in text, "no purification is cached and none was asked for"
-    assert "No run of this part is cached: `python -m benchmarks.defense_table --parts poisoned`" in text
-    assert "code version v0, v1" in text and list(curves) == ["badnets, FedAvg, no defense, seed 0"]
+    assert "code version v0, v1 " in blocks["defenses"] and list(curves) == ["badnets, FedAvg, no defense, seed 0"]
+    alone, _ = build_tables(tmp_path, ["aggregation"], set(), {"badnets"}, {}, 3)
+    assert list(alone) == ["aggregation"] and alone["aggregation"].splitlines()[0].startswith("### Aggregation rules")
 
 
-def test_no_cached_run_gives_no_curve_and_one_line_per_part(tmp_path: Path) -> None:
-    text, curves = build_tables(tmp_path, set(), {"badnets"}, {}, 3)
-    assert not curves and text.count("No run of this part is cached") == 7
+def test_no_cached_run_gives_no_block_and_no_curve(tmp_path: Path) -> None:
+    blocks, curves = build_tables(tmp_path, list(PARTS), set(), {"badnets"}, {}, 3)
+    assert not blocks and not curves
 
 
 def test_the_paper_model_row_reads_the_mcl_purification_of_each_seeds_wrn_run(tmp_path: Path) -> None:
@@ -60,7 +64,8 @@ def test_the_paper_model_row_reads_the_mcl_purification_of_each_seeds_wrn_run(tm
         (folder / "purify-mcl").mkdir()
         (folder / "purify-mcl" / "purify.json").write_text(json.dumps(record))
     _cache(tmp_path / "blended-wrn16-1-s0", 0.95, 0.9, attack="blended", seed=0, model="cnn")  # not the model's run
-    text, _ = build_tables(tmp_path, set(), {"badnets"}, {}, 3)
+    blocks, _ = build_tables(tmp_path, ["models"], set(), {"badnets"}, {}, 3)
+    text = blocks["models"]
     row = [c.strip() for c in next(line for line in text.splitlines()
                                    if line.startswith("| badnets | wrn16-1")).split("|")[1:-1]]
     assert row[2:7] == ["0.9050 +/- 0.0071", "0.9500 +/- 0.0000", "0.0150 +/- 0.0071", "0.0200 +/- 0.0141", "2"]
