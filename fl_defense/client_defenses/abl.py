@@ -25,6 +25,20 @@ model is surest, -log(1 - p_label) (unlikelihood), took one poisoned client's ow
 in one round, but in the federated run every clean client unlearnt its own isolated samples, its easiest clean
 ones (250-460 of 570 were Trousers), as hard: BA 0.90 -> 0.45 by round 20 at ASR 0.28. Not kept: an honest
 client cannot tell whether its isolated samples are poison.
+
+What the unlearning sees, measured on one federated run per attack (seed 0, threat poisoned-data, at acc8057
+with a logging patch not kept; per client, the isolated samples' mean loss): at isolation, under the client's
+LGA pass, a clean client's isolated samples (46-79% of them Trousers) had loss 8e-4 to 3.5e-3 against a median
+of 0.27-0.44 for its other samples; a BadNets victim's had loss 0 in float32 (below 1e-7), a Blended victim's
+4e-3, inside the clean clients' range. During the unlearning rounds, on the received global model, the clean
+clients' isolated losses stayed at 1e-6 to 5e-4 (their ascent does nothing: the clean clients are not what
+costs BA), while the victims' rose from 1e-3 to 0.4-1.2 (BadNets, ASR 0.99 -> 0.195 at round 20, BA 0.900, still
+falling: the ascent takes off late and the seeds end anywhere from 0.02 to 1.0) and from 0.2 to 6.5-7.7 (Blended,
+ASR 0.19, BA 0.81: the unbounded ascent that removes the blend also removes clean features). Two changes were
+tried and not kept: the ascent bounded per sample at ln(classes) with abl-unlearn-lr 2e-3 ended BadNets at ASR
+0.062 (BA 0.896) but left Blended at 0.954 (a victim stops once its isolated samples are unlearnt, and FedAvg
+passes a fifth of that on: the blend is not removed); the unbounded ascent at 2e-3 unlearnt BadNets by round 17
+(ASR 0.037, BA 0.857) and then collapsed both runs to BA 0.10 by round 18. The paper's 5e-4, unbounded, stays.
 """
 
 from __future__ import annotations
