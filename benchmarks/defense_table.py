@@ -118,6 +118,8 @@ def purified(run_dir: Path, res: dict[str, Any], defense: str, compute: bool) ->
     cfg = resolve({**saved, "defense": defense})
     record = cached(out / "purify.json", cfg)
     if record is None and compute:
+        if not checkpoint.is_file():  # a run cached by its results.json alone (git keeps no checkpoint): made again
+            run_experiment(resolve({**saved, "out-dir": str(run_dir)}), run_dir)
         record = purify(str(checkpoint), {"defense": defense}, out)
     return record
 

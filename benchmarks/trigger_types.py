@@ -3,40 +3,33 @@
 For each of BadNets, Blended, DBA, WaNet and SIG: the default federated run (10 clients, 2 malicious, 20 rounds,
 FedAvg; `--seeds` seeds), then `fl-defense purify --defense mcl` on its final global model with the default
 inversion (`nc+warp`), as the server would at `defense-schedule=end`. The table gives the label flagged first
-(and whether it is the target), ASR and BA before and after, and the scan's seconds. Runs are kept under
-benchmarks/runs/<code version>/ and reused, so a rerun only does what is missing. Writes the TRIGGER-TYPES block.
+(and whether it is the target), ASR and BA before and after, and the scan's seconds. Runs and purifications are
+kept under benchmarks/runs/trigger-types/ and reused while their config is unchanged (the defense table's cache,
+whose records git keeps), so a rerun, in this session or a later one, only does what is missing; the block names
+the code versions that made them. Writes the TRIGGER-TYPES block.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import HERE, code_version, provenance, write_block
-from fl_defense.config import resolve
-from fl_defense.simulations.purify import purify
-from fl_defense.simulations.runner import run_experiment
+from benchmarks.common import HERE, NOTHING_CACHED, provenance, write_block
+from benchmarks.defense_table import federated_run, purified
 
 ATTACKS = ("badnets", "blended", "dba", "wanet", "sig")
 
 
-def federated(attack: str, seed: int, root: Path) -> Path:
-    """The final checkpoint of the default run for `attack` and `seed`, run now if it is not there yet."""
-    out = root / f"{attack}-s{seed}"
-    final = out / "checkpoints" / "final.pt"
-    if not final.is_file():
-        run_experiment(resolve({"attack": attack, "seed": seed, "out-dir": str(out)}), out)
-    return final
-
-
-def purified(attack: str, seed: int, root: Path) -> dict[str, Any]:
-    out = root / f"{attack}-s{seed}" / "mcl"
-    if (out / "purify.json").is_file():
-        return dict(json.loads((out / "purify.json").read_text()))
-    return purify(str(federated(attack, seed, root)), {"defense": "mcl"}, out)
+def record(attack: str, seed: int, root: Path, compute: bool) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The default federated run of `attack` at `seed` and MCL's purification of its final model: cached, made now
+    (when `compute`), or None."""
+    run_dir = root / f"{attack}-s{seed}"
+    res = federated_run(run_dir, compute, attack=attack, seed=seed)
+    rec = None if res is None else purified(run_dir, res, "mcl", compute)
+    return None if res is None or rec is None else (res, rec)
 
 
 def row(attack: str, records: list[dict[str, Any]]) -> str:
@@ -58,15 +51,25 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--attacks", default=",".join(ATTACKS))
     parser.add_argument("--dry", action="store_true", help="print only; leave benchmarks/README.md alone")
+    parser.add_argument("--report-only", action="store_true", help="compute nothing; report the cached runs")
     args = parser.parse_args()
-    root = HERE / "runs" / code_version() / "trigger-types"
+    root = HERE / "runs" / "trigger-types"
+    used: list[dict[str, Any]] = []
     lines = ["| attack | true target flagged first (flagged) | ASR before | ASR after | BA before | BA drop | "
              "scan seconds |", "|---|---|---|---|---|---|---|"]
     for attack in args.attacks.split(","):
-        records = [purified(attack, seed, root) for seed in range(args.seeds)]
-        lines.append(row(attack, records))
-        print(lines[-1], flush=True)
-    text = "\n".join(lines) + f"\n\n{args.seeds} seed(s) each; mean ± std over seeds. " + provenance()
+        found = [r for seed in range(args.seeds) if (r := record(attack, seed, root, not args.report_only))]
+        if found:
+            lines.append(row(attack, [rec for _, rec in found]))
+            used += [doc for pair in found for doc in pair]
+            print(lines[-1], flush=True)
+    if not used:
+        print(f"no finished run under {root}: nothing to report, the block is left as it is")
+        sys.exit(NOTHING_CACHED)
+    versions = sorted({doc.get("provenance", {}).get("code_version", "?") for doc in used})
+    text = "\n".join(lines) + (f"\n\nUp to {args.seeds} seed(s) each (the seeds column of the second cell); mean "
+                               f"± std over seeds. Runs and purifications made at code version {', '.join(versions)}; "
+                               f"table written by {provenance()}")
     if not args.dry:
         write_block("TRIGGER-TYPES", text)
     print(text)

@@ -71,3 +71,28 @@ def test_the_paper_model_row_reads_the_mcl_purification_of_each_seeds_wrn_run(tm
     assert row[2:7] == ["0.9050 +/- 0.0071", "0.9500 +/- 0.0000", "0.0150 +/- 0.0071", "0.0200 +/- 0.0141", "2"]
     assert row[9] == "[0]; [0]"
     assert "| blended | wrn16-1 | not run |" in text
+
+
+def test_a_purification_of_a_run_kept_without_its_checkpoint_makes_the_run_again(tmp_path: Path,
+                                                                                monkeypatch: Any) -> None:
+    """git keeps a run's results.json, not its checkpoint: a purifier asked for later needs the run made again."""
+    import benchmarks.defense_table as table
+
+    folder = tmp_path / "badnets-s0"
+    _cache(folder, 0.95, 0.9, attack="badnets", seed=0)
+    res = json.loads((folder / "results.json").read_text())
+    made: list[Path] = []
+
+    def run_experiment(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+        assert cfg["attack"] == "badnets" and cfg["out-dir"] == str(folder)
+        made.append(out)
+        (out / "checkpoints").mkdir()
+        (out / "checkpoints" / "final.pt").write_bytes(b"")
+        return res
+
+    monkeypatch.setattr(table, "run_experiment", run_experiment)
+    monkeypatch.setattr(table, "purify", lambda checkpoint, settings, out: {"checkpoint": checkpoint, **settings})
+    assert table.purified(folder, res, "mcl", compute=False) is None and not made
+    record = table.purified(folder, res, "mcl", compute=True)
+    assert made == [folder] and record == {"checkpoint": str(folder / "checkpoints" / "final.pt"), "defense": "mcl"}
+    assert table.purified(folder, res, "mcl", compute=True) is not None and made == [folder], "made once"
