@@ -209,12 +209,12 @@ class Tables:
 
     def __init__(self, out: Path, computed: set[str], attacks: set[str], overrides: dict[str, str],
                  seeds: int) -> None:
-        self.out, self.parts, self.attacks, self.overrides, self.seeds = out, computed, attacks, overrides, seeds
+        self.out, self.computed, self.attacks, self.overrides, self.seeds = out, computed, attacks, overrides, seeds
         self.curves: dict[str, dict[str, Any]] = {}
         self.used: list[dict[str, Any]] = []
 
     def computing(self, part: str, attack: str) -> bool:
-        return part in self.parts and attack in self.attacks
+        return part in self.computed and attack in self.attacks
 
     def runs(self, name: str, n: int, compute: bool, **settings: Any) -> list[dict[str, Any]]:
         """The finished runs `<name>-s<seed>` of seeds 0..n-1 (computed now when `compute`)."""
