@@ -81,7 +81,7 @@ def main() -> None:
         parser.error(f"unknown blocks {sorted(unknown)}; the blocks are {', '.join(job.block for job in JOBS)}")
     if args.list:
         for job in JOBS:
-            print(f"{job.block:20} ~{job.minutes:>3} min  --quick: {job.quick:6}  python -m benchmarks.{' '.join(job.args)}")
+            print(f"{job.block:26} ~{job.minutes:>3} min  --quick: {job.quick:6}  python -m benchmarks.{' '.join(job.args)}")
         return
     outcome: list[str] = []
     for job in JOBS:

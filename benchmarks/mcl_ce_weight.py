@@ -1,7 +1,8 @@
 """Choose MCL's cross-entropy weight: BA/ASR of MCL at several `mcl-ce-weight` on the same checkpoints.
 
 Uses the final global models of `benchmarks/defense_table.py`'s seed-0 federated runs (BadNets and Blended,
-default setting), so run that first. Weight 0 is the reference MCL (contrastive loss only).
+default setting); a run whose checkpoint is not there (git keeps only its results.json) is made again. Weight 0
+is the reference MCL (contrastive loss only).
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ import argparse
 from pathlib import Path
 
 from benchmarks.common import Emit, main_writing_block
+from fl_defense.config import resolve
 from fl_defense.simulations.purify import purify
+from fl_defense.simulations.runner import run_experiment
 
 HERE = Path(__file__).resolve().parent
 
@@ -20,7 +23,10 @@ def measure(args: argparse.Namespace, emit: Emit) -> None:
     emit("| attack | mcl-ce-weight | BA before | BA after | ASR before | ASR after | seconds |")
     emit("|---|---|---|---|---|---|---|")
     for attack in ("badnets", "blended"):
-        checkpoint = Path(args.runs) / f"{attack}-s0" / "checkpoints" / "final.pt"
+        run_dir = Path(args.runs) / f"{attack}-s0"
+        checkpoint = run_dir / "checkpoints" / "final.pt"
+        if not checkpoint.is_file():
+            run_experiment(resolve({"attack": attack, "seed": 0, "out-dir": str(run_dir)}), run_dir)
         for w in args.weights.split(","):
             rec = purify(str(checkpoint), {"defense": "mcl", "mcl-ce-weight": w}, None)
             emit(f"| {attack} | {w} | {rec['ba_before']:.4f} | {rec['ba_after']:.4f} | {rec['asr_before']:.4f} | "
