@@ -15,10 +15,12 @@ from fl_defense.models import build_model
 SPEC = dataset_spec("fashion-mnist")
 
 
-@pytest.mark.parametrize(("name", "images"), [("wrn16-1", 1280), ("resnet18", 640)])
+@pytest.mark.parametrize(("name", "images"), [("wrn16-1", 1280), ("resnet18", 1280)])
 def test_a_paper_model_learns_real_fashion_mnist_in_a_few_steps(name: str, images: int) -> None:
     """20 SGD steps on real images, then the BatchNorm statistics re-estimated on them (after so few steps the
-    running averages still lag the weights): well above chance on held-out test images."""
+    running averages still lag the weights): well above chance on held-out test images. ResNet-18 on 640 images
+    (batches of 32) reached 0.34-0.52 over seeds 0-3 on an AVX-512 CPU (0.426 in this test, one thread), on 1280
+    (batches of 64) 0.56-0.67."""
     torch.manual_seed(0)
     data = load_dataset("fashion-mnist")
     x, y = to_float(data.train_x[:images]), data.train_y[:images]
