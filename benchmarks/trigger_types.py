@@ -57,17 +57,21 @@ def main() -> None:
     used: list[dict[str, Any]] = []
     lines = ["| attack | true target flagged first (flagged) | ASR before | ASR after | BA before | BA drop | "
              "scan seconds |", "|---|---|---|---|---|---|---|"]
-    for attack in args.attacks.split(","):
-        found = [r for seed in range(args.seeds) if (r := record(attack, seed, root, not args.report_only))]
-        if found:
-            lines.append(row(attack, [rec for _, rec in found]))
-            used += [doc for pair in found for doc in pair]
-            print(lines[-1], flush=True)
+    attacks = args.attacks.split(",")
+    found: dict[str, list[dict[str, Any]]] = {attack: [] for attack in attacks}
+    for seed in range(args.seeds):  # seed by seed: a run cut short still leaves every attack's earlier seeds
+        for attack in attacks:
+            if pair := record(attack, seed, root, not args.report_only):
+                found[attack].append(pair[1])
+                used += pair
+    for attack, records in found.items():
+        if records:
+            lines.append(row(attack, records))
     if not used:
         print(f"no finished run under {root}: nothing to report, the block is left as it is")
         sys.exit(NOTHING_CACHED)
     versions = sorted({doc.get("provenance", {}).get("code_version", "?") for doc in used})
-    text = "\n".join(lines) + (f"\n\nUp to {args.seeds} seed(s) each (the seeds column of the second cell); mean "
+    text = "\n".join(lines) + (f"\n\nUp to {args.seeds} seed(s) each (the second cell's count); mean "
                                f"± std over seeds. Runs and purifications made at code version {', '.join(versions)}; "
                                f"table written by {provenance()}")
     if not args.dry:
