@@ -7,7 +7,11 @@ Without the handlers a SIGINT stops Ray but leaves Flower's ServerApp thread (no
 process hangs; a SIGTERM reached the handlers Ray installs when it starts (a `sys.exit` in Python and absl's
 C++ failure handler), which printed a C++ stack banner and a Flower traceback and ended with exit status 134.
 Ours stop Ray and end the process without waiting for that thread; they must be installed after Ray has
-started (`fl_defense.simulations.runner.start_ray`). The checkpoints are written atomically
+started (`fl_defense.simulations.runner.start_ray`). Ray is stopped by killing the processes it started (this
+process's descendants), not by `ray.shutdown()`: while that shut this process's Ray worker down, Flower's threads
+still called Ray, and Ray's C++ core then ended the process with exit status 1 and a "core worker has already
+been shutdown" line (seen once in a full test suite on a loaded machine, SIGINT: 1 instead of 130). Exiting
+without stopping Ray is not enough: Ray's dashboard and runtime-env agents outlived the process (seen here). The checkpoints are written atomically
 (`fl_defense.files`), so whatever round the signal lands in, the folder holds the last completed round.
 """
 
@@ -21,7 +25,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import FrameType
 
@@ -69,11 +73,45 @@ def hold(out_dir: Path) -> Iterator[None]:
         handle.close()  # releases the lock
 
 
-def _stop_ray() -> None:
+def descendants(pid: int) -> list[int] | None:
+    """The processes below `pid` (children first), from /proc; None where there is no /proc (not Linux)."""
+    children: dict[int, list[int]] = {}
+    proc = Path("/proc")
+    if not (proc / str(pid)).is_dir():
+        return None
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a process that ended meanwhile
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(0), [])
+        found += below
+        todo += below
+    return found
+
+
+def _shutdown_ray() -> None:
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+def _stop_ray() -> None:
+    """SIGKILL every process this one started (Ray's, all of them); where /proc is missing, `ray.shutdown()` for at
+    most RAY_STOP_SECONDS."""
+    pids = descendants(os.getpid())
+    if pids is None:
+        stopper = threading.Thread(target=_shutdown_ray, daemon=True)
+        stopper.start()
+        stopper.join(RAY_STOP_SECONDS)
+        return
+    for pid in pids:
+        with suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def exit_status(signum: int) -> int:
@@ -83,7 +121,7 @@ def exit_status(signum: int) -> int:
 
 @contextmanager
 def stop_on_signals(out_dir: Path) -> Iterator[None]:
-    """On SIGINT or SIGTERM: one line, Ray stopped (at most RAY_STOP_SECONDS), exit 128 + the signal; a second
+    """On SIGINT or SIGTERM: one line, Ray's processes killed (`_stop_ray`), exit 128 + the signal; a second
     signal exits at once. Outside the main thread (signals reach only that one) nothing is installed."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -96,9 +134,7 @@ def stop_on_signals(out_dir: Path) -> Iterator[None]:
         then = f"continue with: fl-defense run --resume {out_dir}" if resumable else "no round had finished"
         print(f"fl-defense: {STOPPED_BY[signal.Signals(signum)]}; {then}", file=sys.stderr, flush=True)
         logging.getLogger("flwr").disabled = True  # its threads would log the client tasks this stop cuts short
-        stopper = threading.Thread(target=_stop_ray, daemon=True)
-        stopper.start()
-        stopper.join(RAY_STOP_SECONDS)
+        _stop_ray()
         sys.stdout.flush()
         os._exit(exit_status(signum))
 

@@ -4,6 +4,7 @@ through Flower and Ray, with the numbers of an uninterrupted run: tests/test_plu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -189,3 +190,25 @@ def test_a_held_folder_is_refused_and_an_earlier_run_is_kept_unless_overwritten(
     assert (out / "results.json").is_file()
     prepare(out, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == [".fl-defense.lock", "notes.txt"]
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="the process tree is read from /proc")
+def test_the_stop_finds_every_process_the_run_started_and_nothing_else() -> None:
+    """A stopped run kills its descendants (Ray's processes), grandchildren included, and never its parent."""
+    import subprocess
+
+    from fl_defense.simulations.run_folder import descendants
+
+    child = subprocess.Popen(["sh", "-c", "sleep 30 & echo $!; wait"], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    grandchild = int(child.stdout.readline())
+    try:
+        found = descendants(os.getpid())
+        assert found is not None and child.pid in found and grandchild in found
+        assert os.getpid() not in found and os.getppid() not in found
+        assert found.index(child.pid) < found.index(grandchild), "children first"
+    finally:
+        for pid in (grandchild, child.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        child.wait()
