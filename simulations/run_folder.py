@@ -11,8 +11,9 @@ started (`fl_defense.simulations.runner.start_ray`). Ray is stopped by killing t
 process's descendants), not by `ray.shutdown()`: while that shut this process's Ray worker down, Flower's threads
 still called Ray, and Ray's C++ core then ended the process with exit status 1 and a "core worker has already
 been shutdown" line (seen once in a full test suite on a loaded machine, SIGINT: 1 instead of 130). Exiting
-without stopping Ray is not enough: Ray's dashboard and runtime-env agents outlived the process (seen here). The checkpoints are written atomically
-(`fl_defense.files`), so whatever round the signal lands in, the folder holds the last completed round.
+without stopping Ray is not enough: Ray's dashboard and runtime-env agents outlived the process (seen here).
+The checkpoints are written atomically (`fl_defense.files`), so whatever round the signal lands in, the folder
+holds the last completed round.
 """
 
 from __future__ import annotations
