@@ -113,15 +113,21 @@ def purified(run_dir: Path, res: dict[str, Any], defense: str, compute: bool) ->
     """A purifier's record on the final model of the run `res` kept in `run_dir`: cached, computed now (when
     `compute`), or None."""
     out = run_dir / f"purify-{defense}"
-    checkpoint = run_dir / "checkpoints" / "final.pt"
     saved = {k: v for k, v in res["config"].items() if k != "out-dir"}
     cfg = resolve({**saved, "defense": defense})
     record = cached(out / "purify.json", cfg)
     if record is None and compute:
-        if not checkpoint.is_file():  # a run cached by its results.json alone (git keeps no checkpoint): made again
-            run_experiment(resolve({**saved, "out-dir": str(run_dir)}), run_dir)
-        record = purify(str(checkpoint), {"defense": defense}, out)
+        record = purify(str(final_checkpoint(run_dir, saved)), {"defense": defense}, out)
     return record
+
+
+def final_checkpoint(run_dir: Path, settings: dict[str, Any]) -> Path:
+    """The final checkpoint of the run of `settings` kept in `run_dir`, the run made again when git kept only its
+    results.json."""
+    checkpoint = run_dir / "checkpoints" / "final.pt"
+    if not checkpoint.is_file():
+        run_experiment(resolve({**settings, "out-dir": str(run_dir)}), run_dir)
+    return checkpoint
 
 
 def final(res: dict[str, Any]) -> tuple[float, float]:

@@ -11,9 +11,8 @@ import argparse
 from pathlib import Path
 
 from benchmarks.common import Emit, main_writing_block
-from fl_defense.config import resolve
+from benchmarks.defense_table import final_checkpoint
 from fl_defense.simulations.purify import purify
-from fl_defense.simulations.runner import run_experiment
 
 HERE = Path(__file__).resolve().parent
 
@@ -23,10 +22,7 @@ def measure(args: argparse.Namespace, emit: Emit) -> None:
     emit("| attack | mcl-ce-weight | BA before | BA after | ASR before | ASR after | seconds |")
     emit("|---|---|---|---|---|---|---|")
     for attack in ("badnets", "blended"):
-        run_dir = Path(args.runs) / f"{attack}-s0"
-        checkpoint = run_dir / "checkpoints" / "final.pt"
-        if not checkpoint.is_file():
-            run_experiment(resolve({"attack": attack, "seed": 0, "out-dir": str(run_dir)}), run_dir)
+        checkpoint = final_checkpoint(Path(args.runs) / f"{attack}-s0", {"attack": attack, "seed": 0})
         for w in args.weights.split(","):
             rec = purify(str(checkpoint), {"defense": "mcl", "mcl-ce-weight": w}, None)
             emit(f"| {attack} | {w} | {rec['ba_before']:.4f} | {rec['ba_after']:.4f} | {rec['asr_before']:.4f} | "
