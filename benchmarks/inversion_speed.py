@@ -21,15 +21,17 @@ import torch
 
 from benchmarks.common import Emit, Setting, central_model, main_writing_block
 from fl_defense.config import resolve
-from fl_defense.inversion import Finding, train_reference
+from fl_defense.inversion import Finding
 from fl_defense.inversion.nc import NeuralCleanseScan
+from fl_defense.inversion.reference import CleanReference
 
 
-def run(setting: Setting, cfg: dict, reference: torch.nn.Module | None) -> Finding:
-    """One scan as the defense runs it (reference model passed in, so only inversion is timed)."""
+def run(setting: Setting, cfg: dict, reference: CleanReference | None) -> Finding:
+    """One scan as the defense runs it (the run's reference models passed in, already trained, so only inversion is
+    timed)."""
     source = NeuralCleanseScan(cfg)
     if reference is not None:
-        source.reference.model = reference  # the run's CleanReference, already trained
+        source.reference = reference
     return source.find(setting.model, setting.clean, 10, torch.device("cpu"), torch.Generator().manual_seed(cfg["seed"]))
 
 
@@ -55,7 +57,8 @@ def measure(args: argparse.Namespace, emit: Emit) -> None:
     on_ray = resolve({"seed": args.seed, "inversion-mode": "ray"})
 
     g = torch.Generator().manual_seed(args.seed)
-    reference = train_reference(bd.model, bd.clean.x, bd.clean.y, default["nc-reference-epochs"], g, torch.device("cpu"))
+    reference = CleanReference(default["nc-reference-epochs"], default["nc-references"])
+    reference.get(bd.model, bd.clean.x, bd.clean.y, g, torch.device("cpu"))
     fast_clean = run(clean, default, reference)  # first: it also warms up torch's kernels and threads
     emit(describe("default on a clean model", fast_clean, None))
     fast = run(bd, default, reference)

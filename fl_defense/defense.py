@@ -169,9 +169,9 @@ class Defender:
         """Every label flagged so far in the run, with its latest trigger (empty without a trigger stage)."""
         return {} if self.stage is None else {label: stamp for label, (stamp, _) in self.stage.found.items()}
 
-    def reference(self) -> torch.nn.Module | None:
-        """The trigger source's clean reference model (trained only on the clean set), once it exists."""
-        return None if self.stage is None else self.stage.source.reference.model
+    def references(self) -> list[torch.nn.Module]:
+        """The trigger source's clean reference models (trained only on the clean set), once they exist."""
+        return [] if self.stage is None else self.stage.source.reference.models
 
     def scan(self, model: BackdoorModel, generator: torch.Generator) -> Finding:
         """Scan a model for a trigger without purifying it or remembering what it flagged (`remember` does)."""

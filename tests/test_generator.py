@@ -41,7 +41,7 @@ def test_the_generator_stays_within_its_pixel_bound_and_warm_starts(bd: Backdoor
     again = GeneratorInversion(cfg)
     again.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True), bd.model)
     assert all(torch.equal(first[k], v) for k, v in again.generator.state_dict().items())
-    assert again.reference.model is not None
+    assert again.reference.models
     again.find(bd.model, bd.clean, 10, CPU, torch.Generator().manual_seed(1))  # a later call: warm start
     assert any(not torch.equal(first[k], v) for k, v in again.generator.state_dict().items())
     back = stamp_from_state(stamp.state_dict())

@@ -106,7 +106,7 @@ def test_defense_pipeline_inverts_then_purifies_and_remembers_the_trigger(bd, cl
     assert later.record["flagged"] == [] and later.record["purified"] is True
     assert later.record["trigger_source"].startswith(f"label {bd.target} of defense call 1: its trigger")
     assert defender.stage.calls == 2 and isinstance(defender.stage.source, NeuralCleanseScan)
-    assert defender.stage.source.reference.model is not None
+    assert defender.stage.source.reference.models
 
 
 class Scripted(TriggerSource):

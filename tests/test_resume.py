@@ -69,10 +69,10 @@ def test_random_states_round_trip() -> None:
 
 
 def test_trigger_stage_round_trips_through_a_weights_only_file(tmp_path: Path) -> None:
-    """The memory of flagged labels and the NC source's reference model survive a checkpoint."""
+    """The memory of flagged labels and the NC source's reference models survive a checkpoint."""
     model = build_model("cnn", dataset_spec("fashion-mnist"))
     stage = TriggerStage(NeuralCleanseScan(resolve()))
-    stage.source.reference.model = build_model("cnn", dataset_spec("fashion-mnist"))
+    stage.source.reference.models = [build_model("cnn", dataset_spec("fashion-mnist")) for _ in range(2)]
     triggers = [Trigger(torch.rand(1, 28, 28), torch.rand(1, 28, 28), 1.0) for _ in range(3)]
     both = StampMix((triggers[2], WarpStamp(torch.randn(1, 2, 4, 4))))  # nc+warp inverted label 5 twice
     stage.found, stage.calls = {3: (triggers[0], 2), 8: (triggers[1], 4), 5: (both, 4)}, 4
@@ -84,12 +84,13 @@ def test_trigger_stage_round_trips_through_a_weights_only_file(tmp_path: Path) -
     for label, (t, call) in stage.found.items():
         assert back.found[label][1] == call and type(back.found[label][0]) is type(t)
         assert torch.equal(back.found[label][0].apply(images), t.apply(images))
-    assert back.source.reference.model is not None
-    assert all(torch.equal(a, b) for a, b in zip(back.source.reference.model.state_dict().values(),
-                                                 stage.source.reference.model.state_dict().values(), strict=True))
+    assert len(back.source.reference.models) == 2
+    for restored, kept in zip(back.source.reference.models, stage.source.reference.models, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(restored.state_dict().values(), kept.state_dict().values(),
+                                                     strict=True))
     empty = TriggerStage(NeuralCleanseScan(resolve()))
     empty.load_state_dict(TriggerStage(NeuralCleanseScan(resolve())).state_dict(), model)
-    assert empty.source.reference.model is None and empty.found == {} and empty.calls == 0
+    assert empty.source.reference.models == [] and empty.found == {} and empty.calls == 0
 
 
 def test_a_checkpoint_of_an_earlier_format_is_refused_with_one_line(tmp_path: Path) -> None:

@@ -92,7 +92,7 @@ def test_warm_warp_scans_start_from_the_last_warps_and_the_pair_keeps_both_parts
     restored = NCAndWarp(cfg)
     restored.load_state_dict(pair.state_dict(), clean_model.model)
     nc, warp = restored.parts
-    assert restored.reference.model is not None and nc.reference is warp.reference is restored.reference
+    assert len(restored.reference.models) == 3 and nc.reference is warp.reference is restored.reference
     assert warp.last is not None
     assert torch.equal(warp.last[3].control, pair.parts[1].last[3].control)
     found = warp.find(bd_wanet.model, bd_wanet.clean, 10, CPU, torch.Generator().manual_seed(1))

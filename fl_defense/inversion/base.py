@@ -2,7 +2,7 @@
 
 A source looks at a model with the server's clean set and says which labels it flags as backdoor targets
 (likeliest first, none when it sees no backdoor) and, for each label it could, the trigger it inverted.
-What a source learns once and reuses at later calls of a run (the clean reference model that tells backdoors
+What a source learns once and reuses at later calls of a run (the clean reference models that tell backdoors
 from natural features, a generator's weights, the last warps to warm-start from) is its state, saved in the run's
 checkpoint. The defense pipeline (`fl_defense.defense`) adds the run's memory of what was flagged and hands the
 chosen trigger to the purifier.
@@ -26,7 +26,7 @@ from fl_defense.purification.base import CleanSet
 class Finding:
     """What a source found in one model: flagged labels (likeliest first), the trigger it inverted for each label
     it could, a JSON-able record of what it saw (per label) for results.json, and, where it checked, each label's
-    transfer rate to the clean reference model (what orders flagged labels: a backdoor's trigger fools it least)."""
+    transfer rate to the clean reference models (what orders flagged labels: a backdoor's trigger fools them least)."""
 
     flagged: list[int]
     triggers: dict[int, Stamp]
@@ -35,14 +35,14 @@ class Finding:
 
 
 class TriggerSource:
-    """Base class: `find` must not modify the model. `reference` is the clean reference model, for the sources
-    that check transfer (`nc-reference-epochs` of training, at their first call)."""
+    """Base class: `find` must not modify the model. `reference` holds the clean reference models, for the sources
+    that check transfer (`nc-references` of them, `nc-reference-epochs` of training each, at their first call)."""
 
     name: ClassVar[str]
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         self.cfg = cfg
-        self.reference = CleanReference(int(cfg.get("nc-reference-epochs", 0)))
+        self.reference = CleanReference(int(cfg.get("nc-reference-epochs", 0)), int(cfg.get("nc-references", 1)))
 
     def find(self, model: BackdoorModel, clean: CleanSet, num_classes: int, device: torch.device,
              generator: torch.Generator) -> Finding:
@@ -58,7 +58,7 @@ class TriggerSource:
         self.load_own_state(state)
 
     def own_state(self) -> dict[str, Any]:
-        """The source's state besides the reference model, which a pair of sources shares (none by default)."""
+        """The source's state besides the reference models, which a pair of sources shares (none by default)."""
         return {}
 
     def load_own_state(self, state: Mapping[str, Any]) -> None:

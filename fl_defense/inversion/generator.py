@@ -206,7 +206,7 @@ class GeneratorInversion(TriggerSource):
         model = copy.deepcopy(model).to(device).eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        reference = self.reference.get(model, clean.x, clean.y, generator, device)
+        references = self.reference.get(model, clean.x, clean.y, generator, device)
         x, y = self._images(clean, generator)
         mask = benign_mask(model, _features(model, x, device), y, generator, device)
         first = self.generator is None
@@ -221,8 +221,8 @@ class GeneratorInversion(TriggerSource):
         stamp = GeneratorStamp(copy.deepcopy(self.generator).cpu().eval())
         shares = label_shares(model, stamp, x, y, num_classes, device)
         target = int(shares.argmax())
-        transfer = (label_shares(reference, stamp, x, y, num_classes, device) if reference is not None
-                    else torch.zeros(num_classes))
+        transfer = (torch.stack([label_shares(ref, stamp, x, y, num_classes, device) for ref in references]).mean(0)
+                    if references else torch.zeros(num_classes))
         flagged = ([target] if shares[target] >= cfg["gen-share-min"] and transfer[target] <= cfg["gen-transfer-max"]
                    else [])
         record = {"flagged": flagged, "generator_target": target, "label_share": [round(float(v), 3) for v in shares],

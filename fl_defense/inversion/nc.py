@@ -2,9 +2,9 @@
 
 Every label gets its own mask-and-pattern inversion (`fl_defense.inversion.neural_cleanse`, with this
 project's early-stopped budget by default); a label is flagged when its mask is anomalously small (MAD on
-log norms) and its inverted trigger does not also fool a model trained only on the clean set, which natural
+log norms) and its inverted trigger does not also fool models trained only on the clean set, which natural
 features do and backdoors do not (`fl_defense.inversion.reference`; the detection rates that chose these
-defaults are in benchmarks/README.md). The reference model is trained once per run and kept as state.
+defaults are in benchmarks/README.md). The reference models are trained once per run and kept as state.
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ def detection_rule(cfg: Mapping[str, Any]) -> DetectionRule:
     non_negative("nc-images", 1000, "fast budget: clean images used for inversion (0: all)"),
     positive("nc-threshold", 2.0, "MAD anomaly index above which a label is flagged"),
     choice("nc-statistic", "log", "anomaly index on raw or log mask norms", ("raw", "log")),
-    non_negative("nc-reference-epochs", 5, "epochs of the clean-set reference model that rejects natural-feature "
+    non_negative("nc-reference-epochs", 5, "epochs of the clean-set reference models that reject natural-feature "
                  "triggers (0: no reference check)"),
+    positive("nc-references", 3, "clean-set reference models; a trigger's transfer rate is its mean over them"),
     between("nc-transfer-max", 0.1, "a label is flagged only if its inverted trigger fools the reference model on "
             "at most this share of clean images", 0, 1),
 ], summary="Neural Cleanse scan of every label, MAD on log mask norms, and a clean reference model's transfer check")
@@ -48,10 +49,10 @@ class NeuralCleanseScan(TriggerSource):
              generator: torch.Generator) -> Finding:
         cfg = self.cfg
         t0 = time.perf_counter()
-        reference = self.reference.get(model, clean.x, clean.y, generator, device)
+        references = self.reference.get(model, clean.x, clean.y, generator, device)
         result = scan(model, inversion_images(clean.x, cfg, generator), num_classes, mode=cfg["inversion-mode"],
                       settings=nc_settings(cfg), rule=detection_rule(cfg), generator=generator, device=device,
-                      reference=reference, reference_data=(clean.x, clean.y),
+                      references=references, reference_data=(clean.x, clean.y),
                       num_gpus=cfg["inversion-num-gpus"])
         result.seconds = time.perf_counter() - t0
         triggers = {label: t for label in range(num_classes) if (t := result.trigger_for(label)) is not None}

@@ -1,8 +1,8 @@
 """Scan every label with Neural Cleanse and flag the backdoor targets.
 
 A label is flagged when its mask is anomalously small (MAD anomaly index above a threshold, on raw
-or log norms) and, when a reference model trained only on clean data is given, its inverted trigger
-does not also fool that model (natural features do; see `fl_defense.inversion.reference`).
+or log norms) and, when reference models trained only on clean data are given, its inverted trigger
+does not also fool them (natural features do; see `fl_defense.inversion.reference`).
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ class ScanResult:
 
 def scan(model: nn.Module, images: torch.Tensor, num_classes: int, *, mode: str, settings: NCSettings,
          rule: DetectionRule, generator: torch.Generator, device: torch.device,
-         reference: nn.Module | None = None, reference_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+         references: list[nn.Module] | None = None,
+         reference_data: tuple[torch.Tensor, torch.Tensor] | None = None,
          num_gpus: float = 0.0) -> ScanResult:
     """Invert every label and flag the targets.
 
@@ -100,6 +101,6 @@ def scan(model: nn.Module, images: torch.Tensor, num_classes: int, *, mode: str,
         raise ValueError(f"unknown inversion mode {mode!r}; allowed: loop, batched, ray")
     indices = anomaly_indices(np.array([inv.norm for inv in inversions]), log=rule.log_norms)
     transfer = None
-    if reference is not None and reference_data is not None:
-        transfer = transfer_rates(reference, inversions, *reference_data, device)
+    if references and reference_data is not None:
+        transfer = transfer_rates(references, inversions, *reference_data, device)
     return ScanResult(inversions, indices, transfer, rule.flag(indices, transfer), time.perf_counter() - t0, mode)

@@ -46,6 +46,7 @@ from torch.nn import functional as F
 from fl_defense.attacks.trigger import STAMP_KINDS
 from fl_defense.inversion.base import Finding, TriggerSource
 from fl_defense.inversion.budget import inversion_images
+from fl_defense.inversion.reference import mean_rate
 from fl_defense.models.base import BackdoorModel
 from fl_defense.purification.base import CleanSet
 from fl_defense.registry import TRIGGER_SOURCES, Option, between, non_negative, positive
@@ -142,7 +143,7 @@ class WarpScan(TriggerSource):
     def find(self, model: BackdoorModel, clean: CleanSet, num_classes: int, device: torch.device,
              generator: torch.Generator) -> Finding:
         cfg, t0 = self.cfg, time.perf_counter()
-        reference = self.reference.get(model, clean.x, clean.y, generator, device)
+        references = self.reference.get(model, clean.x, clean.y, generator, device)
         flags = [p.requires_grad for p in model.parameters()]
         model = model.to(device).eval()
         for p in model.parameters():
@@ -156,8 +157,8 @@ class WarpScan(TriggerSource):
         finally:
             for p, flag in zip(model.parameters(), flags, strict=True):
                 p.requires_grad_(flag)
-        transfer = ([share(reference, s, clean.x, clean.y, t, device) for t, s in enumerate(stamps)]
-                    if reference is not None else [0.0] * num_classes)
+        transfer = [mean_rate(references, lambda ref, s=s, t=t: share(ref, s, clean.x, clean.y, t, device))
+                    for t, s in enumerate(stamps)]
         flagged, excess = flag_warps(shares, transfer, cfg["warp-excess-min"])
         if cfg["warp-warm-epochs"]:
             self.last = stamps

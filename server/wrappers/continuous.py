@@ -60,6 +60,7 @@ from flwr.serverapp import Grid
 from fl_defense.aggregation import average_states
 from fl_defense.attacks.trigger import Stamp
 from fl_defense.defense import Defender
+from fl_defense.inversion.reference import mean_rate
 from fl_defense.models import BackdoorModel
 from fl_defense.protocol import SHADOW_ARRAYS
 from fl_defense.purification.base import CleanSet
@@ -154,7 +155,7 @@ class ContinuousDefense(StrategyWrapper):
             scores = client_scores(self.model, states, self.screen_set.x, self.screen_set.y, trigger, self.device)
             found = outliers(scores, self.cfg["screen-margin"])
             self.model.load_state_dict(self._sent)
-            shift, natural = self._shift(self.model, trigger), self._shift(self.defender.reference(), trigger)
+            shift, natural = self._shift(self.model, trigger), self._natural_shift(trigger)
             evidence[str(label)] = {"global_shift": round(shift, 4), "reference_shift": round(natural, 4)}
             candidate_scores[str(label)] = [round(v, 4) for v in scores]
             outlying[str(label)] = [partitions[i] for i in found]
@@ -172,7 +173,7 @@ class ContinuousDefense(StrategyWrapper):
         """Purify the aggregate with the known triggers in the round they became known, and later when they move it
         more than they move the clean reference model (a natural feature moves both); the model to keep."""
         self.model.load_state_dict(arrays.to_torch_state_dict())
-        shift, natural = self._shift(self.model), self._shift(self.defender.reference())
+        shift, natural = self._shift(self.model), self._natural_shift()
         record.update(aggregate_shift=round(shift, 4), reference_shift=round(natural, 4))
         first = bool(record.get("scan", {}).get("confirmed"))
         if not first and shift - natural <= self.cfg["continuous-purify-above"]:
@@ -182,10 +183,11 @@ class ContinuousDefense(StrategyWrapper):
         record["purified"] = True
         return ArrayRecord(outcome.model.state_dict())
 
-    def _shift(self, model: torch.nn.Module | None, triggers: Mapping[int, Stamp] | None = None) -> float:
-        """The largest trigger shift on `model` of the known (label, trigger) pairs, or of `triggers` (0 without a
-        model)."""
-        if model is None:
-            return 0.0
+    def _shift(self, model: torch.nn.Module, triggers: Mapping[int, Stamp] | None = None) -> float:
+        """The largest trigger shift on `model` of the known (label, trigger) pairs, or of `triggers`."""
         triggers = self.defender.known() if triggers is None else triggers
         return largest_shift(model, self.screen_set.x, self.screen_set.y, triggers, self.device)
+
+    def _natural_shift(self, triggers: Mapping[int, Stamp] | None = None) -> float:
+        """`_shift` on the clean reference models, averaged (0 before they exist): what natural features move."""
+        return mean_rate(self.defender.references(), lambda ref: self._shift(ref, triggers))
