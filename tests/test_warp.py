@@ -68,6 +68,16 @@ def test_labels_flagged_by_either_scan_come_lowest_transfer_first_and_share_thei
     assert combine([warp]).flagged == [3] and combine([nc, Finding([], {}, {"inversion_seconds": 0.0})]).flagged == [8]
 
 
+def test_a_label_s_rate_is_the_lowest_of_every_scan_s_trigger_for_it() -> None:
+    """The warp scan flags the target (3) at warp transfer 0.07, NC flags Bag (8) at 0.05 and not the target, whose
+    NC trigger transferred at 0.006 (the central seed-1 WaNet model's numbers): the target comes first."""
+    mask = Trigger(torch.rand(1, 4, 4), torch.rand(1, 4, 4))
+    nc = Finding([8], {3: mask, 8: mask}, {"inversion_seconds": 1.0}, [0.3] * 3 + [0.006] + [0.3] * 4 + [0.05, 0.3])
+    warp = Finding([3], {3: WarpStamp(torch.zeros(1, 2, 2, 2))}, {"inversion_seconds": 1.0},
+                   [0.1] * 3 + [0.07] + [0.1] * 4 + [0.12, 0.1])
+    assert combine([nc, warp]).flagged == [3, 8]
+
+
 def test_a_warp_stamp_round_trips_and_moves_pixels_by_its_offsets() -> None:
     x = torch.zeros(1, 1, 8, 8)
     x[..., 3, 3] = 1.0
