@@ -56,15 +56,16 @@ def foreign() -> list[str]:
     return out
 
 
-# What a benchmark writes into the checkout (its README block, its figure): changes to these are not code. A
-# defense-table run that had written its PNG gave the next part's runs a dirty key while the code was the commit's.
-NOT_CODE = ("*.md", "*.png")
+# What a benchmark writes into the checkout (its README block, its figure, its runs' records, which git keeps): changes
+# to these are not code. A defense-table run that had written its PNG gave the next part's runs a dirty key while the
+# code was the commit's; a trigger-type run rewriting its results.json did the same to every later benchmark.
+NOT_CODE = ("*.md", "*.png", "benchmarks/runs")
 
 
 def code_version() -> str:
     """A short key of the code: the commit, and a hash of the uncommitted changes to tracked files other than
-    `NOT_CODE` if any (a benchmark writing its README block or figure must not change the key of the next one's
-    runs); "+mixed" when part of the code came from another checkout (`foreign`)."""
+    `NOT_CODE` if any (a benchmark writing its README block, figure or records must not change the key of the next
+    one's runs); "+mixed" when part of the code came from another checkout (`foreign`)."""
     head, dirty = commit()
     if head is None:
         return "unversioned"

@@ -34,13 +34,15 @@ def test_a_server_imported_from_another_checkout_marks_the_code_version_mixed(mo
     assert "+mixed" in provenance.describe(made_by)
 
 
-def test_the_code_version_ignores_a_benchmarks_readme_and_figure_but_not_code(monkeypatch: pytest.MonkeyPatch,
+def test_the_code_version_ignores_a_benchmarks_readme_figure_and_records_but_not_code(monkeypatch: pytest.MonkeyPatch,
                                                                                tmp_path: Path) -> None:
     def git(*args: str) -> None:
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
                        capture_output=True)
 
-    files = {"code.py": "x = 1\n", "README.md": "# r\n", "plot.png": "png"}
+    record = "benchmarks/runs/badnets-s0/results.json"
+    files = {"code.py": "x = 1\n", "README.md": "# r\n", "plot.png": "png", record: "{}"}
+    (tmp_path / record).parent.mkdir(parents=True)
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     git("init", "-q")
@@ -49,11 +51,12 @@ def test_the_code_version_ignores_a_benchmarks_readme_and_figure_but_not_code(mo
     monkeypatch.setattr(provenance, "ROOT", tmp_path)
     monkeypatch.setattr(provenance, "foreign", list)  # the package's subpackages are not in this repository
     versions = []
-    for name, text in (("README.md", "# new block\n"), ("plot.png", "new figure"), ("code.py", "x = 2\n")):
+    for name, text in (("README.md", "# new block\n"), ("plot.png", "new figure"), (record, '{"round": 1}'),
+                       ("code.py", "x = 2\n")):
         (tmp_path / name).write_text(text)
         provenance.commit.cache_clear()
         versions.append(provenance.code_version())
     provenance.commit.cache_clear()
     head = versions[0]
-    assert len(head) == 12 and versions[1] == head, "a README block or a figure is not code"
-    assert versions[2].startswith(head + "+"), "a change to code is"
+    assert len(head) == 12 and versions[1] == versions[2] == head, "a README block, a figure or a record is not code"
+    assert versions[3].startswith(head + "+"), "a change to code is"
