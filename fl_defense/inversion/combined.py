@@ -1,4 +1,4 @@
-"""`inversion=nc+warp`, the default: the NC scan and the warp scan on the same model, one reference model for both.
+"""`inversion=nc+warp`, the default: the NC scan and the warp scan on the same model, the same reference models.
 
 The NC scan's mask and pattern express patches and blends (BadNets, Blended, DBA), the warp scan's displacement
 fields geometric triggers (WaNet); neither finds the other's (benchmarks/README.md, trigger detection), so the
@@ -10,7 +10,7 @@ detection benchmark, whose NC trigger for the target, not flagged (anomaly index
 with the lowest of both, 24 of its 24 backdoored models without SIG are ordered target first against 23, and
 none of the 9 federated models of the trigger-type table (their single-reference records) changes order
 (benchmarks/README.md). A label both inverted is purified
-with both stamps, taking turns over the images (a purifier unlearns them all). The clean reference model is
+with both stamps, taking turns over the images (a purifier unlearns them all). The clean reference models are
 trained once and shared, so the pair costs the NC scan plus `warp-epochs` passes per label.
 """
 
@@ -54,7 +54,7 @@ def combine(findings: list[Finding], names: list[str] | None = None) -> Finding:
     return Finding(flagged, triggers, record)
 
 
-@TRIGGER_SOURCES.register("nc+warp", summary="the NC scan and the warp scan, one reference model: flags what "
+@TRIGGER_SOURCES.register("nc+warp", summary="the NC scan and the warp scan, the same reference models: flags what "
                           "either flags (patches, blends and warps)")
 class NCAndWarp(TriggerSource):
     def __init__(self, cfg: Mapping[str, Any]) -> None:
@@ -69,7 +69,7 @@ class NCAndWarp(TriggerSource):
                        ["nc", "warp"])
 
     def own_state(self) -> dict[str, Any]:
-        """What each part keeps of its last call (its warm start); the shared reference model is saved once."""
+        """What each part keeps of its last call (its warm start); the shared reference models are saved once."""
         return {"parts": [part.own_state() for part in self.parts]}
 
     def load_own_state(self, state: Mapping[str, Any]) -> None:

@@ -21,7 +21,7 @@ gives one for any trigger. The steps, with the classifier frozen:
    the model calls t; the label with the largest share is flagged when that share is at least `gen-share-min`
    and G(x) does not also fool a model trained only on the clean set (at most `gen-transfer-max` of those
    images), the test that separates a backdoor from a natural feature that any model follows
-   (`fl_defense.inversion.reference`; the same reference model as the NC scan's, `nc-reference-epochs`).
+   (`fl_defense.inversion.reference`; the same reference models as the NC scan's, `nc-references`).
    Both thresholds were set on clean models only (benchmarks/README.md, trigger detection).
 
 Deviations from the reference, measured here: no pre-training (the zero-initialised residual); G is trained
@@ -184,7 +184,7 @@ def label_shares(model: nn.Module, stamp: GeneratorStamp, images: torch.Tensor, 
              "relative to their mean square"),
     between("gen-share-min", 0.5, "generator: a label is flagged when at least this share of G(x) (x of other "
             "labels) lands on it", 0, 1, "(]"),
-    between("gen-transfer-max", 0.1, "generator: ... and at most this share of them fools the clean reference model",
+    between("gen-transfer-max", 0.1, "generator: ... and at most this share of them fools the clean reference models",
             0, 1),
 ], summary="a generator G(x) trained to move the non-benign features (BTI-DBF family): finds warps, sinusoids, "
    "blends and patches; flags the label most of G(x) lands on")

@@ -7,7 +7,7 @@ the warped images are classified as t (Adam, `warp-epochs` passes over the inver
 every step onto a mean displacement of at most `warp-budget` pixels. A warp that small and the same for every
 image changes the class of few clean images on a clean model; a backdoor that answers to a warp answers to the
 inverted one. A label is flagged when the warped images of other labels land on it at least `warp-excess-min`
-more often on the model than on a model trained only on the clean set (the same reference model as the NC
+more often on the model than on models trained only on the clean set (the same reference models as the NC
 scan's): a natural feature (T-shirt and Shirt warp into each other) fools both models, a backdoor only the
 model that learnt it. The threshold was set on clean models (benchmarks/README.md, trigger detection): there
 the largest excess of any label was 0.20.
@@ -133,7 +133,7 @@ def flag_warps(shares: list[float], transfer: list[float], excess_min: float) ->
     non_negative("warp-warm-epochs", 0, "warp: passes per label at a later call of a run, from the last call's "
                  "warps (0: every call starts afresh)"),
     between("warp-excess-min", 0.3, "warp: a label is flagged when the warped images of other labels land on it at "
-            "least this much more often on the model than on the clean reference model", 0, 1, "(]"),
+            "least this much more often on the model than on the clean reference models", 0, 1, "(]"),
 ], summary="the universal smooth warp toward each label within a displacement budget (finds WaNet-like triggers)")
 class WarpScan(TriggerSource):
     def __init__(self, cfg: Mapping[str, Any]) -> None:
