@@ -41,9 +41,9 @@ def detection_rule(cfg: Mapping[str, Any]) -> DetectionRule:
     non_negative("nc-reference-epochs", 5, "epochs of the clean-set reference models that reject natural-feature "
                  "triggers (0: no reference check)"),
     positive("nc-references", 3, "clean-set reference models; a trigger's transfer rate is its mean over them"),
-    between("nc-transfer-max", 0.1, "a label is flagged only if its inverted trigger fools the reference model on "
-            "at most this share of clean images", 0, 1),
-], summary="Neural Cleanse scan of every label, MAD on log mask norms, and a clean reference model's transfer check")
+    between("nc-transfer-max", 0.1, "a label is flagged only if its inverted trigger fools the reference models on "
+            "at most this share of clean images (their mean)", 0, 1),
+], summary="Neural Cleanse scan of every label, MAD on log mask norms, and the clean reference models' transfer check")
 class NeuralCleanseScan(TriggerSource):
     def find(self, model: BackdoorModel, clean: CleanSet, num_classes: int, device: torch.device,
              generator: torch.Generator) -> Finding:

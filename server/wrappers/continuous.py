@@ -97,6 +97,7 @@ class ContinuousDefense(StrategyWrapper):
         self.screen_set = CleanSet(clean.x[pick], clean.y[pick])
         self.trust = Trust()
         self._sent: dict[str, torch.Tensor] = {}
+        self._known_natural: float | None = None  # `_natural_shift` of the known triggers, until one is remembered
 
     def state_dict(self) -> dict[str, Any]:
         return {"trust": self.trust.state_dict()}
@@ -161,6 +162,7 @@ class ContinuousDefense(StrategyWrapper):
             outlying[str(label)] = [partitions[i] for i in found]
             if singles_out(found, cluster) or held_by_global(shift, natural):
                 self.defender.remember(label, finding.triggers[label])
+                self._known_natural = None
         scan = {"cluster": [partitions[i] for i in cluster], "flagged": finding.flagged, "scores": candidate_scores,
                 "outliers": outlying, "evidence": evidence, "confirmed": list(self.defender.known()),
                 "inversion_seconds": finding.record.get("inversion_seconds", 0.0)}
@@ -171,9 +173,11 @@ class ContinuousDefense(StrategyWrapper):
     def _check(self, server_round: int, arrays: ArrayRecord, generator: torch.Generator,
                record: dict[str, Any]) -> ArrayRecord:
         """Purify the aggregate with the known triggers in the round they became known, and later when they move it
-        more than they move the clean reference model (a natural feature moves both); the model to keep."""
+        more than they move the clean reference models (a natural feature moves both); the model to keep."""
         self.model.load_state_dict(arrays.to_torch_state_dict())
-        shift, natural = self._shift(self.model), self._natural_shift()
+        if self._known_natural is None:  # the reference models and the known triggers are fixed between scans
+            self._known_natural = self._natural_shift()
+        shift, natural = self._shift(self.model), self._known_natural
         record.update(aggregate_shift=round(shift, 4), reference_shift=round(natural, 4))
         first = bool(record.get("scan", {}).get("confirmed"))
         if not first and shift - natural <= self.cfg["continuous-purify-above"]:
