@@ -12,13 +12,15 @@ CPU = torch.device("cpu")
 
 
 class Always(nn.Module):
-    """A model that calls every image `label`."""
+    """A model that calls every image `label`, and counts the images it saw."""
 
     def __init__(self, label: int) -> None:
         super().__init__()
         self.label = label
+        self.seen = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen += len(x)
         return nn.functional.one_hot(torch.full((len(x),), self.label), 10).float()
 
 
@@ -29,7 +31,17 @@ def _inversion(label: int) -> LabelInversion:
 def test_a_transfer_rate_is_the_mean_over_the_reference_models() -> None:
     images, labels = torch.rand(40, 1, 28, 28), torch.arange(40) % 4
     rates = transfer_rates([Always(2), Always(0), Always(2)], [_inversion(t) for t in range(4)], images, labels, CPU)
-    assert rates.tolist() == [1 / 3, 0.0, 2 / 3, 0.0]
+    assert [rates[t] for t in range(4)] == [1 / 3, 0.0, 2 / 3, 0.0]
+
+
+def test_a_transfer_rate_is_computed_when_first_read_and_kept() -> None:
+    images, labels = torch.rand(40, 1, 28, 28), torch.arange(40) % 4
+    judge = Always(2)
+    rates = transfer_rates([judge], [_inversion(t) for t in range(4)], images, labels, CPU)
+    assert judge.seen == 0 and rates.computed() == [None] * 4
+    assert rates[2] == 1.0 and judge.seen == 30  # the 30 images of other labels, once
+    assert rates[2] == 1.0 and judge.seen == 30
+    assert rates.computed() == [None, None, 1.0, None] and len(rates) == 4
 
 
 def test_each_reference_model_is_trained_on_its_own_and_kept(clean_model) -> None:  # noqa: ANN001 - fixture

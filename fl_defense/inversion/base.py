@@ -10,7 +10,7 @@ chosen trigger to the purifier.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -26,12 +26,13 @@ from fl_defense.purification.base import CleanSet
 class Finding:
     """What a source found in one model: flagged labels (likeliest first), the trigger it inverted for each label
     it could, a JSON-able record of what it saw (per label) for results.json, and, where it checked, each label's
-    transfer rate to the clean reference models (what orders flagged labels: a backdoor's trigger fools them least)."""
+    transfer rate to the clean reference models (what orders flagged labels: a backdoor's trigger fools them least;
+    a `LazyRates` computes a label's when first read)."""
 
     flagged: list[int]
     triggers: dict[int, Stamp]
     record: dict[str, Any] = field(default_factory=dict)
-    transfer: list[float] | None = None
+    transfer: Mapping[int, float] | Sequence[float] | None = None
 
 
 class TriggerSource:

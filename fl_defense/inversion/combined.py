@@ -16,6 +16,7 @@ trained once and shared, so the pair costs the NC scan plus `warp-epochs` passes
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,7 +35,7 @@ def combine(findings: list[Finding], names: list[str] | None = None) -> Finding:
     """Every label any finding flagged, lowest transfer rate first, as each scan orders its own: a label's rate is
     the smallest of every finding's trigger for it, flagged or not (any trigger that sends clean images to the label
     on the model but not on the clean references is evidence); a label's stamps mixed; the records merged, with what
-    each part (`names`) flagged and its seconds under `parts`."""
+    each part (`names`) flagged and its seconds under `parts`, and each flagged label's rate under `label_transfer`."""
     labels = {label for f in findings for label in f.flagged}
     transfer = {label: min((f.transfer[label] for f in findings if f.transfer is not None), default=0.0)
                 for label in labels}
@@ -47,7 +48,8 @@ def combine(findings: list[Finding], names: list[str] | None = None) -> Finding:
     record: dict[str, Any] = {}
     for f in findings:
         record.update(f.record)
-    record.update(flagged=flagged, inversion_seconds=sum(f.record["inversion_seconds"] for f in findings))
+    record.update(flagged=flagged, inversion_seconds=sum(f.record["inversion_seconds"] for f in findings),
+                  label_transfer={str(label): round(transfer[label], 3) for label in flagged})
     if names is not None:
         record["parts"] = {name: {"flagged": f.flagged, "inversion_seconds": f.record["inversion_seconds"]}
                            for name, f in zip(names, findings, strict=True)}
@@ -65,8 +67,11 @@ class NCAndWarp(TriggerSource):
 
     def find(self, model: BackdoorModel, clean: CleanSet, num_classes: int, device: torch.device,
              generator: torch.Generator) -> Finding:
-        return combine([part.find(model, clean, num_classes, device, generator) for part in self.parts],
-                       ["nc", "warp"])
+        t0 = time.perf_counter()
+        finding = combine([part.find(model, clean, num_classes, device, generator) for part in self.parts],
+                          ["nc", "warp"])
+        finding.record["inversion_seconds"] = time.perf_counter() - t0  # with the rates `combine` read
+        return finding
 
     def own_state(self) -> dict[str, Any]:
         """What each part keeps of its last call (its warm start); the shared reference models are saved once."""

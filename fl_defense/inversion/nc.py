@@ -56,5 +56,4 @@ class NeuralCleanseScan(TriggerSource):
                       num_gpus=cfg["inversion-num-gpus"])
         result.seconds = time.perf_counter() - t0
         triggers = {label: t for label in range(num_classes) if (t := result.trigger_for(label)) is not None}
-        transfer = None if result.transfer is None else [float(v) for v in result.transfer]
-        return Finding(result.flagged, triggers, result.record(), transfer)
+        return Finding(result.flagged, triggers, result.record(), result.transfer)

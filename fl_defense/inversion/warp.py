@@ -35,7 +35,7 @@ at three, no cheaper than a cold scan. The old masks hold the optimisation near 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +46,7 @@ from torch.nn import functional as F
 from fl_defense.attacks.trigger import STAMP_KINDS
 from fl_defense.inversion.base import Finding, TriggerSource
 from fl_defense.inversion.budget import inversion_images
-from fl_defense.inversion.reference import mean_rate
+from fl_defense.inversion.reference import LazyRates, mean_rate
 from fl_defense.models.base import BackdoorModel
 from fl_defense.purification.base import CleanSet
 from fl_defense.registry import TRIGGER_SOURCES, Option, between, non_negative, positive
@@ -117,12 +117,14 @@ def share(model: nn.Module, stamp: WarpStamp, images: torch.Tensor, labels: torc
     return hits / max(len(x), 1)
 
 
-def flag_warps(shares: list[float], transfer: list[float], excess_min: float) -> tuple[list[int], list[float]]:
+def flag_warps(shares: list[float], transfer: Mapping[int, float] | Sequence[float],
+               excess_min: float) -> tuple[list[int], list[float | None]]:
     """The labels whose share exceeds their transfer rate by at least `excess_min`, lowest transfer first (the
-    rule of every scan), and each label's excess."""
-    excess = [s - r for s, r in zip(shares, transfer, strict=True)]
-    passed = [t for t in range(len(shares)) if excess[t] >= excess_min]
-    return sorted(passed, key=lambda t: (transfer[t], -excess[t])), excess
+    rule of every scan), and each label's excess (None where the share alone rules the label out: a transfer rate
+    is never negative, so its rate is not read)."""
+    excess: list[float | None] = [s - transfer[t] if s >= excess_min else None for t, s in enumerate(shares)]
+    passed = [t for t, e in enumerate(excess) if e is not None and e >= excess_min]
+    return sorted(passed, key=lambda t: (transfer[t], -shares[t])), excess
 
 
 @TRIGGER_SOURCES.register("warp", options=[
@@ -157,13 +159,14 @@ class WarpScan(TriggerSource):
         finally:
             for p, flag in zip(model.parameters(), flags, strict=True):
                 p.requires_grad_(flag)
-        transfer = [mean_rate(references, lambda ref, s=s, t=t: share(ref, s, clean.x, clean.y, t, device))
-                    for t, s in enumerate(stamps)]
+        transfer = LazyRates(lambda t: mean_rate(references, lambda ref: share(ref, stamps[t], clean.x, clean.y, t,
+                                                                                device)), num_classes)
         flagged, excess = flag_warps(shares, transfer, cfg["warp-excess-min"])
         if cfg["warp-warm-epochs"]:
             self.last = stamps
         record = {"flagged": flagged, "warp_share": [round(v, 3) for v in shares],
-                  "warp_transfer": [round(v, 3) for v in transfer], "warp_excess": [round(v, 3) for v in excess],
+                  "warp_transfer": transfer.computed(),
+                  "warp_excess": [None if v is None else round(v, 3) for v in excess],
                   "warp_displacement": [round(float(mean_displacement(s.control)), 3) for s in stamps],
                   "warp_warm": warm is not None, "inversion_seconds": time.perf_counter() - t0}
         return Finding(flagged, dict(enumerate(stamps)), record, transfer)
