@@ -27,24 +27,34 @@ MAD_SCALE = 1.4826  # the MAD of a normal sample times this estimates its standa
 
 
 @torch.inference_mode()
-def trigger_shift(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, stamp: Stamp, label: int,
-                  device: torch.device, batch_size: int = 256) -> float:
-    """The share of clean images of other labels that `model` calls `label` with the trigger, minus that share
-    without it: what the trigger itself adds toward the label."""
+def trigger_shifts(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, known: Mapping[int, Stamp],
+                   device: torch.device, batch_size: int = 256) -> dict[int, float]:
+    """For each known (label, trigger): the share of clean images of other labels that `model` calls `label` with
+    the trigger, minus that share without it: what the trigger itself adds toward the label. The clean predictions
+    are made once for every trigger."""
     model = model.to(device).eval()
-    x = images[labels != label]
-    with_trigger = without = 0
-    for start in range(0, len(x), batch_size):
-        xb = x[start:start + batch_size].to(device)
-        with_trigger += int((model(stamp.apply(xb)).argmax(1) == label).sum())
-        without += int((model(xb).argmax(1) == label).sum())
-    return (with_trigger - without) / max(len(x), 1)
+    clean = torch.cat([model(images[s:s + batch_size].to(device)).argmax(1).cpu()
+                       for s in range(0, len(images), batch_size)]) if len(images) else torch.zeros(0, dtype=torch.long)
+    shifts = {}
+    for label, stamp in known.items():
+        others = labels != label
+        x = images[others]
+        with_trigger = sum(int((model(stamp.apply(x[s:s + batch_size].to(device))).argmax(1) == label).sum())
+                           for s in range(0, len(x), batch_size))
+        shifts[label] = (with_trigger - int((clean[others] == label).sum())) / max(len(x), 1)
+    return shifts
+
+
+def trigger_shift(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, stamp: Stamp, label: int,
+                  device: torch.device) -> float:
+    """`trigger_shifts` of one (label, trigger)."""
+    return trigger_shifts(model, images, labels, {label: stamp}, device)[label]
 
 
 def largest_shift(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, known: Mapping[int, Stamp],
                   device: torch.device) -> float:
     """The model's largest trigger shift over the known (label, trigger) pairs."""
-    return max(trigger_shift(model, images, labels, stamp, label, device) for label, stamp in known.items())
+    return max(trigger_shifts(model, images, labels, known, device).values())
 
 
 def client_scores(model: nn.Module, states: Sequence[Mapping[str, torch.Tensor]], images: torch.Tensor,
