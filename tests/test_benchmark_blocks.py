@@ -92,3 +92,18 @@ def test_git_keeps_the_benchmark_runs_records_and_nothing_bulky(path: str, kept:
     purify.json are committed; checkpoints, event files and plots are not."""
     ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=ROOT).returncode == 0
     assert ignored is not kept
+
+
+def test_a_central_model_depends_on_its_seed_not_on_what_the_process_drew_before(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    import torch
+
+    from benchmarks import common
+
+    monkeypatch.setattr(common, "CACHE", tmp_path)
+    first = common.central_model("badnets", 3, 0, n_train=64, epochs=1).model.state_dict()
+    torch.rand(1000)  # what another model's training would have drawn
+    (next(tmp_path.glob("*.pt"))).unlink()  # retrain rather than load
+    again = common.central_model("badnets", 3, 0, n_train=64, epochs=1).model.state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    other = common.central_model("badnets", 4, 0, n_train=64, epochs=1).model.state_dict()
+    assert not all(torch.equal(first[k], other[k]) for k in first)
