@@ -7,7 +7,7 @@ default budget too, and so is the Ray mode (the labels as jobs on a pool of Ray 
 here), once with a cold pool (the actors start) and once warm, as in a run's later defense calls; Ray
 itself is started before the clock. Both pay on GPUs, not on a 2-core CPU. Also scans a clean model
 with the default.
-The clean-set reference model (transfer check) is trained once and shared, as in a federated run;
+The clean-set reference models (transfer check) are trained once and shared, as in a federated run;
 the timings are of the inversion itself. The last line is the speed ratio reference / default.
 """
 
