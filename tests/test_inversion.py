@@ -36,18 +36,13 @@ def test_flagged_labels_come_lowest_transfer_first() -> None:
     the target's trigger transfers least to the clean reference, so it comes first; without transfer
     rates the order is by anomaly index."""
     from fl_defense.inversion import DetectionRule
+    from fl_defense.inversion.reference import LazyRates
 
     indices = np.array([2.575, -0.351, -0.157, -0.687, 0.018, -0.018, 0.874, -1.693, 3.163, 0.662])
     transfer = np.array([0.01, 0.106, 0.068, 0.08, 0.117, 0.277, 0.123, 0.16, 0.055, 0.065])
     rule = DetectionRule()
     read: list[int] = []
-
-    class Recording(dict):
-        def __getitem__(self, label: int) -> float:
-            read.append(label)
-            return super().__getitem__(label)
-
-    assert rule.flag(indices, Recording(enumerate(transfer.tolist()))) == [0, 8]
+    assert rule.flag(indices, LazyRates(lambda t: read.append(t) or float(transfer[t]), len(transfer))) == [0, 8]
     assert sorted(set(read)) == [0, 8], "only the labels whose index passes need a transfer rate"
     assert rule.flag(indices, None) == [8, 0]
     transfer[0] = 0.2

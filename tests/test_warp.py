@@ -12,6 +12,7 @@ from fl_defense.config import resolve
 from fl_defense.defense import Defender
 from fl_defense.inversion import Finding
 from fl_defense.inversion.combined import combine
+from fl_defense.inversion.reference import LazyRates
 from fl_defense.inversion.warp import WarpScan, WarpStamp, flag_warps, mean_displacement
 
 CPU = torch.device("cpu")
@@ -34,24 +35,12 @@ def test_warp_scan_flags_the_target_of_a_warp_backdoor_and_nothing_on_a_clean_mo
         assert _warp_scan(other).flagged == [], other
 
 
-class _Recording(list):
-    """Transfer rates that note which labels were read."""
-
-    def __init__(self, rates: list[float], read: list[int]) -> None:
-        super().__init__(rates)
-        self.read = read
-
-    def __getitem__(self, label):  # noqa: ANN001, ANN204 - list's own signature
-        self.read.append(label)
-        return super().__getitem__(label)
-
-
 def test_a_warp_is_flagged_by_how_much_more_it_fools_the_model_than_the_clean_reference() -> None:
     """A natural confusion fools both models (label 0: 0.85 against 0.70), a backdoor only the model that learnt
     it, however strongly (label 1 at 0.41 against 0.01; label 2 at 0.85 against 0.11)."""
     read: list[int] = []
     rates = [0.70, 0.01, 0.11, 0.0]
-    flagged, excess = flag_warps([0.85, 0.41, 0.85, 0.29], _Recording(rates, read), 0.3)
+    flagged, excess = flag_warps([0.85, 0.41, 0.85, 0.29], LazyRates(lambda t: read.append(t) or rates[t], 4), 0.3)
     assert flagged == [1, 2] and [None if v is None else round(v, 2) for v in excess] == [0.15, 0.4, 0.74, None]
     assert 3 not in read, "a share under the bar rules a label out without its transfer rate"
     assert flag_warps([0.85, 0.41], [0.70, 0.01], 0.5)[0] == []
