@@ -12,7 +12,11 @@ Six parts, on the default setting (20% malicious clients); all but `attacks` for
   rounds;
 - `models`: the `defenses` part's FedAvg run and MCL at the end with `model=wrn16-1` (the MCL paper's
   WRN-16-1), also with attackers training 5 local epochs; about 25 and 37 minutes per run here against 2.5
-  for the small CNN, and about 5 minutes per MCL against 40 s.
+  for the small CNN, and about 5 minutes per MCL against 40 s;
+- `centralised`: the papers' setting as the control of the federated one (simulations/configs/centralised.toml:
+  one honest client holding the training data, 10% of it poisoned, a round is an epoch): the client trains with
+  no defense, ABL or DBD, and MCL and CNP purify the no-defense run's final model; each system's BA drop is
+  against the no-defense run of the same seed.
 Runs are cached under --out and reused while their config is unchanged, so the parts can be computed
 one at a time (`--parts aggregation`). Each part has its own block in benchmarks/README.md (BLOCKS), written
 when the part has a cached run and left as it is otherwise, so computing or re-rendering one part never
@@ -29,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import NOTHING_CACHED, mean_std, provenance, write_block
-from fl_defense.config import resolve, schema
+from fl_defense.config import load_toml, resolve, schema
 from fl_defense.registry import AGGREGATION_RULES
 from fl_defense.simulations.purify import purify
 from fl_defense.simulations.runner import run_experiment
@@ -44,10 +48,16 @@ MCL_EVERY = (("blended", "plain"), ("dba", "plain"), ("badnets", "neurotoxin"), 
 DEFENSES = ("ft", "nc-unlearn", "fp", "nad", "mcl", "cnp")
 AGGREGATIONS = tuple(a for a in AGGREGATION_RULES.entries if a not in ("fedavg", "fedavgm"))
 CLIENT_DEFENSES = ("none", "abl", "dbd")
-PARTS = ("defenses", "aggregation", "poisoned", "continuous", "attacks", "models")
+PARTS = ("defenses", "aggregation", "poisoned", "continuous", "attacks", "models", "centralised")
 BLOCKS = {"defenses": "DEFENSE-TABLE-DEFENSES", "aggregation": "DEFENSE-TABLE-AGGREGATION",
           "poisoned": "DEFENSE-TABLE-POISONED", "continuous": "DEFENSE-TABLE-CONTINUOUS",
-          "attacks": "DEFENSE-TABLE-ATTACKS", "models": "DEFENSE-TABLE-MODELS"}
+          "attacks": "DEFENSE-TABLE-ATTACKS", "models": "DEFENSE-TABLE-MODELS",
+          "centralised": "DEFENSE-TABLE-CENTRALISED"}
+CENTRALISED = HERE.parent / "simulations" / "configs" / "centralised.toml"
+CENTRAL_PURIFIERS = ("mcl", "cnp")
+# Seeds of a centralised client defense where fewer than --seeds: a centralised DBD run takes about 12 minutes here
+# (SimCLR rounds 33 s, MixMatch rounds 40 s, on the 57,000 images; measured 2026-12-06), so it has seed 0 only.
+CENTRAL_SEEDS = {"dbd": 1}
 # The paper models of the `models` part (ResNet-18 takes over seven minutes per round here), each with the
 # attackers' settings: on WRN-16-1 the default attackers (one local epoch) did not plant BadNets (ASR 0.014-0.049
 # in rounds 1-16, seed 0, against 0.97 on the small CNN), so it is measured with attackers training 5 local epochs
@@ -310,6 +320,35 @@ class Tables:
                        "| attack | model | BA before | ASR before | ASR after MCL | BA drop | seeds | run seconds | "
                        "MCL seconds (scan included) | flagged (per seed) |", rows, "models")
 
+    def centralised(self) -> list[str]:
+        """The seed systems in the papers' setting: the client-side ones as runs, the server-side ones on the
+        no-defense run's final model; BA drops paired by seed with the no-defense run."""
+        settings = load_toml(CENTRALISED)
+        rows = []
+        for attack in ATTACKS:
+            compute = self.computing("centralised", attack)
+            runs = {cd: self.runs(f"central-{attack}-{cd}", CENTRAL_SEEDS.get(cd, self.seeds), compute,
+                                  **{**settings, "attack": attack, "client-defense": cd}) for cd in CLIENT_DEFENSES}
+            plain = {r["config"]["seed"]: final(r)[0] for r in runs["none"]}
+            for cd in CLIENT_DEFENSES:
+                drops = [plain[r["config"]["seed"]] - final(r)[0] for r in runs[cd] if r["config"]["seed"] in plain]
+                rows.append(f"| {attack} | {cd} | client | {finals(runs[cd])} | {mean_std(drops)} | "
+                            f"{mean_std([run_seconds(r) for r in runs[cd]], 0)} | - |" if runs[cd]
+                            else f"| {attack} | {cd} | client | not run |" + " |" * 5)
+            for defense in CENTRAL_PURIFIERS:
+                recs = [rec for r in runs["none"] if (rec := purified(
+                    self.out / f"central-{attack}-none-s{r['config']['seed']}", r, defense, compute)) is not None]
+                self.used += recs
+                rows.append(f"| {attack} | {defense} | server | {mean_std([rec['ba_after'] for rec in recs])} | "
+                            f"{mean_std([rec['asr_after'] for rec in recs])} | {len(recs)} | "
+                            f"{mean_std([rec['ba_before'] - rec['ba_after'] for rec in recs])} | "
+                            f"{mean_std([rec['seconds'] for rec in recs], 0)} | {'; '.join(map(finding, recs))} |"
+                            if recs else f"| {attack} | {defense} | server | not run |" + " |" * 5)
+        return section("The papers' centralised setting (one honest client, 10% of its data poisoned; mean +/- std "
+                       "over the seeds column's runs)", "| attack | system | runs on | BA | ASR | seeds | BA drop | "
+                       "seconds (run, or purification with its scan) | flagged (per seed; CNP: BN neurons pruned) |",
+                       rows, "centralised")
+
     def continuous(self) -> list[str]:
         every = self.runs("badnets-mcl-every5", 1, self.computing("continuous", "badnets"), attack="badnets",
                           defense="mcl", **{"defense-schedule": "every:5"})
@@ -334,7 +373,7 @@ def build_tables(out: Path, rendered: list[str], computed: set[str], attacks: se
     render: dict[str, Callable[[], list[str]]] = {
         "defenses": lambda: t.defenses(base), "aggregation": lambda: t.aggregation(base), "poisoned": t.poisoned,
         "attacks": lambda: attack_tables(t.runs, "attacks" in computed, attacks, t.curves),
-        "continuous": t.continuous, "models": t.models}
+        "continuous": t.continuous, "models": t.models, "centralised": t.centralised}
     blocks = {}
     for part in rendered:
         t.used = [r for runs in base.values() for r in runs] if part in ("defenses", "aggregation") else []
