@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ import torch
 from fl_defense.attacks import PoisonedData, build_attack, poison_data
 from fl_defense.client_defenses import Memory, build_client_defense
 from fl_defense.client_defenses import abl as abl_module
-from fl_defense.client_defenses.abl import ISOLATED, lga_loss, per_sample_loss
+from fl_defense.client_defenses.abl import ISOLATED, lga_loss, per_sample_loss, unlearn_loss
 from fl_defense.config import resolve
 from fl_defense.data import cached_dataset, dataset_spec
 from fl_defense.models import BackdoorModel, build_model
@@ -32,6 +33,21 @@ def test_lga_loss_by_hand(loss: float, gamma: float, value: float, grad: float) 
     out.backward()
     assert out.item() == pytest.approx(value)
     assert x.grad is not None and x.grad.item() == pytest.approx(grad)
+
+
+def test_unlearn_loss_ascends_only_on_samples_above_chance() -> None:
+    """-CE's gradient for a sample whose label is still likelier than chance, none for one already below it."""
+    logits = torch.tensor([[3.0, 0.0, 0.0], [-3.0, 0.0, 0.0]], requires_grad=True)
+    labels = torch.tensor([0, 0])
+    loss = unlearn_loss(logits, labels)
+    loss.backward()
+    ce = torch.nn.functional.cross_entropy(logits.detach(), labels, reduction="none")
+    assert ce[0] < math.log(3) < ce[1]
+    assert loss.item() == pytest.approx(-ce[0].item() / 2)
+    p0 = torch.softmax(logits.detach()[0], 0)
+    assert logits.grad is not None
+    assert torch.allclose(logits.grad[0], -(p0 - torch.tensor([1.0, 0.0, 0.0])) / 2)
+    assert torch.equal(logits.grad[1], torch.zeros(3))
 
 
 @dataclass
@@ -81,6 +97,24 @@ def test_unlearning_raises_the_loss_of_the_isolated_samples(isolated: Isolated) 
                                              generator=torch.Generator().manual_seed(0), device=CPU, memory=memory)
     assert torch.equal(memory[ISOLATED], iso)
     assert per_sample_loss(model, x, y, iso, 256, CPU).mean().item() > before
+
+
+def test_unlearning_stays_finite_where_the_plain_ascent_diverges(isolated: Isolated) -> None:
+    """Many ascent steps on the isolated samples: -CE blows up to NaN, the bounded loss leaves them below chance
+    and the weights finite (the centralised BadNets run's first unlearning round ended in NaN before the bound)."""
+    iso = isolated.memory[ISOLATED]
+    x, y = isolated.data.images, isolated.data.labels
+    ends = {}
+    for name, loss_fn in (("plain", lambda lg, t: -torch.nn.functional.cross_entropy(lg, t)), ("bounded", unlearn_loss)):
+        model = build_model("cnn", SPEC)
+        model.load_state_dict(isolated.model.state_dict())
+        abl_module.train_local(model, x, y, iso, epochs=60, batch_size=16, lr=0.05, momentum=0.9, weight_decay=0.0,
+                               generator=torch.Generator().manual_seed(0), device=CPU, loss_fn=loss_fn)
+        ends[name] = (all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()),
+                      per_sample_loss(model, x, y, iso, 256, CPU))
+    assert not ends["plain"][0]
+    finite, losses = ends["bounded"]
+    assert finite and losses.median().item() > math.log(10)
 
 
 def test_round_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
