@@ -55,6 +55,7 @@ JOBS = (
     Job("DEFENSE-TABLE-ATTACKS", ("defense_table", "--parts", "attacks"), 50, "report"),
     Job("DEFENSE-TABLE-CONTINUOUS", ("defense_table", "--parts", "continuous"), 5, "report"),
     Job("DEFENSE-TABLE-MODELS", ("defense_table", "--parts", "models"), 380, "report"),
+    Job("DEFENSE-TABLE-CENTRALISED", ("defense_table", "--parts", "centralised"), 110, "report"),
     Job("MCL-CE-WEIGHT", ("mcl_ce_weight", "--weights", "0,0.5,1,2"), 6),
     Job("CONTINUOUS_DEFENSE", ("continuous", "--always", "3", "--rounds", "40", "--methods", ALWAYS_METHODS), 70,
         "report"),

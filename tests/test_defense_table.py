@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks.defense_table import PARTS, build_tables
-from fl_defense.config import resolve
+from benchmarks.defense_table import CENTRAL_SEEDS, CENTRALISED, PARTS, build_tables
+from fl_defense.config import load_toml, resolve
 
 
 def _cache(folder: Path, asr: float, ba: float, attackers_excluded: bool | None = None, **settings: Any) -> None:
@@ -96,3 +96,29 @@ def test_a_purification_of_a_run_kept_without_its_checkpoint_makes_the_run_again
     record = table.purified(folder, res, "mcl", compute=True)
     assert made == [folder] and record == {"checkpoint": str(folder / "checkpoints" / "final.pt"), "defense": "mcl"}
     assert table.purified(folder, res, "mcl", compute=True) is not None and made == [folder], "made once"
+
+
+def test_the_centralised_rows_pair_each_seed_with_its_no_defense_run_and_purify_its_final_model(
+        tmp_path: Path) -> None:
+    settings = load_toml(CENTRALISED)
+    for seed, (plain, abl) in enumerate(((0.90, 0.89), (0.92, 0.88))):
+        _cache(tmp_path / f"central-badnets-none-s{seed}", 1.0, plain, attack="badnets", seed=seed, **settings)
+        _cache(tmp_path / f"central-badnets-abl-s{seed}", 0.02, abl, attack="badnets", seed=seed,
+               **{**settings, "client-defense": "abl"})
+        _cache(tmp_path / f"central-badnets-dbd-s{seed}", 0.03, 0.7, attack="badnets", seed=seed,
+               **{**settings, "client-defense": "dbd"})
+    _cache(tmp_path / "central-blended-none-s0", 1.0, 0.9, attack="blended", seed=0)  # the federated setting
+    folder = tmp_path / "central-badnets-none-s0"
+    saved = json.loads((folder / "results.json").read_text())["config"]
+    (folder / "purify-mcl").mkdir()
+    (folder / "purify-mcl" / "purify.json").write_text(json.dumps({
+        "config": resolve({**{k: v for k, v in saved.items() if k != "out-dir"}, "defense": "mcl"}),
+        "ba_before": 0.90, "asr_before": 1.0, "ba_after": 0.88, "asr_after": 0.01, "seconds": 40.0, "flagged": [0]}))
+    blocks, _ = build_tables(tmp_path, ["centralised"], set(), {"badnets"}, {}, 3)
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): [c.strip() for c in line.split("|")[1:-1]]
+            for line in blocks["centralised"].splitlines() if line.startswith("| b")}
+    assert rows[("badnets", "abl")][3:7] == ["0.8850 +/- 0.0071", "0.0200 +/- 0.0000", "2", "0.0250 +/- 0.0212"]
+    assert rows[("badnets", "dbd")][5] == str(CENTRAL_SEEDS["dbd"]), "DBD's seeds are capped"
+    assert rows[("badnets", "mcl")][3:7] == ["0.8800", "0.0100", "1", "0.0200"] and rows[("badnets", "mcl")][8] == "[0]"
+    assert rows[("badnets", "cnp")][3] == "not run"
+    assert rows[("blended", "none")][3] == "not run", "a run of the federated setting is not the centralised one's"
