@@ -23,6 +23,9 @@ head's accuracy on the SimCLR features (BA 0.79 after the head rounds): 10 SimCL
 CNN are far from the reference's budget, and the labelled share is the easiest half of every class. On Blended
 the premise fails here: the linear head on the frozen SimCLR features already gave ASR 0.96 (the blended images
 form their own cluster, all labelled with the target), and the run ended at ASR 1.00, BA 0.722.
+Federated with the quota (default setting, threat poisoned-data, seed 0 at 3b4fc89, records under
+benchmarks/runs/probes): BadNets BA 0.743, ASR 0.019, against 0.678 +/- 0.002 and 0.044 with the global share (the
+defense table's poisoned part, 3 seeds).
 """
 
 from __future__ import annotations
