@@ -105,7 +105,8 @@ def test_unlearning_stays_finite_where_the_plain_ascent_diverges(isolated: Isola
     iso = isolated.memory[ISOLATED]
     x, y = isolated.data.images, isolated.data.labels
     ends = {}
-    for name, loss_fn in (("plain", lambda lg, t: -torch.nn.functional.cross_entropy(lg, t)), ("bounded", unlearn_loss)):
+    plain = lambda lg, t: -torch.nn.functional.cross_entropy(lg, t)  # noqa: E731
+    for name, loss_fn in (("plain", plain), ("bounded", unlearn_loss)):
         model = build_model("cnn", SPEC)
         model.load_state_dict(isolated.model.state_dict())
         abl_module.train_local(model, x, y, iso, epochs=60, batch_size=16, lr=0.05, momentum=0.9, weight_decay=0.0,

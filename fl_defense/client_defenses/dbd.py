@@ -114,7 +114,8 @@ def semi_supervised_split(losses: torch.Tensor, labels: torch.Tensor, epsilon: f
     after 10 SimCLR rounds that share held no Shirt and 833 Coats of 28,500 (centralised BadNets run, seed 0), so
     MixMatch never saw a Shirt labelled and ended at test accuracy 0.0 on it (BA 0.694). A quota per label, as in
     ASD (Gao et al., CVPR 2023), keeps every class labelled; the target label, whose images are half poison,
-    gets no larger quota than the others, so the poison, which has the target's highest losses, stays out."""
+    gets no larger quota than the others, so where the poison has the target's highest losses (DBD's premise)
+    it stays out."""
     quota = max(1, int(round(epsilon * len(losses) / num_classes)))
     chosen = []
     for c in range(num_classes):
