@@ -61,13 +61,13 @@ samples none was poisoned: after the LGA rounds the lowest losses were clean ima
 learned before any clean sample, holds for the 3x3 patch and not for this blend on this data set.
 
 The bound keeps the ascent finite, not fast: where it does not take off it stays in the flat region. Centralised
-BadNets, seeds 0-2 (613e517 and 3b4fc89, the same ABL code; 565, 568 and 570 of the 570 isolated samples
-poisoned): ASR 0.013, 0.893 and 0.102. At seed 1 the isolated samples' loss stayed at 7e-5 in the median
-(5e-4 in train mode), and five more bounded passes on its final model moved ASR only from 0.894 to 0.866.
-Minimising the unlikelihood -log(1 - p_label) instead, with the same bound, does not saturate: from that model
-at 1e-4, ASR 0.051 after one pass at BA 0.901 and 0.013 after five at BA 0.872; at 2e-5, 0.102 after five at BA 0.902; at 5e-4, 0.002 after
-one at BA 0.851. Not adopted: measured on one model only, and in the federated setting the clean clients would
-unlearn their own easiest samples with it (see above).
+BadNets, seeds 0-2 (613e517 and 3b4fc89, the same ABL code; 565, 568 and 570 of the 570 isolated samples poisoned):
+ASR 0.013, 0.893 and 0.102. At seed 1 the isolated samples' loss stayed at 7e-5 in the median (5e-4 in train mode),
+and five more bounded passes on its final model moved ASR only from 0.894 to 0.866. Minimising the unlikelihood
+-log(1 - p_label) instead, with the same bound, does not saturate: from that model at 1e-4, ASR 0.051 after one
+pass at BA 0.901 and 0.013 after five at BA 0.872; at 2e-5, 0.102 after five at BA 0.902; at 5e-4, 0.002 after one
+at BA 0.851. Not adopted: measured on one model only, and in the federated setting the clean clients would unlearn
+their own easiest samples with it (see above).
 
 Federated with the bound (default setting, threat poisoned-data, seed 0 at 3b4fc89; one run per attack, records
 under benchmarks/runs/probes): BadNets ASR 0.994 -> 0.955 over the five unlearning rounds at BA 0.902, Blended
