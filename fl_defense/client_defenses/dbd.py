@@ -25,7 +25,7 @@ the premise fails here: the linear head on the frozen SimCLR features already ga
 form their own cluster, all labelled with the target), and the run ended at ASR 1.00, BA 0.722.
 Federated with the quota (default setting, threat poisoned-data, seed 0 at 3b4fc89, records under
 benchmarks/runs/probes): BadNets BA 0.743, ASR 0.019, against 0.678 +/- 0.002 and 0.044 with the global share (the
-defense table's poisoned part, 3 seeds).
+defense table's poisoned part, 3 seeds); Blended BA 0.737, ASR 0.020, against 0.646 +/- 0.033 and 0.093.
 """
 
 from __future__ import annotations
