@@ -240,6 +240,15 @@ class Tables:
         self.used += found
         return found
 
+    def purifications(self, name: str, runs: list[dict[str, Any]], defense: str,
+                      compute: bool) -> list[dict[str, Any]]:
+        """`defense` on the final model of each run `<name>-s<seed>` of `runs` that has (or, when `compute`, gets) a
+        record; those records count as used."""
+        recs = [rec for r in runs
+                if (rec := purified(self.out / f"{name}-s{r['config']['seed']}", r, defense, compute)) is not None]
+        self.used += recs
+        return recs
+
     def defenses(self, base: dict[str, list[dict[str, Any]]]) -> list[str]:
         rows = []
         for attack, runs in base.items():
@@ -254,10 +263,7 @@ class Tables:
         """One attack's rows: no defense, then every purifier on each seed's final model."""
         rows = [f"| {attack} | none | {finals(base)} | - | - |"]
         for defense in DEFENSES:
-            recs = [purified(self.out / f"{attack}-s{r['config']['seed']}", r, defense,
-                             self.computing("defenses", attack)) for r in base]
-            recs = [rec for rec in recs if rec is not None]
-            self.used += recs
+            recs = self.purifications(attack, base, defense, self.computing("defenses", attack))
             if not recs:
                 rows.append(f"| {attack} | {defense} | not run | | | | |")
                 continue
@@ -304,9 +310,7 @@ class Tables:
                 name = f"{attack}-{model}" + "".join(f"-{k}{v}" for k, v in attackers.items())
                 label = model + "".join(f", {k} {v}" for k, v in attackers.items())
                 runs = self.runs(name, self.seeds, compute, attack=attack, model=model, **attackers)
-                recs = [rec for r in runs
-                        if (rec := purified(self.out / f"{name}-s{r['config']['seed']}", r, "mcl", compute)) is not None]
-                self.used += recs
+                recs = self.purifications(name, runs, "mcl", compute)
                 if not recs:
                     rows.append(f"| {attack} | {label} | not run |" + " |" * 7)
                     continue
@@ -336,9 +340,7 @@ class Tables:
                             f"{mean_std([run_seconds(r) for r in runs[cd]], 0)} | - |" if runs[cd]
                             else f"| {attack} | {cd} | client | not run |" + " |" * 5)
             for defense in CENTRAL_PURIFIERS:
-                recs = [rec for r in runs["none"] if (rec := purified(
-                    self.out / f"central-{attack}-none-s{r['config']['seed']}", r, defense, compute)) is not None]
-                self.used += recs
+                recs = self.purifications(f"central-{attack}-none", runs["none"], defense, compute)
                 rows.append(f"| {attack} | {defense} | server | {mean_std([rec['ba_after'] for rec in recs])} | "
                             f"{mean_std([rec['asr_after'] for rec in recs])} | {len(recs)} | "
                             f"{mean_std([rec['ba_before'] - rec['ba_after'] for rec in recs])} | "
