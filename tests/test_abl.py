@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
+from benchmarks.abl_isolation import purity
+from clients.behaviour import poisoned_shard
 from fl_defense.attacks import PoisonedData, build_attack, poison_data
+from fl_defense.attacks.malicious import malicious_clients
 from fl_defense.client_defenses import Memory, build_client_defense
 from fl_defense.client_defenses import abl as abl_module
 from fl_defense.client_defenses.abl import ISOLATED, lga_loss, per_sample_loss, unlearn_loss
@@ -150,3 +156,20 @@ def test_round_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
     assert lr4 == cfg["lr"] and l4 == pytest.approx(ce)
     assert torch.equal(i6, iso) and torch.equal(i7, iso)
     assert lr6 == cfg["abl-unlearn-lr"] and l6 == pytest.approx(-ce)  # gradient ascent
+
+
+def test_isolation_purity_replay_counts_the_poisoned_among_the_isolated(tmp_path: Path) -> None:
+    """benchmarks.abl_isolation replays each victim's seeded poisoning: of isolated samples made of 7 poisoned and
+    5 clean positions of the victim's real shard it counts 7, and it reads the last round's memory."""
+    cfg = resolve({"threat": "poisoned-data", "client-defense": "abl", "num-clients": 4, "clients-per-round": 4, "malicious-fraction": 0.25,
+                   "train-fraction": 0.05, "seed": 3, "out-dir": str(tmp_path)})
+    (victim,) = malicious_clients(cfg["num-clients"], cfg["malicious-fraction"], cfg["seed"])
+    shard = poisoned_shard(cfg, victim)
+    clean = torch.from_numpy(np.setdiff1d(np.arange(len(shard.labels)), shard.poisoned.numpy()))
+    isolated = torch.cat([shard.poisoned[:7], clean[:5]]).sort().values
+    folder = tmp_path / "client-state" / str(victim)
+    folder.mkdir(parents=True)
+    torch.save({ISOLATED: shard.poisoned[:1]}, folder / "client-defense-memory-r9.pt")
+    torch.save({ISOLATED: isolated}, folder / "client-defense-memory-r10.pt")
+    (tmp_path / "results.json").write_text(json.dumps({"config": cfg, "rounds": []}))
+    assert purity(tmp_path) == [(victim, 7, 12)]

@@ -69,11 +69,12 @@ pass at BA 0.901 and 0.013 after five at BA 0.872; at 2e-5, 0.102 after five at 
 at BA 0.851. Not adopted: measured on one model only, and in the federated setting the clean clients would unlearn
 their own easiest samples with it (see above).
 
-Federated with the bound (default setting, threat poisoned-data, seed 0 at 3b4fc89; one run per attack, records
-under benchmarks/runs/probes): BadNets ASR 0.994 -> 0.955 over the five unlearning rounds at BA 0.902, Blended
-0.995 -> 0.990 at BA 0.899; no update rejected. The unbounded ascent of the defense table's federated rows removed
-more where it moved (Blended 0.084 +/- 0.064) and took BA with it (-0.154); the bounded one keeps BA and, diluted
-by FedAvg, stays in the flat region: ABL misses issue 19's federated bar either way.
+Federated with the bound (default setting, threat poisoned-data, the defense table's poisoned part, 3 seeds at
+67158a6, seed 0 at 3b4fc89): BadNets ASR 0.980 +/- 0.023, Blended 0.950 +/- 0.047, BA drops 0.009 and 0.010; no
+update rejected. Every victim's isolation was pure (570 of 570 poisoned, 12 of 12 victims), so the unlearning alone
+fails: diluted by FedAvg it stays in the flat region (ASR over the five unlearning rounds 0.93-0.99 -> 0.90-1.00).
+The unbounded ascent of the table before (48d223a) removed more where it moved (Blended 0.084 +/- 0.064) and took
+BA with it (-0.154). ABL misses issue 19's federated bar either way.
 """
 
 from __future__ import annotations
