@@ -161,8 +161,8 @@ def test_round_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_isolation_purity_replay_counts_the_poisoned_among_the_isolated(tmp_path: Path) -> None:
     """benchmarks.abl_isolation replays each victim's seeded poisoning: of isolated samples made of 7 poisoned and
     5 clean positions of the victim's real shard it counts 7, and it reads the last round's memory."""
-    cfg = resolve({"threat": "poisoned-data", "client-defense": "abl", "num-clients": 4, "clients-per-round": 4, "malicious-fraction": 0.25,
-                   "train-fraction": 0.05, "seed": 3, "out-dir": str(tmp_path)})
+    cfg = resolve({"threat": "poisoned-data", "client-defense": "abl", "num-clients": 4, "clients-per-round": 4,
+                   "malicious-fraction": 0.25, "train-fraction": 0.05, "seed": 3, "out-dir": str(tmp_path)})
     (victim,) = malicious_clients(cfg["num-clients"], cfg["malicious-fraction"], cfg["seed"])
     shard = poisoned_shard(cfg, victim)
     clean = torch.from_numpy(np.setdiff1d(np.arange(len(shard.labels)), shard.poisoned.numpy()))
