@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
+from flwr.app import RecordDict
 
 from clients.behaviour import poisoned_shard
+from clients.client_app import MEMORY_KEY, load_memory, memory_folder
 from fl_defense.attacks.malicious import malicious_clients
 from fl_defense.client_defenses.abl import ISOLATED
 
@@ -24,14 +27,14 @@ from fl_defense.client_defenses.abl import ISOLATED
 def purity(run: Path) -> list[tuple[int, int, int]]:
     """(victim, isolated samples that were poisoned, isolated samples) for each victim of the run in `run`."""
     cfg = json.loads((run / "results.json").read_text())["config"]
-    victims = sorted(malicious_clients(cfg["num-clients"], cfg["malicious-fraction"], cfg["seed"]))
+    here = {**cfg, "out-dir": str(run), "client-checkpoints": True}  # the folder may have moved since the run
     rows = []
-    for pid in victims:
-        memory = sorted((run / "client-state" / str(pid)).glob("client-defense-memory-r*.pt"),
-                        key=lambda p: int(p.stem.rsplit("-r", 1)[1]))
-        if not memory:
-            raise SystemExit(f"{run}: no client memory of victim {pid} (was the run made here, with abl?)")
-        isolated = torch.load(memory[-1], weights_only=False)[ISOLATED]
+    for pid in sorted(malicious_clients(cfg["num-clients"], cfg["malicious-fraction"], cfg["seed"])):
+        memory = load_memory(RecordDict(), MEMORY_KEY, memory_folder(here, pid), cfg["rounds"] + 1)
+        if ISOLATED not in memory:
+            raise ValueError(f"{run}: no isolated samples in victim {pid}'s client memory (was the run made here, "
+                             "with abl?)")
+        isolated = memory[ISOLATED]
         hit = int(torch.isin(isolated, poisoned_shard(cfg, pid).poisoned).sum())
         rows.append((pid, hit, len(isolated)))
     return rows
@@ -41,7 +44,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="run folders of client-defense=abl, threat=poisoned-data")
     for run in parser.parse_args().runs:
-        print(f"{run.name}: " + "; ".join(f"victim {pid} {hit}/{n} poisoned" for pid, hit, n in purity(run)))
+        try:
+            rows = purity(run)
+        except (OSError, ValueError) as err:
+            print(f"abl_isolation: {err}", file=sys.stderr)
+            sys.exit(2)
+        print(f"{run.name}: " + "; ".join(f"victim {pid} {hit}/{n} poisoned" for pid, hit, n in rows))
 
 
 if __name__ == "__main__":
