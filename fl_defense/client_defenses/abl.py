@@ -95,6 +95,10 @@ from fl_defense.registry import CLIENT_DEFENSES, between, positive
 from fl_defense.training import LossFn, train_local
 
 ISOLATED = "abl-isolated"
+SUSPECTS = "abl-suspects"
+STRIP_OVERLAYS = 8
+STRIP_REFERENCE = 1000
+STRIP_FRR = 0.01
 
 
 def lga_loss(loss: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -125,11 +129,52 @@ def isolate(model: BackdoorModel, images: torch.Tensor, labels: torch.Tensor, in
 
 
 def unlearn_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """ABL's gradient ascent, -cross-entropy, with no gradient from samples already unlearnt (cross-entropy above
-    ln(classes), their label below chance): the unbounded ascent diverges to NaN within a few dozen steps."""
-    ce = F.cross_entropy(logits, labels, reduction="none")
-    live = ce.detach() < math.log(logits.shape[1])
-    return -(ce * live).sum() / len(ce)
+    """The unlikelihood -log(1 - p_label), minimised: pushes the label's probability down hardest where the model is
+    surest, where ABL's -cross-entropy has almost no gradient. No gradient from a sample already below chance
+    (p_label < 1 / classes), so the ascent stays finite."""
+    log_p = F.log_softmax(logits, 1)
+    label = F.one_hot(labels, logits.shape[1]).bool()
+    log_rest = log_p.masked_fill(label, -math.inf).logsumexp(1)
+    live = log_p[label].detach() > -math.log(logits.shape[1])
+    return -(log_rest * live).sum() / len(labels)
+
+
+@torch.no_grad()
+def strip_entropy(model: BackdoorModel, images: torch.Tensor, indices: torch.Tensor, partners: torch.Tensor,
+                  generator: torch.Generator, batch_size: int, device: torch.device) -> torch.Tensor:
+    """STRIP (Gao et al., ACSAC 2019): each image of `indices` averaged half and half with STRIP_OVERLAYS random
+    images of `partners`; the mean entropy of the model's predictions. A trigger survives the overlay and keeps the
+    prediction sure (low entropy); a clean image's prediction is pulled toward its partner's (high entropy)."""
+    model.to(device).eval()
+    picks = partners[torch.randint(len(partners), (STRIP_OVERLAYS, len(indices)), generator=generator)]
+    out = []
+    for start in range(0, len(indices), batch_size):
+        x = to_float(images[indices[start:start + batch_size]]).to(device)
+        total = torch.zeros(len(x), device=device)
+        for pick in picks[:, start:start + batch_size]:
+            p = F.softmax(model(0.5 * x + 0.5 * to_float(images[pick]).to(device)), 1)
+            total += -(p * p.clamp_min(1e-12).log()).sum(1)
+        out.append((total / STRIP_OVERLAYS).cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def suspects(model: BackdoorModel, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
+             isolated: torch.Tensor, share: float, generator: torch.Generator, batch_size: int,
+             device: torch.device) -> torch.Tensor:
+    """The isolated samples that STRIP flags, if they are at least `share` of the isolated; else none.
+
+    Flagged: entropy below the STRIP_FRR quantile of the client's other samples whose label is not the isolated
+    samples' most common one (a poisoned-label attack relabels its samples to the target, so these are clean; all
+    other samples where every one has that label)."""
+    rest = indices[~torch.isin(indices, isolated)]
+    if not len(rest):
+        return isolated[:0]
+    common = labels[isolated].mode().values
+    reference = rest[labels[rest] != common] if (labels[rest] != common).any() else rest
+    reference = reference[torch.randperm(len(reference), generator=generator)[:STRIP_REFERENCE]]
+    threshold = strip_entropy(model, images, reference, rest, generator, batch_size, device).quantile(STRIP_FRR)
+    flagged = isolated[strip_entropy(model, images, isolated, rest, generator, batch_size, device) < threshold]
+    return flagged if len(flagged) >= share * len(isolated) else isolated[:0]
 
 
 def _check_stages_fit(cfg: Mapping[str, Any]) -> None:
@@ -145,11 +190,14 @@ def _check_stages_fit(cfg: Mapping[str, Any]) -> None:
     positive("abl-gamma", 0.5, "ABL: LGA loss threshold gamma"),
     between("abl-isolation-ratio", 0.1, "ABL: share of each client's samples isolated (lowest loss) and later "
             "unlearned (the paper: 0.01, too few to unlearn a backdoor through FedAvg)", 0, 1, "()"),
-    positive("abl-unlearn-rounds", 5, "ABL: last rounds, gradient ascent on the isolated samples (none from a "
-             "sample already below chance)"),
-    positive("abl-unlearn-lr", 5e-4, "ABL: learning rate of the gradient ascent"),
-], checks=[_check_stages_fit], summary="ABL (Li et al. 2021): isolate the lowest-loss samples under LGA, then "
-                                       "unlearn them by gradient ascent")
+    between("abl-strip-share", 0.6, "ABL: the client unlearns its isolated samples that STRIP flags (entropy "
+            "under overlays below the 1st percentile of its other-label samples) only if they are at least this "
+            "share of the isolated; else it takes them for its easiest clean samples and trains on all", 0, 1, "(]"),
+    positive("abl-unlearn-rounds", 5, "ABL: last rounds, unlearning of the flagged isolated samples (unlikelihood "
+             "-log(1 - p_label); none from a sample already below chance)"),
+    positive("abl-unlearn-lr", 5e-4, "ABL: learning rate of the unlearning"),
+], checks=[_check_stages_fit], summary="ABL (Li et al. 2021): isolate the lowest-loss samples under LGA, then, "
+                                       "where STRIP says they carry a trigger, unlearn them")
 class ABL(ClientDefense):
 
     def train(self, model: BackdoorModel, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, *,
@@ -157,16 +205,21 @@ class ABL(ClientDefense):
         cfg = self.cfg
         if server_round <= cfg["abl-isolation-rounds"]:
             return self._lga(model, images, labels, indices, generator, device)
-        if ISOLATED not in memory:
+        if SUSPECTS not in memory:
             local = copy.deepcopy(model)
             self._lga(local, images, labels, indices, generator, device)
-            memory[ISOLATED] = isolate(local, images, labels, indices, cfg["abl-isolation-ratio"],
-                                       cfg["eval-batch-size"], device)
-        isolated = memory[ISOLATED]
+            if ISOLATED not in memory:
+                memory[ISOLATED] = isolate(local, images, labels, indices, cfg["abl-isolation-ratio"],
+                                           cfg["eval-batch-size"], device)
+            memory[SUSPECTS] = suspects(local, images, labels, indices, memory[ISOLATED], cfg["abl-strip-share"],
+                                        generator, cfg["eval-batch-size"], device)
+        if not len(memory[SUSPECTS]):
+            return self._sgd(model, images, labels, indices, cfg["lr"], generator, device, F.cross_entropy)
         if server_round <= cfg["rounds"] - cfg["abl-unlearn-rounds"]:
-            rest = indices[~torch.isin(indices, isolated)]
+            rest = indices[~torch.isin(indices, memory[ISOLATED])]
             return self._sgd(model, images, labels, rest, cfg["lr"], generator, device, F.cross_entropy)
-        return self._sgd(model, images, labels, isolated, cfg["abl-unlearn-lr"], generator, device, unlearn_loss)
+        return self._sgd(model, images, labels, memory[SUSPECTS], cfg["abl-unlearn-lr"], generator, device,
+                         unlearn_loss)
 
     def _lga(self, model: BackdoorModel, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
              generator: torch.Generator, device: torch.device) -> float:
