@@ -1,9 +1,10 @@
-"""How pure ABL's isolation was in finished `client-defense=abl` runs under `threat=poisoned-data`.
+"""How pure ABL's isolation and STRIP's test were in finished `client-defense=abl` runs under `threat=poisoned-data`.
 
-ABL's clients cannot know which of their samples were poisoned; the simulation can. For each victim (a
-malicious-fraction client whose shard a third party poisoned) this replays the seeded poisoning of its shard and
-counts how many of the samples ABL isolated (kept in the client's memory under the run's client-state folder)
-were poisoned ones. The client-state folders are not in git, so it reads runs made on this machine:
+ABL's clients cannot know which of their samples were poisoned; the simulation can. For each client this reads
+what ABL isolated and what STRIP then flagged for unlearning (kept in the client's memory under the run's
+client-state folder) and, for a victim (a malicious-fraction client whose shard a third party poisoned), replays the
+seeded poisoning of its shard to count how many of them were poisoned. A clean client should flag none. The
+client-state folders are not in git, so it reads runs made on this machine:
 
     python -m benchmarks.abl_isolation benchmarks/runs/defense-table/badnets-poisoned-abl-s*
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,23 +23,46 @@ from flwr.app import RecordDict
 from clients.behaviour import poisoned_shard
 from clients.client_app import MEMORY_KEY, load_memory, memory_folder
 from fl_defense.attacks.malicious import malicious_clients
-from fl_defense.client_defenses.abl import ISOLATED
+from fl_defense.client_defenses.abl import ISOLATED, SUSPECTS
 
 
-def purity(run: Path) -> list[tuple[int, int, int]]:
-    """(victim, isolated samples that were poisoned, isolated samples) for each victim of the run in `run`."""
+@dataclass(frozen=True)
+class Client:
+    """One client's isolated and flagged samples, and how many of each were poisoned (0 for a clean client)."""
+
+    pid: int
+    victim: bool
+    isolated: int
+    isolated_poisoned: int
+    flagged: int
+    flagged_poisoned: int
+
+
+def purity(run: Path) -> list[Client]:
+    """Every client of the run in `run` that reached ABL's isolation, in partition order."""
     cfg = json.loads((run / "results.json").read_text())["config"]
     here = {**cfg, "out-dir": str(run), "client-checkpoints": True}  # the folder may have moved since the run
+    victims = malicious_clients(cfg["num-clients"], cfg["malicious-fraction"], cfg["seed"])
     rows = []
-    for pid in sorted(malicious_clients(cfg["num-clients"], cfg["malicious-fraction"], cfg["seed"])):
+    for pid in range(cfg["num-clients"]):
         memory = load_memory(RecordDict(), MEMORY_KEY, memory_folder(here, pid), cfg["rounds"] + 1)
-        if ISOLATED not in memory:
-            raise ValueError(f"{run}: no isolated samples in victim {pid}'s client memory (was the run made here, "
-                             "with abl?)")
-        isolated = memory[ISOLATED]
-        hit = int(torch.isin(isolated, poisoned_shard(cfg, pid).poisoned).sum())
-        rows.append((pid, hit, len(isolated)))
+        if ISOLATED not in memory or SUSPECTS not in memory:
+            if pid in victims:
+                raise ValueError(f"{run}: no isolated or flagged samples in victim {pid}'s client memory (was the "
+                                 "run made here, with abl?)")
+            continue
+        poisoned = poisoned_shard(cfg, pid).poisoned if pid in victims else torch.empty(0, dtype=torch.long)
+        isolated, flagged = memory[ISOLATED], memory[SUSPECTS]
+        rows.append(Client(pid, pid in victims, len(isolated), int(torch.isin(isolated, poisoned).sum()),
+                           len(flagged), int(torch.isin(flagged, poisoned).sum())))
     return rows
+
+
+def describe(row: Client) -> str:
+    if row.victim:
+        return (f"victim {row.pid} isolated {row.isolated_poisoned}/{row.isolated} poisoned, flagged "
+                f"{row.flagged_poisoned}/{row.flagged}")
+    return f"clean {row.pid} flagged {row.flagged} of {row.isolated}"
 
 
 def main() -> None:
@@ -49,7 +74,7 @@ def main() -> None:
         except (OSError, ValueError) as err:
             print(f"abl_isolation: {err}", file=sys.stderr)
             sys.exit(2)
-        print(f"{run.name}: " + "; ".join(f"victim {pid} {hit}/{n} poisoned" for pid, hit, n in rows))
+        print(f"{run.name}: " + "; ".join(describe(row) for row in rows))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""ABL as an honest client's training code: the LGA loss, isolation on real poisoned data, the round schedule."""
+"""ABL as an honest client's training code: the LGA loss, isolation and STRIP's test on real poisoned and clean data,
+the round schedule."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.abl_isolation import purity
+from benchmarks.abl_isolation import Client, purity
 from clients.behaviour import poisoned_shard
 from fl_defense.attacks import PoisonedData, build_attack, poison_data
 from fl_defense.attacks.malicious import malicious_clients
 from fl_defense.client_defenses import Memory, build_client_defense
 from fl_defense.client_defenses import abl as abl_module
-from fl_defense.client_defenses.abl import ISOLATED, lga_loss, per_sample_loss, unlearn_loss
+from fl_defense.client_defenses.abl import ISOLATED, SUSPECTS, lga_loss, per_sample_loss, unlearn_loss
 from fl_defense.config import resolve
 from fl_defense.data import cached_dataset, dataset_spec
 from fl_defense.models import BackdoorModel, build_model
@@ -41,24 +42,34 @@ def test_lga_loss_by_hand(loss: float, gamma: float, value: float, grad: float) 
     assert x.grad is not None and x.grad.item() == pytest.approx(grad)
 
 
-def test_unlearn_loss_ascends_only_on_samples_above_chance() -> None:
-    """-CE's gradient for a sample whose label is still likelier than chance, none for one already below it."""
+def test_unlearn_loss_is_the_unlikelihood() -> None:
+    """-log(1 - p_label), averaged, and its gradient, on a sample the model is sure of and one it rejects."""
     logits = torch.tensor([[3.0, 0.0, 0.0], [-3.0, 0.0, 0.0]], requires_grad=True)
     labels = torch.tensor([0, 0])
     loss = unlearn_loss(logits, labels)
     loss.backward()
-    ce = torch.nn.functional.cross_entropy(logits.detach(), labels, reduction="none")
-    assert ce[0] < math.log(3) < ce[1]
-    assert loss.item() == pytest.approx(-ce[0].item() / 2)
-    p0 = torch.softmax(logits.detach()[0], 0)
-    assert logits.grad is not None
-    assert torch.allclose(logits.grad[0], -(p0 - torch.tensor([1.0, 0.0, 0.0])) / 2)
-    assert torch.equal(logits.grad[1], torch.zeros(3))
+    ref = logits.detach().clone().requires_grad_(True)
+    expected = -torch.log(1 - torch.softmax(ref, 1)[:, 0]).mean()
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item())
+    assert logits.grad is not None and ref.grad is not None
+    assert torch.allclose(logits.grad, ref.grad, atol=1e-6)
+    assert logits.grad[0].norm() > 20 * logits.grad[1].norm() > 0  # pushes hardest where p_label is high
+
+
+def test_unlearn_loss_keeps_its_gradient_where_cross_entropy_is_flat() -> None:
+    """On a sample the model is sure of (p 0.9999), -CE's gradient is about 1e-4; the unlikelihood's is about 1."""
+    logits = torch.tensor([[10.0, 0.0, 0.0]], requires_grad=True)
+    unlearn_loss(logits, torch.tensor([0])).backward()
+    plain = logits.detach().clone().requires_grad_(True)
+    (-torch.nn.functional.cross_entropy(plain, torch.tensor([0]))).backward()
+    assert logits.grad is not None and plain.grad is not None
+    assert plain.grad.norm() < 1e-3 < 0.5 < logits.grad.norm()
 
 
 @dataclass
 class Isolated:
-    """A poisoned client's real data after ABL's LGA rounds and its isolation round."""
+    """A client's real data after ABL's LGA rounds and its isolation round."""
 
     cfg: dict[str, Any]
     data: PoisonedData
@@ -66,15 +77,17 @@ class Isolated:
     memory: Memory
 
 
-@pytest.fixture(scope="module")
-def isolated() -> Isolated:
-    """1000 real Fashion-MNIST images, 10% BadNets-poisoned; 2 LGA rounds from scratch, then isolation of 5%."""
+def _through_isolation(poison_rate: float) -> Isolated:
+    """1000 real Fashion-MNIST images, `poison_rate` of them BadNets-poisoned (0: the same images clean); 2 LGA
+    rounds from scratch, then the isolation of 5% and STRIP's test."""
     cfg = resolve({"client-defense": "abl", "abl-isolation-rounds": 2, "abl-isolation-ratio": 0.05,
-                   "abl-unlearn-rounds": 2, "rounds": 6, "poison-rate": 0.1, "device": "cpu"})
+                   "abl-unlearn-rounds": 2, "rounds": 6, "poison-rate": max(poison_rate, 0.1), "device": "cpu"})
     data = cached_dataset("fashion-mnist", "", True)
+    images, labels = data.train_x[:1000], data.train_y[:1000]
     attack = build_attack(cfg, SPEC.shape, SPEC.num_classes)
     assert attack is not None
-    poisoned = poison_data(data.train_x[:1000], data.train_y[:1000], attack, torch.Generator().manual_seed(0))
+    poisoned = (poison_data(images, labels, attack, torch.Generator().manual_seed(0)) if poison_rate
+                else PoisonedData(images, labels, torch.empty(0, dtype=torch.long)))
     torch.manual_seed(0)
     model = build_model("cnn", SPEC)
     defense, memory = build_client_defense(cfg), {}
@@ -85,6 +98,11 @@ def isolated() -> Isolated:
     return Isolated(cfg, poisoned, model, memory)
 
 
+@pytest.fixture(scope="module")
+def isolated() -> Isolated:
+    return _through_isolation(0.1)
+
+
 def test_isolated_samples_are_mostly_the_poisoned_ones(isolated: Isolated) -> None:
     iso = isolated.memory[ISOLATED]
     assert len(iso) == 50 and len(torch.unique(iso)) == 50
@@ -92,17 +110,39 @@ def test_isolated_samples_are_mostly_the_poisoned_ones(isolated: Isolated) -> No
     assert precision >= 0.8, f"isolation precision {precision:.2f}; the poison share is 0.10"
 
 
-def test_unlearning_raises_the_loss_of_the_isolated_samples(isolated: Isolated) -> None:
-    iso = isolated.memory[ISOLATED]
+def test_strip_flags_the_poisoned_among_the_isolated(isolated: Isolated) -> None:
+    flagged = isolated.memory[SUSPECTS]
+    assert torch.isin(flagged, isolated.memory[ISOLATED]).all()
+    assert len(flagged) >= isolated.cfg["abl-strip-share"] * len(isolated.memory[ISOLATED])
+    precision = torch.isin(flagged, isolated.data.poisoned).float().mean().item()
+    assert precision >= 0.95, f"{len(flagged)} flagged, precision {precision:.2f}"
+
+
+def test_a_clean_client_flags_nothing_and_trains_on_all_its_samples(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same 1000 images unpoisoned: the isolation still takes 50 (the easiest), STRIP flags too few of them,
+    and the client trains on all 1000 in its later rounds, unlearning rounds included."""
+    clean = _through_isolation(0.0)
+    assert len(clean.memory[ISOLATED]) == 50 and len(clean.memory[SUSPECTS]) == 0
+    seen: list[int] = []
+    monkeypatch.setattr(abl_module, "train_local", lambda m, x, y, indices, **k: seen.append(len(indices)) or 0.0)
+    for server_round in (4, clean.cfg["rounds"]):
+        build_client_defense(clean.cfg).train(clean.model, clean.data.images, clean.data.labels, torch.arange(1000),
+                                              server_round=server_round, generator=torch.Generator(), device=CPU,
+                                              memory=clean.memory)
+    assert seen == [1000, 1000]
+
+
+def test_unlearning_raises_the_loss_of_the_flagged_samples(isolated: Isolated) -> None:
+    flagged = isolated.memory[SUSPECTS]
     model = build_model("cnn", SPEC)
     model.load_state_dict(isolated.model.state_dict())
     x, y = isolated.data.images, isolated.data.labels
-    before = per_sample_loss(model, x, y, iso, 256, CPU).mean().item()
+    before = per_sample_loss(model, x, y, flagged, 256, CPU).mean().item()
     memory = dict(isolated.memory)
     build_client_defense(isolated.cfg).train(model, x, y, torch.arange(len(x)), server_round=isolated.cfg["rounds"],
                                              generator=torch.Generator().manual_seed(0), device=CPU, memory=memory)
-    assert torch.equal(memory[ISOLATED], iso)
-    assert per_sample_loss(model, x, y, iso, 256, CPU).mean().item() > before
+    assert torch.equal(memory[SUSPECTS], flagged)
+    assert per_sample_loss(model, x, y, flagged, 256, CPU).mean().item() > 5 * before  # two steps at 5e-4
 
 
 def test_unlearning_stays_finite_where_the_plain_ascent_diverges(isolated: Isolated) -> None:
@@ -124,9 +164,11 @@ def test_unlearning_stays_finite_where_the_plain_ascent_diverges(isolated: Isola
     assert finite and losses.median().item() > math.log(10)
 
 
-def test_round_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
-    """LGA on all samples; at the client's first later round an LGA pass on a copy, isolation, then training on
-    the rest; in the last rounds gradient ascent on what was isolated."""
+@pytest.mark.parametrize("flagged", [3, 0])
+def test_round_schedule(monkeypatch: pytest.MonkeyPatch, flagged: int) -> None:
+    """LGA on all samples; at the client's first later round an LGA pass on a copy, isolation and STRIP's test; then,
+    where STRIP flagged some, training on the rest and in the last rounds the unlikelihood on the flagged ones;
+    where it flagged none, plain training on all samples."""
     calls: list[tuple[torch.Tensor, float, float]] = []
     logits, target = torch.tensor([[4.0, 0.0]]), torch.tensor([0])
 
@@ -136,6 +178,7 @@ def test_round_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
         return 0.0
 
     monkeypatch.setattr(abl_module, "train_local", spy)
+    monkeypatch.setattr(abl_module, "suspects", lambda model, images, labels, indices, isolated, *a: isolated[:flagged])
     cfg = resolve({"client-defense": "abl", "abl-isolation-rounds": 2, "abl-unlearn-rounds": 2, "rounds": 7,
                    "abl-isolation-ratio": 0.25, "abl-gamma": 0.5, "abl-unlearn-lr": 1e-3, "device": "cpu"})
     data = cached_dataset("fashion-mnist", "", True)
@@ -151,25 +194,36 @@ def test_round_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
     assert all(torch.equal(i, indices) for i in (i1, i2, i3)) and lr1 == cfg["lr"]
     assert l1 == l2 == l3 == pytest.approx(-ce)  # two LGA rounds, then the LGA pass before isolating
     iso = memory[ISOLATED]
-    assert len(iso) == 10 and torch.isin(iso, indices).all()
-    assert torch.equal(i4, i5) and len(i4) == 30 and not torch.isin(i4, iso).any()
+    assert len(iso) == 10 and torch.isin(iso, indices).all() and torch.equal(memory[SUSPECTS], iso[:flagged])
     assert lr4 == cfg["lr"] and l4 == pytest.approx(ce)
-    assert torch.equal(i6, iso) and torch.equal(i7, iso)
-    assert lr6 == cfg["abl-unlearn-lr"] and l6 == pytest.approx(-ce)  # gradient ascent
+    if not flagged:
+        assert all(torch.equal(i, indices) for i in (i4, i5, i6, i7)) and lr6 == cfg["lr"] and l6 == pytest.approx(ce)
+        return
+    assert torch.equal(i4, i5) and len(i4) == 30 and not torch.isin(i4, iso).any()
+    assert torch.equal(i6, iso[:flagged]) and torch.equal(i7, iso[:flagged])
+    p = torch.softmax(logits, 1)[0, 0].item()
+    assert lr6 == cfg["abl-unlearn-lr"] and l6 == pytest.approx(-math.log(1 - p))  # the unlikelihood
 
 
 def test_isolation_purity_replay_counts_the_poisoned_among_the_isolated(tmp_path: Path) -> None:
     """benchmarks.abl_isolation replays each victim's seeded poisoning: of isolated samples made of 7 poisoned and
-    5 clean positions of the victim's real shard it counts 7, and it reads the last round's memory."""
+    5 clean positions of the victim's real shard, 6 of them flagged (4 poisoned), it counts 7 and 4, and it reads
+    the last round's memory; a clean client's flagged samples are counted, none as poisoned."""
     cfg = resolve({"threat": "poisoned-data", "client-defense": "abl", "num-clients": 4, "clients-per-round": 4,
                    "malicious-fraction": 0.25, "train-fraction": 0.05, "seed": 3, "out-dir": str(tmp_path)})
     (victim,) = malicious_clients(cfg["num-clients"], cfg["malicious-fraction"], cfg["seed"])
     shard = poisoned_shard(cfg, victim)
     clean = torch.from_numpy(np.setdiff1d(np.arange(len(shard.labels)), shard.poisoned.numpy()))
     isolated = torch.cat([shard.poisoned[:7], clean[:5]]).sort().values
+    flagged = torch.cat([shard.poisoned[:4], clean[:2]])
     folder = tmp_path / "client-state" / str(victim)
     folder.mkdir(parents=True)
-    torch.save({ISOLATED: shard.poisoned[:1]}, folder / "client-defense-memory-r9.pt")
-    torch.save({ISOLATED: isolated}, folder / "client-defense-memory-r10.pt")
+    torch.save({ISOLATED: shard.poisoned[:1], SUSPECTS: shard.poisoned[:1]}, folder / "client-defense-memory-r9.pt")
+    torch.save({ISOLATED: isolated, SUSPECTS: flagged}, folder / "client-defense-memory-r10.pt")
+    other = (victim + 1) % 4
+    (tmp_path / "client-state" / str(other)).mkdir()
+    torch.save({ISOLATED: shard.poisoned[:9], SUSPECTS: shard.poisoned[:3]},
+               tmp_path / "client-state" / str(other) / "client-defense-memory-r10.pt")
     (tmp_path / "results.json").write_text(json.dumps({"config": cfg, "rounds": []}))
-    assert purity(tmp_path) == [(victim, 7, 12)]
+    assert purity(tmp_path) == sorted([Client(victim, True, 12, 7, 6, 4), Client(other, False, 9, 0, 3, 0)],
+                                      key=lambda c: c.pid)

@@ -13,7 +13,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
 
 from fl_defense.attacks import build_attack, malicious_clients, poison_data
-from fl_defense.client_defenses.abl import ISOLATED
+from fl_defense.client_defenses.abl import ISOLATED, SUSPECTS
 from fl_defense.clients.behaviour import local_update, poisoned_shard, round_seed
 from fl_defense.clients.client_app import MEMORY_KEY, load_memory, save_memory
 from fl_defense.clients.client_app import train as client_train
@@ -170,16 +170,18 @@ def test_client_app_keeps_abl_memory_across_rounds(small_cfg: dict[str, Any]) ->
         assert not reply.has_error()
         g = reply.content["arrays"].to_torch_state_dict()
         assert dict(reply.content["client"]) == {"partition-id": evil}, "a reply says nothing of itself but its partition"
-    isolated = load_memory(context.state)[ISOLATED]
+    memory = load_memory(context.state)
+    isolated = memory[ISOLATED]
     n = len(split_for(cfg).clients[evil])
     assert len(isolated) == round(cfg["abl-isolation-ratio"] * n)
     assert MEMORY_KEY in context.state
 
-    # Round 3 unlearns on exactly what round 2 isolated, as local_update does with the same memory.
+    # Round 3 trains as round 2 left it (isolated and flagged samples), as local_update does with the same memory.
     reply = client_train(_train_message(cfg, 3, g), context)
-    direct = local_update(resolve(cfg), evil, 3, g, {ISOLATED: isolated.clone()})
+    direct = local_update(resolve(cfg), evil, 3, g, {k: v.clone() for k, v in memory.items()})
     assert _same(reply.content["arrays"].to_torch_state_dict(), direct.state)
     assert torch.equal(load_memory(context.state)[ISOLATED], isolated)
+    assert torch.equal(load_memory(context.state)[SUSPECTS], memory[SUSPECTS])
 
 
 def test_centralised_setting_one_client_holds_all_data() -> None:

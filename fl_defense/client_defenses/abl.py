@@ -130,13 +130,11 @@ def isolate(model: BackdoorModel, images: torch.Tensor, labels: torch.Tensor, in
 
 def unlearn_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The unlikelihood -log(1 - p_label), minimised: pushes the label's probability down hardest where the model is
-    surest, where ABL's -cross-entropy has almost no gradient. No gradient from a sample already below chance
-    (p_label < 1 / classes), so the ascent stays finite."""
+    surest, where ABL's -cross-entropy has almost no gradient; it is bounded below by 0 and its gradient vanishes as
+    p_label goes to 0, so unlike -cross-entropy it cannot diverge."""
     log_p = F.log_softmax(logits, 1)
     label = F.one_hot(labels, logits.shape[1]).bool()
-    log_rest = log_p.masked_fill(label, -math.inf).logsumexp(1)
-    live = log_p[label].detach() > -math.log(logits.shape[1])
-    return -(log_rest * live).sum() / len(labels)
+    return -log_p.masked_fill(label, -math.inf).logsumexp(1).mean()
 
 
 @torch.no_grad()
@@ -193,8 +191,8 @@ def _check_stages_fit(cfg: Mapping[str, Any]) -> None:
     between("abl-strip-share", 0.6, "ABL: the client unlearns its isolated samples that STRIP flags (entropy "
             "under overlays below the 1st percentile of its other-label samples) only if they are at least this "
             "share of the isolated; else it takes them for its easiest clean samples and trains on all", 0, 1, "(]"),
-    positive("abl-unlearn-rounds", 5, "ABL: last rounds, unlearning of the flagged isolated samples (unlikelihood "
-             "-log(1 - p_label); none from a sample already below chance)"),
+    positive("abl-unlearn-rounds", 5, "ABL: last rounds, unlearning of the flagged isolated samples (the "
+             "unlikelihood -log(1 - p_label))"),
     positive("abl-unlearn-lr", 5e-4, "ABL: learning rate of the unlearning"),
 ], checks=[_check_stages_fit], summary="ABL (Li et al. 2021): isolate the lowest-loss samples under LGA, then, "
                                        "where STRIP says they carry a trigger, unlearn them")
