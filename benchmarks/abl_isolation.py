@@ -1,7 +1,7 @@
 """How pure ABL's isolation and STRIP's test were in finished `client-defense=abl` runs under `threat=poisoned-data`.
 
 ABL's clients cannot know which of their samples were poisoned; the simulation can. For each client this reads
-what ABL isolated and what STRIP then flagged for unlearning (kept in the client's memory under the run's
+what ABL isolated and what STRIP then flagged among all its samples for unlearning (kept in the client's memory under the run's
 client-state folder) and, for a victim (a malicious-fraction client whose shard a third party poisoned), replays the
 seeded poisoning of its shard to count how many of them were poisoned. A clean client should flag none. The
 client-state folders are not in git, so it reads runs made on this machine:
@@ -28,7 +28,8 @@ from fl_defense.client_defenses.abl import ISOLATED, SUSPECTS
 
 @dataclass(frozen=True)
 class Client:
-    """One client's isolated and flagged samples, and how many of each were poisoned (0 for a clean client)."""
+    """One client's isolated and flagged samples, and how many of each were poisoned, of `poisoned` (all 0 for a
+    clean client)."""
 
     pid: int
     victim: bool
@@ -36,6 +37,7 @@ class Client:
     isolated_poisoned: int
     flagged: int
     flagged_poisoned: int
+    poisoned: int
 
 
 def purity(run: Path) -> list[Client]:
@@ -54,14 +56,14 @@ def purity(run: Path) -> list[Client]:
         poisoned = poisoned_shard(cfg, pid).poisoned if pid in victims else torch.empty(0, dtype=torch.long)
         isolated, flagged = memory[ISOLATED], memory[SUSPECTS]
         rows.append(Client(pid, pid in victims, len(isolated), int(torch.isin(isolated, poisoned).sum()),
-                           len(flagged), int(torch.isin(flagged, poisoned).sum())))
+                           len(flagged), int(torch.isin(flagged, poisoned).sum()), len(poisoned)))
     return rows
 
 
 def describe(row: Client) -> str:
     if row.victim:
         return (f"victim {row.pid} isolated {row.isolated_poisoned}/{row.isolated} poisoned, flagged "
-                f"{row.flagged_poisoned}/{row.flagged}")
+                f"{row.flagged_poisoned}/{row.flagged} (of its {row.poisoned} poisoned)")
     return f"clean {row.pid} flagged {row.flagged} of {row.isolated}"
 
 

@@ -110,12 +110,12 @@ def test_isolated_samples_are_mostly_the_poisoned_ones(isolated: Isolated) -> No
     assert precision >= 0.8, f"isolation precision {precision:.2f}; the poison share is 0.10"
 
 
-def test_strip_flags_the_poisoned_among_the_isolated(isolated: Isolated) -> None:
-    flagged = isolated.memory[SUSPECTS]
-    assert torch.isin(flagged, isolated.memory[ISOLATED]).all()
-    assert len(flagged) >= isolated.cfg["abl-strip-share"] * len(isolated.memory[ISOLATED])
-    precision = torch.isin(flagged, isolated.data.poisoned).float().mean().item()
-    assert precision >= 0.95, f"{len(flagged)} flagged, precision {precision:.2f}"
+def test_strip_flags_the_poisoned_samples(isolated: Isolated) -> None:
+    """The isolated samples say the data is poisoned; then STRIP screens all of it and finds most of the poison."""
+    flagged, poisoned = isolated.memory[SUSPECTS], isolated.data.poisoned
+    precision = torch.isin(flagged, poisoned).float().mean().item()
+    recall = torch.isin(poisoned, flagged).float().mean().item()
+    assert precision >= 0.95 and recall >= 0.8, f"{len(flagged)} flagged, precision {precision:.2f}, recall {recall:.2f}"
 
 
 def test_a_clean_client_flags_nothing_and_trains_on_all_its_samples(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,23 +145,23 @@ def test_unlearning_raises_the_loss_of_the_flagged_samples(isolated: Isolated) -
     assert per_sample_loss(model, x, y, flagged, 256, CPU).mean().item() > 5 * before  # two steps at 5e-4
 
 
-def test_unlearning_stays_finite_where_the_plain_ascent_diverges(isolated: Isolated) -> None:
-    """Many ascent steps on the isolated samples: -CE blows up to NaN, the bounded loss leaves them below chance
-    and the weights finite (the centralised BadNets run's first unlearning round ended in NaN before the bound)."""
+def test_unlearning_moves_where_the_papers_ascent_is_stuck(isolated: Isolated) -> None:
+    """On the poisoned samples the model is sure of, ABL's -cross-entropy has no gradient and ten passes leave them
+    as they were; the unlikelihood unlearns them (their label far below chance) with the weights finite."""
     iso = isolated.memory[ISOLATED]
     x, y = isolated.data.images, isolated.data.labels
     ends = {}
     plain = lambda lg, t: -torch.nn.functional.cross_entropy(lg, t)  # noqa: E731
-    for name, loss_fn in (("plain", plain), ("bounded", unlearn_loss)):
+    for name, loss_fn in (("plain", plain), ("unlikelihood", unlearn_loss)):
         model = build_model("cnn", SPEC)
         model.load_state_dict(isolated.model.state_dict())
-        abl_module.train_local(model, x, y, iso, epochs=60, batch_size=16, lr=0.05, momentum=0.9, weight_decay=0.0,
+        abl_module.train_local(model, x, y, iso, epochs=10, batch_size=16, lr=0.05, momentum=0.9, weight_decay=0.0,
                                generator=torch.Generator().manual_seed(0), device=CPU, loss_fn=loss_fn)
-        ends[name] = (all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()),
-                      per_sample_loss(model, x, y, iso, 256, CPU))
-    assert not ends["plain"][0]
-    finite, losses = ends["bounded"]
-    assert finite and losses.median().item() > math.log(10)
+        assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+        ends[name] = per_sample_loss(model, x, y, iso, 256, CPU).median().item()
+    before = per_sample_loss(isolated.model, x, y, iso, 256, CPU).median().item()
+    assert before < 1e-3 and ends["plain"] < 1e-3
+    assert ends["unlikelihood"] > math.log(10)
 
 
 @pytest.mark.parametrize("flagged", [3, 0])
@@ -225,5 +225,6 @@ def test_isolation_purity_replay_counts_the_poisoned_among_the_isolated(tmp_path
     torch.save({ISOLATED: shard.poisoned[:9], SUSPECTS: shard.poisoned[:3]},
                tmp_path / "client-state" / str(other) / "client-defense-memory-r10.pt")
     (tmp_path / "results.json").write_text(json.dumps({"config": cfg, "rounds": []}))
-    assert purity(tmp_path) == sorted([Client(victim, True, 12, 7, 6, 4), Client(other, False, 9, 0, 3, 0)],
+    assert purity(tmp_path) == sorted([Client(victim, True, 12, 7, 6, 4, len(shard.poisoned)),
+                                       Client(other, False, 9, 0, 3, 0, 0)],
                                       key=lambda c: c.pid)

@@ -97,7 +97,6 @@ from fl_defense.training import LossFn, train_local
 ISOLATED = "abl-isolated"
 SUSPECTS = "abl-suspects"
 STRIP_OVERLAYS = 8
-STRIP_REFERENCE = 1000
 STRIP_FRR = 0.01
 
 
@@ -159,20 +158,25 @@ def strip_entropy(model: BackdoorModel, images: torch.Tensor, indices: torch.Ten
 def suspects(model: BackdoorModel, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
              isolated: torch.Tensor, share: float, generator: torch.Generator, batch_size: int,
              device: torch.device) -> torch.Tensor:
-    """The isolated samples that STRIP flags, if they are at least `share` of the isolated; else none.
+    """The client's samples that STRIP flags, if they are at least `share` of the isolated ones; else none.
 
-    Flagged: entropy below the STRIP_FRR quantile of the client's other samples whose label is not the isolated
-    samples' most common one (a poisoned-label attack relabels its samples to the target, so these are clean; all
-    other samples where every one has that label)."""
+    Flagged: entropy below the STRIP_FRR quantile of a clean reference, as many of the client's other samples, the
+    lowest-loss ones, whose label is not the isolated samples' most common one (a poisoned-label attack relabels its
+    samples to the target, so these are clean; the easiest, because the isolated ones are the easiest too, and
+    easy clean samples keep their prediction under overlays more than the median one does). Once the isolated
+    samples say the data is poisoned, all samples are screened: the isolated share is far smaller than the
+    poisoned one where the poison rate is high."""
     rest = indices[~torch.isin(indices, isolated)]
     if not len(rest):
         return isolated[:0]
-    common = labels[isolated].mode().values
-    reference = rest[labels[rest] != common] if (labels[rest] != common).any() else rest
-    reference = reference[torch.randperm(len(reference), generator=generator)[:STRIP_REFERENCE]]
+    others = rest[labels[rest] != labels[isolated].mode().values]
+    reference = others if len(others) else rest
+    easiest = torch.argsort(per_sample_loss(model, images, labels, reference, batch_size, device), stable=True)
+    reference = reference[easiest[:len(isolated)]]
     threshold = strip_entropy(model, images, reference, rest, generator, batch_size, device).quantile(STRIP_FRR)
-    flagged = isolated[strip_entropy(model, images, isolated, rest, generator, batch_size, device) < threshold]
-    return flagged if len(flagged) >= share * len(isolated) else isolated[:0]
+    if (strip_entropy(model, images, isolated, rest, generator, batch_size, device) < threshold).float().mean() < share:
+        return isolated[:0]
+    return indices[strip_entropy(model, images, indices, rest, generator, batch_size, device) < threshold]
 
 
 def _check_stages_fit(cfg: Mapping[str, Any]) -> None:
@@ -214,7 +218,7 @@ class ABL(ClientDefense):
         if not len(memory[SUSPECTS]):
             return self._sgd(model, images, labels, indices, cfg["lr"], generator, device, F.cross_entropy)
         if server_round <= cfg["rounds"] - cfg["abl-unlearn-rounds"]:
-            rest = indices[~torch.isin(indices, memory[ISOLATED])]
+            rest = indices[~torch.isin(indices, torch.cat([memory[ISOLATED], memory[SUSPECTS]]))]
             return self._sgd(model, images, labels, rest, cfg["lr"], generator, device, F.cross_entropy)
         return self._sgd(model, images, labels, memory[SUSPECTS], cfg["abl-unlearn-lr"], generator, device,
                          unlearn_loss)
