@@ -218,7 +218,8 @@ class ABL(ClientDefense):
         if not len(memory[SUSPECTS]):
             return self._sgd(model, images, labels, indices, cfg["lr"], generator, device, F.cross_entropy)
         if server_round <= cfg["rounds"] - cfg["abl-unlearn-rounds"]:
-            rest = indices[~torch.isin(indices, torch.cat([memory[ISOLATED], memory[SUSPECTS]]))]
+            target = labels[memory[SUSPECTS]].mode().values
+            rest = indices[labels[indices] != target]
             return self._sgd(model, images, labels, rest, cfg["lr"], generator, device, F.cross_entropy)
         return self._sgd(model, images, labels, memory[SUSPECTS], cfg["abl-unlearn-lr"], generator, device,
                          unlearn_loss)
