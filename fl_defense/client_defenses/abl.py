@@ -91,7 +91,7 @@ from fl_defense.client_defenses.base import ClientDefense, Memory
 from fl_defense.data import to_float
 from fl_defense.errors import ConfigError
 from fl_defense.models.base import BackdoorModel
-from fl_defense.registry import CLIENT_DEFENSES, between, positive
+from fl_defense.registry import CLIENT_DEFENSES, between, choice, positive
 from fl_defense.training import LossFn, train_local
 
 ISOLATED = "abl-isolated"
@@ -179,6 +179,14 @@ def suspects(model: BackdoorModel, images: torch.Tensor, labels: torch.Tensor, i
     return indices[strip_entropy(model, images, indices, rest, generator, batch_size, device) < threshold]
 
 
+def quarantined(labels: torch.Tensor, indices: torch.Tensor, flagged: torch.Tensor, quarantine: str) -> torch.Tensor:
+    """What a client whose data STRIP found poisoned trains on until it unlearns: `indices` without the flagged
+    samples, or (`label`) without every sample of their most common label, the target's."""
+    if quarantine == "label":
+        return indices[labels[indices] != labels[flagged].mode().values]
+    return indices[~torch.isin(indices, flagged)]
+
+
 def _check_stages_fit(cfg: Mapping[str, Any]) -> None:
     stages = cfg["abl-isolation-rounds"] + cfg["abl-unlearn-rounds"]
     if stages > cfg["rounds"]:
@@ -195,6 +203,9 @@ def _check_stages_fit(cfg: Mapping[str, Any]) -> None:
     between("abl-strip-share", 0.6, "ABL: the client unlearns its isolated samples that STRIP flags (entropy "
             "under overlays below the 1st percentile of its other-label samples) only if they are at least this "
             "share of the isolated; else it takes them for its easiest clean samples and trains on all", 0, 1, "(]"),
+    choice("abl-quarantine", "label", "ABL: what a client whose data STRIP found poisoned leaves out of its training "
+           "until it unlearns: every sample of the flagged samples' label (left to the other clients), or the flagged "
+           "samples only (a client alone, as in the papers' centralised setting)", ["label", "flagged"]),
     positive("abl-unlearn-rounds", 5, "ABL: last rounds, unlearning of the flagged isolated samples (the "
              "unlikelihood -log(1 - p_label))"),
     positive("abl-unlearn-lr", 5e-4, "ABL: learning rate of the unlearning"),
@@ -218,8 +229,7 @@ class ABL(ClientDefense):
         if not len(memory[SUSPECTS]):
             return self._sgd(model, images, labels, indices, cfg["lr"], generator, device, F.cross_entropy)
         if server_round <= cfg["rounds"] - cfg["abl-unlearn-rounds"]:
-            target = labels[memory[SUSPECTS]].mode().values
-            rest = indices[labels[indices] != target]
+            rest = quarantined(labels, indices, memory[SUSPECTS], cfg["abl-quarantine"])
             return self._sgd(model, images, labels, rest, cfg["lr"], generator, device, F.cross_entropy)
         return self._sgd(model, images, labels, memory[SUSPECTS], cfg["abl-unlearn-lr"], generator, device,
                          unlearn_loss)
