@@ -1,80 +1,59 @@
 """`client-defense=abl`: Anti-Backdoor Learning (Li et al., NeurIPS 2021) on an honest client, in FL rounds.
 
-ABL rests on backdoor samples being learned much faster than clean ones. Its stages, counted in
-the run's rounds instead of epochs:
+ABL rests on backdoor samples being learned much faster than clean ones. Its stages, counted in the run's rounds
+instead of epochs, and what this module adds for federated learning (each addition measured below):
 
-1. rounds 1..abl-isolation-rounds: local gradient ascent (LGA) holds the batch loss near gamma, so
-   clean samples stay around gamma while backdoor samples fall far below it;
-2. at the client's first round after that, the per-sample loss isolates the lowest
-   abl-isolation-ratio share of the local data (kept in the client's memory). The loss is that of
-   the received model after one more local LGA pass, not of the received model itself: averaging
-   with the clean clients dilutes the backdoor in the global model so much that the easiest clean
-   samples have lower loss than the poisoned ones, while a model trained on the client's own
+1. rounds 1..abl-isolation-rounds: local gradient ascent (LGA) holds the batch loss near gamma, so clean samples
+   stay around gamma while backdoor samples fall far below it;
+2. at the client's first round after that, the per-sample loss isolates the lowest abl-isolation-ratio share of
+   the local data. The loss is that of the received model after one more local LGA pass, not of the received
+   model itself: averaging with the clean clients dilutes the backdoor in the global model so much that the
+   easiest clean samples have lower loss than the poisoned ones, while a model trained on the client's own
    poisoned data, as in the paper, learns the backdoor first;
-3. then plain training on the other samples, until
-4. the last abl-unlearn-rounds rounds unlearn: pure gradient ascent on the isolated samples at
-   abl-unlearn-lr, as in the official code, bounded per sample (below). The paper's combined loss
-   (descent on the other samples in the same steps) was measured worse in FL: a poisoned client's
-   other samples still hold most of its poison, so the descent re-plants the backdoor as fast as the
-   ascent removes it.
+3. added: STRIP's test (Gao et al., ACSAC 2019) on that model. Each isolated sample is overlaid, half and half,
+   with random other local images; a trigger keeps the prediction sure (low entropy). The samples under the 1st
+   percentile of a clean reference (as many of the client's easiest samples of the other labels) are flagged.
+   If fewer than abl-strip-share of the isolated ones are, the client takes them for its easiest clean samples
+   and trains plainly on all its data from then on. Otherwise its data is poisoned, STRIP screens all of it, and
+4. until the unlearning the client trains without the flagged samples' label (abl-quarantine = label: the
+   other clients teach it) or, alone, without the flagged samples (flagged);
+5. the last abl-unlearn-rounds rounds unlearn the flagged samples at abl-unlearn-lr: the unlikelihood
+   -log(1 - p_label) instead of the paper's gradient ascent on the cross-entropy.
 
-The ascent is slow where the model is sure: on the defense table's BadNets run at 717f8c3 (seed 0) the
-isolation was exact (each poisoned client's 570 isolated samples were all poisoned ones), but their loss was
-7e-4 on average, so -cross-entropy's gradient was near zero and ASR stayed 0.97-0.99 through the five
-unlearning rounds (at 46d242b the same setting ended at 0.025). A bounded loss that pulls hardest where the
-model is surest, -log(1 - p_label) (unlikelihood), took one poisoned client's own model from ASR 0.98 to 0.002
-in one round, but in the federated run every clean client unlearnt its own isolated samples, its easiest clean
-ones (250-460 of 570 were Trousers), as hard: BA 0.90 -> 0.45 by round 20 at ASR 0.28. Not kept: an honest
-client cannot tell whether its isolated samples are poison.
+Why each addition (the default setting, threat poisoned-data: 2 of 10 clients' shards 50% poisoned, seed 0 unless
+said; records under benchmarks/runs/probes; `python -m benchmarks.abl_isolation RUN` counts what each client
+isolated and flagged):
 
-What the unlearning sees, measured on one federated run per attack (seed 0, threat poisoned-data, at acc8057
-with a logging patch not kept; per client, the isolated samples' mean loss): at isolation, under the client's
-LGA pass, a clean client's isolated samples (46-79% of them Trousers) had loss 8e-4 to 3.5e-3 against a median
-of 0.27-0.44 for its other samples; a BadNets victim's had loss 0 in float32 (below 1e-7), a Blended victim's
-4e-3, inside the clean clients' range. During the unlearning rounds, on the received global model, the clean
-clients' isolated losses stayed at 1e-6 to 5e-4 (their ascent does nothing: the clean clients are not what
-costs BA), while the victims' rose from 1e-3 to 0.4-1.2 (BadNets, ASR 0.99 -> 0.195 at round 20, BA 0.900, still
-falling: the ascent takes off late and the seeds end anywhere from 0.02 to 1.0) and from 0.2 to 6.5-7.7 (Blended,
-ASR 0.19, BA 0.81: the unbounded ascent that removes the blend also removes clean features). Two changes were
-tried and not kept: the ascent bounded per sample at ln(classes) with abl-unlearn-lr 2e-3 ended BadNets at ASR
-0.062 (BA 0.896) but left Blended at 0.954 (a victim stops once its isolated samples are unlearnt, and FedAvg
-passes a fifth of that on: the blend is not removed); the unbounded ascent at 2e-3 unlearnt BadNets by round 17
-(ASR 0.037, BA 0.857) and then collapsed both runs to BA 0.10 by round 18.
+- The test. In FL most clients are clean, and ABL unlearns whatever it isolated: a clean client's isolated samples
+  are its easiest (46-79% of them Trousers here), and unlearning them as hard as a victim must (the unlikelihood,
+  in an earlier federated run without the test) took BA from 0.90 to 0.45. Under the LGA pass a Blended victim's isolated samples
+  have loss 4e-3, inside the clean clients' 8e-4 to 3.5e-3, so the loss cannot tell them apart; STRIP can.
+  Replayed outside Flower on round 5's global model (both attacks), the share of isolated samples flagged was
+  0.00-0.46 on clean clients and 0.75-1.00 on victims against random other-label samples as the reference, and
+  0.00-0.34 against 0.78-1.00 against the easiest 10% of them (hence that reference; the default 0.6 sits in
+  that gap).
+  In the federated runs no clean client of either attack flagged any; with the median reference one BadNets
+  client flagged 351 of 570 (0.62) and unlearnt them, at no BA cost (0.908, 2a54fa0).
+- The screen. The isolated 10% is a fifth of a victim's poison here: unlearning only it (2a54fa0) ended BadNets at
+  ASR 0.188 and Blended at 0.625 (BA 0.908), and without the chance bound of the loss below the same (0.184).
+  Screening all the data flagged 2,847 of BadNets' 2,850 poisoned samples (2,875 flagged) and took ASR to 0.043
+  (3e99e27), but found only 58-65% of Blended's (99% precise); the rest re-planted the blend (ASR 0.83 before the
+  unlearning, 0.308 at the end).
+- The quarantine. Leaving the flagged label out (d3bb35b) removes all poisoned-label poison whatever the screen
+  missed: ASR fell to 0.04-0.05 before the unlearning (round 15) and ended at 0.013 (BadNets) and 0.022
+  (Blended) at BA 0.908 and 0.907 (no defense: 0.910). A client alone cannot leave a label out without
+  forgetting it, hence `flagged` in the centralised config.
+- The loss. ABL's -cross-entropy has almost no gradient on samples the model is sure of, and diverges once it
+  moves. Federated (67158a6, 3 seeds) every victim's isolation was pure (570 of 570 poisoned) and the unlearning
+  did nothing: their loss was 7e-4 and ASR stayed 0.90-1.00 (BadNets 0.980 +/- 0.023, Blended 0.950 +/- 0.047).
+  Centrally (simulations/configs/centralised.toml, BadNets, seed 0, before the bound) the first unlearning round
+  ended in NaN and the server rejected the update (ASR 0.998); traced at the paper's 5e-4, BA 0.906 -> 0.75 at
+  40 steps, 0.10 at 60, NaN at 85. Bounded at ln(classes) it stayed on the plateau at seed 1 (loss 7e-5, ASR
+  0.893). The unlikelihood pushes hardest where p_label is near 1, is bounded below by 0 and cannot diverge
+  (tests/test_abl.py shows both on a model sure of the poison).
 
-The unlearning is bounded per sample at ln(classes) since 2026-12-06 (`unlearn_loss`): a sample whose label is
-already below chance (cross-entropy above ln C) gives no more ascent; below that the gradient is the paper's.
-The paper's unbounded ascent diverges once it moves: the centralised control (simulations/configs/centralised.toml,
-BadNets, seed 0) ended its first unlearning round with a NaN loss, the server rejected the update, and all five
-unlearning rounds left the model as it was (ASR 0.998). Traced on that model with its 5,700 isolated samples
-(80% poisoned) at the paper's 5e-4, batch 32: ASR 0.997 -> 0.015 after 16 steps at BA 0.906 -> 0.904, then BA
-0.75 at 40 steps, 0.10 at 60, NaN at 85. The official code runs about 16 steps (4 epochs over 500 samples at
-batch 128) and stops before that. Bounded, on the 570 isolated samples that were poisoned (the paper's 1%): ASR
-0.013 after two passes of 18 steps, 0.004 after five, BA 0.906 -> 0.891; unbounded, BA 0.79 after two passes
-and NaN in the fourth. The bound does not save an impure isolation: on all 5,700 (1,148 of them clean) one
-bounded pass took ASR to 0 and BA to 0.83, the clean ones being pushed to chance too. Hence the
-centralised config isolates the paper's 1%: there, 565 of BadNets' 570 isolated samples were poisoned and the
-run ended at ASR 0.013, BA 0.893 (no defense: 0.903; seed 0 at 613e517).
-
-The isolation itself fails on Blended here, centrally too (the control, seed 0 at 613e517): of the 570 isolated
-samples none was poisoned: after the LGA rounds the lowest losses were clean images', and unlearning those
-570 took BA from 0.90 to 0.73 and left ASR at 0.997. ABL's premise, that the backdoor is
-learned before any clean sample, holds for the 3x3 patch and not for this blend on this data set.
-
-The bound keeps the ascent finite, not fast: where it does not take off it stays in the flat region. Centralised
-BadNets, seeds 0-2 (613e517 and 3b4fc89, the same ABL code; 565, 568 and 570 of the 570 isolated samples poisoned):
-ASR 0.013, 0.893 and 0.102. At seed 1 the isolated samples' loss stayed at 7e-5 in the median (5e-4 in train mode),
-and five more bounded passes on its final model moved ASR only from 0.894 to 0.866. Minimising the unlikelihood
--log(1 - p_label) instead, with the same bound, does not saturate: from that model at 1e-4, ASR 0.051 after one
-pass at BA 0.901 and 0.013 after five at BA 0.872; at 2e-5, 0.102 after five at BA 0.902; at 5e-4, 0.002 after one
-at BA 0.851. Not adopted: measured on one model only, and in the federated setting the clean clients would unlearn
-their own easiest samples with it (see above).
-
-Federated with the bound (default setting, threat poisoned-data, the defense table's poisoned part, 3 seeds at
-67158a6, seed 0 at 3b4fc89): BadNets ASR 0.980 +/- 0.023, Blended 0.950 +/- 0.047, BA drops 0.009 and 0.010; no
-update rejected. Every victim's isolation was pure (570 of 570 poisoned, 12 of 12 victims), so the unlearning alone
-fails: diluted by FedAvg it stays in the flat region (ASR over the five unlearning rounds 0.93-0.99 -> 0.90-1.00).
-The unbounded ascent of the table before (48d223a) removed more where it moved (Blended 0.084 +/- 0.064) and took
-BA with it (-0.154). ABL misses issue 19's federated bar either way.
+ABL's own premise fails for the blend centrally: with the paper's 1% isolated (the control, seed 0 at 613e517)
+none of the 570 isolated samples was poisoned, since after the LGA rounds the lowest losses were clean images'.
 """
 
 from __future__ import annotations
