@@ -177,19 +177,20 @@ def _check_stages_fit(cfg: Mapping[str, Any]) -> None:
     positive("abl-isolation-rounds", 5, "ABL: first rounds, local gradient ascent (LGA) training; the next round "
              "isolates (the paper: 20 epochs)"),
     positive("abl-gamma", 0.5, "ABL: LGA loss threshold gamma"),
-    between("abl-isolation-ratio", 0.1, "ABL: share of each client's samples isolated (lowest loss) and later "
-            "unlearned (the paper: 0.01, too few to unlearn a backdoor through FedAvg)", 0, 1, "()"),
-    between("abl-strip-share", 0.6, "ABL: the client unlearns its isolated samples that STRIP flags (entropy "
-            "under overlays below the 1st percentile of its other-label samples) only if they are at least this "
-            "share of the isolated; else it takes them for its easiest clean samples and trains on all", 0, 1, "(]"),
+    between("abl-isolation-ratio", 0.1, "ABL: share of each client's samples isolated (lowest loss) and tested "
+            "with STRIP (the paper: 0.01)", 0, 1, "()"),
+    between("abl-strip-share", 0.6, "ABL: a client takes its data for poisoned when STRIP flags at least this share "
+            "of its isolated samples (entropy under overlays below the 1st percentile of as many of its easiest "
+            "other-label samples), then screens all its samples the same way; else it takes the isolated ones for "
+            "its easiest clean samples and trains on all", 0, 1, "(]"),
     choice("abl-quarantine", "label", "ABL: what a client whose data STRIP found poisoned leaves out of its training "
            "until it unlearns: every sample of the flagged samples' label (left to the other clients), or the flagged "
            "samples only (a client alone, as in the papers' centralised setting)", ["label", "flagged"]),
-    positive("abl-unlearn-rounds", 5, "ABL: last rounds, unlearning of the flagged isolated samples (the "
-             "unlikelihood -log(1 - p_label))"),
+    positive("abl-unlearn-rounds", 5, "ABL: last rounds, unlearning of the flagged samples (the unlikelihood "
+             "-log(1 - p_label))"),
     positive("abl-unlearn-lr", 5e-4, "ABL: learning rate of the unlearning"),
-], checks=[_check_stages_fit], summary="ABL (Li et al. 2021): isolate the lowest-loss samples under LGA, then, "
-                                       "where STRIP says they carry a trigger, unlearn them")
+], checks=[_check_stages_fit], summary="ABL (Li et al. 2021): isolate the lowest-loss samples under LGA; where "
+                                       "STRIP says they carry a trigger, screen all samples and unlearn the flagged")
 class ABL(ClientDefense):
 
     def train(self, model: BackdoorModel, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, *,
