@@ -1,10 +1,10 @@
 """How pure ABL's isolation and STRIP's test were in finished `client-defense=abl` runs under `threat=poisoned-data`.
 
-ABL's clients cannot know which of their samples were poisoned; the simulation can. For each client this reads
-what ABL isolated and what STRIP then flagged among all its samples for unlearning (kept in the client's memory under the run's
-client-state folder) and, for a victim (a malicious-fraction client whose shard a third party poisoned), replays the
-seeded poisoning of its shard to count how many of them were poisoned. A clean client should flag none. The
-client-state folders are not in git, so it reads runs made on this machine:
+ABL's clients cannot know which of their samples were poisoned; the simulation can. For each client this reads what
+ABL isolated and what STRIP then flagged among all its samples for unlearning (kept in the client's memory under the
+run's client-state folder) and, for a victim (a malicious-fraction client whose shard a third party poisoned),
+replays the seeded poisoning of its shard to count how many of them were poisoned. A clean client should flag none.
+The client-state folders are not in git, so it reads runs made on this machine:
 
     python -m benchmarks.abl_isolation benchmarks/runs/defense-table/badnets-poisoned-abl-s*
 """

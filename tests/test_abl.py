@@ -115,7 +115,7 @@ def test_strip_flags_the_poisoned_samples(isolated: Isolated) -> None:
     flagged, poisoned = isolated.memory[SUSPECTS], isolated.data.poisoned
     precision = torch.isin(flagged, poisoned).float().mean().item()
     recall = torch.isin(poisoned, flagged).float().mean().item()
-    assert precision >= 0.95 and recall >= 0.8, f"{len(flagged)} flagged, precision {precision:.2f}, recall {recall:.2f}"
+    assert precision >= 0.95 and recall >= 0.8, f"{len(flagged)} flagged: precision {precision:.2f}, recall {recall}"
 
 
 def test_a_clean_client_flags_nothing_and_trains_on_all_its_samples(monkeypatch: pytest.MonkeyPatch) -> None:

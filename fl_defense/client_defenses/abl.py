@@ -25,15 +25,15 @@ said; records under benchmarks/runs/probes; `python -m benchmarks.abl_isolation 
 isolated and flagged):
 
 - The test. In FL most clients are clean, and ABL unlearns whatever it isolated: a clean client's isolated samples
-  are its easiest (46-79% of them Trousers here), and unlearning them as hard as a victim must (the unlikelihood,
-  in an earlier federated run without the test) took BA from 0.90 to 0.45. Under the LGA pass a Blended victim's isolated samples
-  have loss 4e-3, inside the clean clients' 8e-4 to 3.5e-3, so the loss cannot tell them apart; STRIP can.
-  Replayed outside Flower on round 5's global model (both attacks), the share of isolated samples flagged was
-  0.00-0.46 on clean clients and 0.75-1.00 on victims against random other-label samples as the reference, and
-  0.00-0.34 against 0.78-1.00 against the easiest 10% of them (hence that reference; the default 0.6 sits in
-  that gap).
-  In the federated runs no clean client of either attack flagged any; with the median reference one BadNets
-  client flagged 351 of 570 (0.62) and unlearnt them, at no BA cost (0.908, 2a54fa0).
+  are its easiest (46-79% of them Trousers here), and unlearning them as hard as a victim must (the unlikelihood, in
+  an earlier federated run without the test) took BA from 0.90 to 0.45. Under the LGA pass a Blended victim's
+  isolated samples have loss 4e-3, inside the clean clients' 8e-4 to 3.5e-3, so the loss cannot tell them apart;
+  STRIP can. Replayed outside Flower on round 5's global model (both attacks), the share of isolated samples flagged
+  was 0.00-0.46 on clean clients and 0.75-1.00 on victims against random other-label samples as the reference, and
+  0.00-0.34 against 0.78-1.00 against the easiest 10% of them (hence that reference; the default 0.6 sits in that
+  gap). In the defense table's six federated runs none of the 48 clean clients flagged any; with random other-label
+  samples as the reference one BadNets client flagged 351 of 570 (0.62) and unlearnt them, at no BA cost (0.908,
+  2a54fa0).
 - The screen. The isolated 10% is a fifth of a victim's poison here: unlearning only it (2a54fa0) ended BadNets at
   ASR 0.188 and Blended at 0.625 (BA 0.908), and without the chance bound of the loss below the same (0.184).
   Screening all the data flagged 2,847 of BadNets' 2,850 poisoned samples (2,875 flagged) and took ASR to 0.043
