@@ -210,9 +210,8 @@ class ABL(ClientDefense):
         if SUSPECTS not in memory:
             local = copy.deepcopy(model)
             self._lga(local, images, labels, indices, generator, device)
-            if ISOLATED not in memory:
-                memory[ISOLATED] = isolate(local, images, labels, indices, cfg["abl-isolation-ratio"],
-                                           cfg["eval-batch-size"], device)
+            memory[ISOLATED] = isolate(local, images, labels, indices, cfg["abl-isolation-ratio"],
+                                       cfg["eval-batch-size"], device)
             memory[SUSPECTS] = suspects(local, images, labels, indices, memory[ISOLATED], cfg["abl-strip-share"],
                                         generator, cfg["eval-batch-size"], device)
         if not len(memory[SUSPECTS]):
