@@ -34,7 +34,8 @@ from typing import Any
 
 from benchmarks.common import NOTHING_CACHED, mean_std, provenance, write_block
 from fl_defense.config import load_toml, resolve, schema
-from fl_defense.registry import AGGREGATION_RULES
+from fl_defense.purification import build_purifier
+from fl_defense.registry import AGGREGATION_RULES, PURIFIERS, TRIGGER_SOURCES
 from fl_defense.simulations.purify import purify
 from fl_defense.simulations.runner import run_experiment
 
@@ -88,7 +89,15 @@ SCOPED: dict[str, tuple[str, str]] = {
 NOT_RESULTS = ("out-dir", "eval-batch-size")
 
 
+def _inverts_triggers(cfg: dict[str, Any]) -> bool:
+    """Whether a run or purification of `cfg` finds triggers (a purifier that needs one), so the trigger sources' keys
+    matter (a new default scan does not invalidate a run without a defense)."""
+    return cfg["defense"] in PURIFIERS and build_purifier(cfg).trigger_source() is not None
+
+
 def _in_use(key: str, cfg: dict[str, Any]) -> bool:
+    if key in {o.key for o in TRIGGER_SOURCES.all_options()}:
+        return _inverts_triggers(cfg)
     for prefix, (selector, method) in SCOPED.items():
         if key.startswith(prefix):
             return cfg[selector] == method
@@ -121,9 +130,9 @@ def federated_run(out: Path, compute: bool, **overrides: Any) -> dict[str, Any] 
 
 def purified(run_dir: Path, res: dict[str, Any], defense: str, compute: bool) -> dict[str, Any] | None:
     """A purifier's record on the final model of the run `res` kept in `run_dir`: cached, computed now (when
-    `compute`), or None."""
+    `compute`), or None. Keys the run did not use (a scan's, in a run without a defense) take today's defaults."""
     out = run_dir / f"purify-{defense}"
-    saved = {k: v for k, v in res["config"].items() if k != "out-dir"}
+    saved = {k: v for k, v in res["config"].items() if k != "out-dir" and _in_use(k, res["config"])}
     cfg = resolve({**saved, "defense": defense})
     record = cached(out / "purify.json", cfg)
     if record is None and compute:

@@ -226,7 +226,7 @@ PURIFIERS: Registry[Any] = Registry(
     help="server-side defense, a purifier run on the aggregated model on the rounds of defense-schedule "
     "(defense=shadow is an alias of strategy-wrapper=shadow)")
 TRIGGER_SOURCES: Registry[Any] = Registry(
-    "inversion", "trigger source", "fl_defense.inversion", default="nc+warp",
+    "inversion", "trigger source", "fl_defense.inversion", default="nc+warp+blend",
     help="how the server finds the trigger and the target label for the purifiers that need them")
 STRATEGY_WRAPPERS: Registry[Any] = Registry(
     "strategy-wrapper", "strategy wrapper", "fl_defense.server.wrappers", default="none", extra=("none",),

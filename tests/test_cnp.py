@@ -123,7 +123,7 @@ def test_pruning_zeroes_exactly_the_share_asked_for(bd: Backdoored, ratio: float
 
 
 def test_cnp_asks_for_the_run_s_trigger_source_or_its_own_guess() -> None:
-    assert build_purifier(resolve({"defense": "cnp"})).trigger_source() == "nc+warp"  # the default source
+    assert build_purifier(resolve({"defense": "cnp"})).trigger_source() == "nc+warp+blend"  # the default source
     assert build_purifier(resolve({"defense": "cnp", "cnp-target": "anp"})).trigger_source() == "anp"
     assert build_purifier(resolve({"defense": "cnp", "inversion": "anp"})).trigger_source() == "anp"
 

@@ -38,7 +38,7 @@ def purify(bd: Backdoored, name: str, trigger: Trigger | None = None) -> tuple[P
 def test_registry_and_build() -> None:
     assert {"ft", "nc-unlearn", "fp", "nad", "mcl", "cnp"} <= set(PURIFIERS.entries)
     assert issubclass(PURIFIERS["nc-unlearn"], TriggerPurifier) and issubclass(PURIFIERS["ft"], CleanSetPurifier)
-    assert build_purifier(resolve({"defense": "mcl"})).trigger_source() == "nc+warp"
+    assert build_purifier(resolve({"defense": "mcl"})).trigger_source() == "nc+warp+blend"
     assert build_purifier(resolve({"defense": "ft"})).trigger_source() is None
     for name in ("none", "no-such-defense"):
         with pytest.raises(ConfigError, match="'defense'"):

@@ -1,4 +1,4 @@
-"""The warp scan (`inversion=warp`) and its combination with the NC scan (`inversion=nc+warp`, the default):
+"""The warp scan (`inversion=warp`) and its combination with the NC scan (`inversion=nc+warp`, in the default):
 the target of a real WaNet backdoor found and purified, nothing flagged on a clean model, the ordering rule
 across scans, and warp stamps in a checkpoint."""
 
@@ -12,8 +12,8 @@ from fl_defense.config import resolve
 from fl_defense.defense import Defender
 from fl_defense.inversion import Finding
 from fl_defense.inversion.combined import combine
-from fl_defense.inversion.reference import LazyRates
-from fl_defense.inversion.warp import WarpScan, WarpStamp, flag_warps, mean_displacement
+from fl_defense.inversion.reference import LazyRates, flag_by_excess
+from fl_defense.inversion.warp import WarpScan, WarpStamp, mean_displacement
 
 CPU = torch.device("cpu")
 FAST = {"nc-images": 1000, "warp-epochs": 2}
@@ -40,15 +40,15 @@ def test_a_warp_is_flagged_by_how_much_more_it_fools_the_model_than_the_clean_re
     it, however strongly (label 1 at 0.41 against 0.01; label 2 at 0.85 against 0.11)."""
     read: list[int] = []
     rates = [0.70, 0.01, 0.11, 0.0]
-    flagged, excess = flag_warps([0.85, 0.41, 0.85, 0.29], LazyRates(lambda t: read.append(t) or rates[t], 4), 0.3)
+    flagged, excess = flag_by_excess([0.85, 0.41, 0.85, 0.29], LazyRates(lambda t: read.append(t) or rates[t], 4), 0.3)
     assert flagged == [1, 2] and [None if v is None else round(v, 2) for v in excess] == [0.15, 0.4, 0.74, None]
     assert 3 not in read, "a share under the bar rules a label out without its transfer rate"
-    assert flag_warps([0.85, 0.41], [0.70, 0.01], 0.5)[0] == []
+    assert flag_by_excess([0.85, 0.41], [0.70, 0.01], 0.5)[0] == []
 
 
 def test_the_default_scan_purifies_a_warp_backdoor_with_mcl(bd_wanet: Backdoored) -> None:
     cfg = resolve({**FAST, "defense": "mcl", "mcl-epochs": 4, "target-label": bd_wanet.target})
-    assert cfg["inversion"] == "nc+warp"
+    assert cfg["inversion"] == "nc+warp+blend"
     defender = Defender(cfg, bd_wanet.clean, 10, CPU, lambda m: (bd_wanet.ba(m), bd_wanet.asr(m)))
     record = defender(bd_wanet.model, torch.Generator().manual_seed(0)).record
     assert record["true_target_found"] and record["purified"] and "mask_l1" in record and "warp_share" in record

@@ -10,7 +10,7 @@ chosen trigger to the purifier.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -27,12 +27,15 @@ class Finding:
     """What a source found in one model: flagged labels (likeliest first), the trigger it inverted for each label
     it could, a JSON-able record of what it saw (per label) for results.json, and, where it checked, each label's
     transfer rate to the clean reference models (what orders flagged labels: a backdoor's trigger fools them least;
-    a `LazyRates` computes a label's when first read)."""
+    a `LazyRates` computes a label's when first read), and the labels whose trigger works on the model, for which a
+    low rate is evidence of a backdoor (None: every label's; a scan with a fixed budget, the warp or blend scan, may
+    invert a trigger that fools neither the model nor the references, and its low rate says nothing)."""
 
     flagged: list[int]
     triggers: dict[int, Stamp]
     record: dict[str, Any] = field(default_factory=dict)
     transfer: Mapping[int, float] | Sequence[float] | None = None
+    works: Collection[int] | None = None
 
 
 class TriggerSource:

@@ -19,12 +19,13 @@ reference training (about 2 s each on the small CNN, once per run).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fl_defense.attacks.trigger import Stamp, Trigger
 from fl_defense.inversion.neural_cleanse import LabelInversion
 
 
@@ -93,17 +94,25 @@ def mean_rate(references: list[nn.Module], rate: Callable[[nn.Module], float]) -
 
 
 @torch.inference_mode()
-def stamped_share(reference: nn.Module, inv: LabelInversion, images: torch.Tensor, labels: torch.Tensor,
-                  device: torch.device, batch_size: int = 500) -> float:
-    """The share of clean images of labels other than `inv.label` that `reference` calls `inv.label` once stamped."""
-    reference = reference.to(device).eval()
-    x = images[labels != inv.label]
-    hits = 0
-    for start in range(0, len(x), batch_size):
-        xb = x[start:start + batch_size].to(device)
-        stamped = (1 - inv.mask.to(device)) * xb + inv.mask.to(device) * inv.pattern.to(device)
-        hits += int((reference(stamped).argmax(1) == inv.label).sum())
+def label_share(model: nn.Module, stamp: Stamp, images: torch.Tensor, labels: torch.Tensor, label: int,
+                device: torch.device, batch_size: int = 500) -> float:
+    """The share of the clean images of other labels that `model` classifies as `label` once stamped: on the scanned
+    model, how well a trigger inverted toward `label` works; on a reference model, how natural it is."""
+    model = model.to(device).eval()
+    x = images[labels != label]
+    hits = sum(int((model(stamp.apply(x[s:s + batch_size].to(device))).argmax(1) == label).sum())
+               for s in range(0, len(x), batch_size))
     return hits / max(len(x), 1)
+
+
+def flag_by_excess(shares: Sequence[float], transfer: Mapping[int, float] | Sequence[float],
+                   excess_min: float) -> tuple[list[int], list[float | None]]:
+    """The labels whose share exceeds their transfer rate by at least `excess_min`, lowest transfer first (the
+    rule of every scan), and each label's excess (None where the share alone rules the label out: a transfer rate
+    is never negative, so its rate is not read). The warp and blend scans flag by it."""
+    excess: list[float | None] = [s - transfer[t] if s >= excess_min else None for t, s in enumerate(shares)]
+    passed = [t for t, e in enumerate(excess) if e is not None and e >= excess_min]
+    return sorted(passed, key=lambda t: (transfer[t], -shares[t])), excess
 
 
 class LazyRates(Mapping[int, float]):
@@ -140,5 +149,6 @@ def transfer_rates(references: list[nn.Module], inversions: list[LabelInversion]
                    labels: torch.Tensor, device: torch.device) -> LazyRates:
     """For each label t (read lazily): the share of clean images of other labels the reference models call t once
     stamped with t's inverted trigger, averaged over the references."""
-    return LazyRates(lambda t: mean_rate(references, lambda ref: stamped_share(ref, inversions[t], images, labels,
-                                                                               device)), len(inversions))
+    return LazyRates(lambda t: mean_rate(references, lambda ref: label_share(
+        ref, Trigger(inversions[t].pattern, inversions[t].mask), images, labels, inversions[t].label, device)),
+        len(inversions))

@@ -46,7 +46,7 @@ from torch.nn import functional as F
 from fl_defense.attacks.trigger import STAMP_KINDS
 from fl_defense.inversion.base import Finding, TriggerSource
 from fl_defense.inversion.budget import inversion_images
-from fl_defense.inversion.reference import LazyRates, mean_rate
+from fl_defense.inversion.reference import LazyRates, flag_by_excess, label_share, mean_rate
 from fl_defense.models.base import BackdoorModel
 from fl_defense.purification.base import CleanSet
 from fl_defense.registry import TRIGGER_SOURCES, Option, between, non_negative, positive
@@ -107,26 +107,6 @@ def invert_warp(model: nn.Module, images: torch.Tensor, label: int, cfg: Mapping
     return WarpStamp(control.detach().cpu())
 
 
-@torch.no_grad()
-def share(model: nn.Module, stamp: WarpStamp, images: torch.Tensor, labels: torch.Tensor, label: int,
-          device: torch.device) -> float:
-    """The share of the stamped images of other labels that `model` classifies as `label`."""
-    x = images[labels != label]
-    hits = sum(int((model(stamp.apply(x[s:s + 500].to(device))).argmax(1) == label).sum())
-               for s in range(0, len(x), 500))
-    return hits / max(len(x), 1)
-
-
-def flag_warps(shares: list[float], transfer: Mapping[int, float] | Sequence[float],
-               excess_min: float) -> tuple[list[int], list[float | None]]:
-    """The labels whose share exceeds their transfer rate by at least `excess_min`, lowest transfer first (the
-    rule of every scan), and each label's excess (None where the share alone rules the label out: a transfer rate
-    is never negative, so its rate is not read)."""
-    excess: list[float | None] = [s - transfer[t] if s >= excess_min else None for t, s in enumerate(shares)]
-    passed = [t for t, e in enumerate(excess) if e is not None and e >= excess_min]
-    return sorted(passed, key=lambda t: (transfer[t], -shares[t])), excess
-
-
 @TRIGGER_SOURCES.register("warp", options=[
     Option("warp-grid", 4, "warp: control grid size k of each label's displacement field", check=lambda v: v >= 2,
            allowed="an integer >= 2"),
@@ -155,13 +135,13 @@ class WarpScan(TriggerSource):
             warm = self.last if cfg["warp-warm-epochs"] else None
             stamps = [invert_warp(model, images, t, cfg, generator, device, None if warm is None else warm[t])
                       for t in range(num_classes)]
-            shares = [share(model, s, clean.x, clean.y, t, device) for t, s in enumerate(stamps)]
+            shares = [label_share(model, s, clean.x, clean.y, t, device) for t, s in enumerate(stamps)]
         finally:
             for p, flag in zip(model.parameters(), flags, strict=True):
                 p.requires_grad_(flag)
-        transfer = LazyRates(lambda t: mean_rate(references, lambda ref: share(ref, stamps[t], clean.x, clean.y, t,
-                                                                                device)), num_classes)
-        flagged, excess = flag_warps(shares, transfer, cfg["warp-excess-min"])
+        transfer = LazyRates(lambda t: mean_rate(references, lambda ref: label_share(ref, stamps[t], clean.x, clean.y,
+                                                                                      t, device)), num_classes)
+        flagged, excess = flag_by_excess(shares, transfer, cfg["warp-excess-min"])
         if cfg["warp-warm-epochs"]:
             self.last = stamps
         record = {"flagged": flagged, "warp_share": [round(v, 3) for v in shares],
@@ -169,7 +149,8 @@ class WarpScan(TriggerSource):
                   "warp_excess": [None if v is None else round(v, 3) for v in excess],
                   "warp_displacement": [round(float(mean_displacement(s.control)), 3) for s in stamps],
                   "warp_warm": warm is not None, "inversion_seconds": time.perf_counter() - t0}
-        return Finding(flagged, dict(enumerate(stamps)), record, transfer)
+        works = [t for t, v in enumerate(shares) if v >= cfg["warp-excess-min"]]
+        return Finding(flagged, dict(enumerate(stamps)), record, transfer, works)
 
     def own_state(self) -> dict[str, Any]:
         return {"last": None if self.last is None else [s.control for s in self.last]}
