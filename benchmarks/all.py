@@ -47,7 +47,7 @@ JOBS = (
     Job("SWEEP-RESUME", ("sweep_resume",), 8, "rerun"),
     Job("RESUME-RULES", ("resume_rules",), 16),
     Job("MODELS", ("models",), 8),
-    Job("DETECTION", ("detection_rate", "--seeds", "3", "--sources", "nc,warp,nc+warp"), 35),
+    Job("DETECTION", ("detection_rate", "--seeds", "3", "--sources", "nc,warp,blend,nc+warp+blend"), 35),
     Job("TRIGGER-TYPES", ("trigger_types", "--seeds", "3"), 105, "report"),
     Job("DEFENSE-TABLE-DEFENSES", ("defense_table", "--parts", "defenses"), 60, "report"),
     Job("DEFENSE-TABLE-AGGREGATION", ("defense_table", "--parts", "aggregation"), 90, "report"),
