@@ -136,7 +136,8 @@ def purified(run_dir: Path, res: dict[str, Any], defense: str, compute: bool) ->
     cfg = resolve({**saved, "defense": defense})
     record = cached(out / "purify.json", cfg)
     if record is None and compute:
-        record = purify(str(final_checkpoint(run_dir, saved)), {"defense": defense}, out)
+        overrides = {k: v for k, v in cfg.items() if k != "out-dir" and res["config"].get(k) != v}
+        record = purify(str(final_checkpoint(run_dir, saved)), overrides, out)
     return record
 
 

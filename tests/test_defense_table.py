@@ -122,3 +122,28 @@ def test_the_centralised_rows_pair_each_seed_with_its_no_defense_run_and_purify_
     assert rows[("badnets", "mcl")][3:7] == ["0.8800", "0.0100", "1", "0.0200"] and rows[("badnets", "mcl")][8] == "[0]"
     assert rows[("badnets", "cnp")][3] == "not run"
     assert rows[("blended", "none")][3] == "not run", "a run of the federated setting is not the centralised one's"
+
+
+def test_a_run_without_a_defense_is_purified_with_today_s_scan_and_stays_valid_when_the_scan_changes(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """A run made when the default scan was `nc+warp` did not use the scan's keys: it is still the run of today's
+    config, and a purification of its final model asks for today's default scan, not the one in its checkpoint."""
+    import benchmarks.defense_table as table
+
+    folder = tmp_path / "blended-s2"
+    _cache(folder, 0.95, 0.9, attack="blended", seed=2)
+    res = json.loads((folder / "results.json").read_text())
+    res["config"].update({"inversion": "nc+warp", "warp-epochs": 9})
+    res["config"].pop("blend-alpha")
+    (folder / "results.json").write_text(json.dumps(res))
+    assert table.federated_run(folder, compute=False, attack="blended", seed=2) is not None
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "final.pt").write_bytes(b"")
+    asked: list[dict[str, Any]] = []
+    monkeypatch.setattr(table, "purify", lambda checkpoint, settings, out: asked.append(settings) or {
+        "config": resolve({**res["config"], **settings})})
+    record = table.purified(folder, res, "mcl", compute=True)
+    assert asked == [{"defense": "mcl", "inversion": "nc+warp+blend", "warp-epochs": 5, "blend-alpha": 0.1}]
+    assert record is not None and record["config"]["inversion"] == "nc+warp+blend"
+    purified_with_old_scan = {**record["config"], "inversion": "nc+warp"}
+    assert not table.same_config(purified_with_old_scan, record["config"]), "a purification's scan keys are in use"
