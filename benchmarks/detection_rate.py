@@ -7,8 +7,8 @@ each at `--seeds` seeds with two target labels per seed, and clean models at the
 cached per model and source under benchmarks/.cache (keyed on the code version), so a rerun only scans what
 changed. The `nc`, `warp` and `blend` rows are the three parts of the default `nc+warp+blend` scan (its record
 keeps what each part flagged and its seconds): each part is that scan itself, the three sharing the reference
-models, which saves the benchmark two thirds of its time. Writes the DETECTION block of benchmarks/README.md; `--dry` only
-prints.
+models, which saves the benchmark two thirds of its time. Writes the DETECTION block of benchmarks/README.md;
+`--dry` only prints.
 """
 
 from __future__ import annotations

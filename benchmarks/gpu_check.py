@@ -5,7 +5,8 @@ on one GPU), and its CPU dry run (`--dry-run`, tiny sizes, what CI runs: tests/t
 2. The server's evaluation (BA and ASR on the 10,000 test images), on the device against the CPU.
 3. The NC scan on the device in the loop and batched modes (and the loop on the CPU, for the CPU/GPU ratio; in the
    dry run the device is the CPU, so that is the loop itself).
-4. The default defense (the nc+warp inversion, then MCL) on the device, on a model trained centrally with BadNets.
+4. The default defense (the nc+warp+blend inversion, then MCL) on the device, on a model trained centrally with
+   BadNets.
 
 It prints one line per step with its wall time, then the ratios loop/batched and CPU/GPU; `--json FILE` also
 writes them. On a GPU its figures go into benchmarks/README.md (GPUs).
@@ -84,8 +85,9 @@ def check(device: torch.device, sizes: dict[str, Any], folder: Path) -> dict[str
     r = outcome.record
     out["defense"] = {k: r[k] for k in ("flagged", "ba_before", "ba_after", "asr_before", "asr_after")} | \
         {"seconds": seconds}
-    print(f"4. nc+warp + MCL: {seconds:.1f} s, flagged {r['flagged']}, BA {r['ba_before']:.4f} -> {r['ba_after']:.4f}, "
-          f"ASR {r['asr_before']:.4f} -> {r['asr_after']:.4f}", flush=True)
+    print(f"4. nc+warp+blend + MCL: {seconds:.1f} s, flagged {r['flagged']}, "
+          f"BA {r['ba_before']:.4f} -> {r['ba_after']:.4f}, ASR {r['asr_before']:.4f} -> {r['asr_after']:.4f}",
+          flush=True)
     out["ratios"] = {"scan loop/batched": scans["loop"][1] / scans["batched"][1],
                      "scan CPU/device": scans["cpu loop"][1] / scans["loop"][1],
                      "evaluation CPU/device": cpu_eval / dev_eval}

@@ -2,7 +2,7 @@
 
 For each of BadNets, Blended, DBA, WaNet and SIG: the default federated run (10 clients, 2 malicious, 20 rounds,
 FedAvg; `--seeds` seeds), then `fl-defense purify --defense mcl` on its final global model with the default
-inversion (`nc+warp`), as the server would at `defense-schedule=end`. The table gives the label flagged first
+inversion (`nc+warp+blend`), as the server would at `defense-schedule=end`. The table gives the label flagged first
 (and whether it is the target), ASR and BA before and after, and the scan's seconds. Runs and purifications are
 kept under benchmarks/runs/trigger-types/ and reused while their config is unchanged (the defense table's cache,
 whose records git keeps), so a rerun, in this session or a later one, only does what is missing; the block names

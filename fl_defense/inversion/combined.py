@@ -35,8 +35,8 @@ def combine(findings: list[Finding], names: list[str] | None = None) -> Finding:
     the smallest of every finding's trigger for it that works on the model, flagged or not (any trigger that sends
     clean images to the label on the model but not on the clean references is evidence; on the federated Blended
     model of seed 1 the blend scan's pattern for Bag, under its share bar on the model, moved 0.006 of the images on
-    the references and put Bag before the target); a label's stamps mixed; the records merged, with what each part (`names`) flagged
-    and its seconds under `parts`, and each flagged label's rate under `label_transfer`."""
+    the references and put Bag before the target); a label's stamps mixed; the records merged, with what each part
+    (`names`) flagged and its seconds under `parts`, and each flagged label's rate under `label_transfer`."""
     labels = {label for f in findings for label in f.flagged}
     transfer = {label: min((f.transfer[label] for f in findings if f.transfer is not None
                             and (f.works is None or label in f.works)), default=0.0) for label in labels}
