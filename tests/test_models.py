@@ -89,3 +89,20 @@ def test_built_models_run_channels_last_with_the_same_predictions_and_state(name
     received.load_state_dict(ArrayRecord(model.state_dict()).to_torch_state_dict())
     with torch.no_grad():
         assert torch.equal(received(x), logits)
+
+
+def test_read_only_freezes_the_weights_for_an_input_optimisation_and_restores_each_flag() -> None:
+    from fl_defense.models.base import read_only
+
+    model = build_model("cnn", dataset_spec("fashion-mnist")).train()
+    model.head.bias.requires_grad_(False)  # a flag of the caller's own survives
+    x = torch.rand(4, 1, 28, 28, requires_grad=True)
+    try:
+        with read_only(model, torch.device("cpu")) as frozen:
+            assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
+            frozen(x).sum().backward()
+            assert x.grad is not None and all(p.grad is None for p in frozen.parameters())
+            raise RuntimeError("an inversion that fails")
+    except RuntimeError:
+        pass
+    assert [p.requires_grad for p in model.parameters()] == [p is not model.head.bias for p in model.parameters()]

@@ -32,8 +32,6 @@ images, three reference models), never on the attacked models' own trigger opaci
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import nn
@@ -42,8 +40,8 @@ from torch.nn import functional as F
 from fl_defense.attacks.trigger import Trigger
 from fl_defense.inversion.base import Finding, TriggerSource
 from fl_defense.inversion.budget import inversion_images
-from fl_defense.inversion.reference import LazyRates, flag_by_excess, label_share, mean_rate
-from fl_defense.models.base import BackdoorModel
+from fl_defense.inversion.reference import judge_by_excess
+from fl_defense.models.base import BackdoorModel, read_only
 from fl_defense.purification.base import CleanSet
 from fl_defense.registry import TRIGGER_SOURCES, between, positive
 
@@ -82,24 +80,13 @@ class BlendScan(TriggerSource):
              generator: torch.Generator) -> Finding:
         cfg, t0 = self.cfg, time.perf_counter()
         references = self.reference.get(model, clean.x, clean.y, generator, device)
-        flags = [p.requires_grad for p in model.parameters()]
-        model = model.to(device).eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        try:
+        with read_only(model, device) as frozen:
             images = inversion_images(clean.x, cfg, generator)
-            stamps = [invert_blend(model, images, t, cfg["blend-alpha"], cfg["blend-epochs"], generator, device)
+            stamps = [invert_blend(frozen, images, t, cfg["blend-alpha"], cfg["blend-epochs"], generator, device)
                       for t in range(num_classes)]
-            shares = [label_share(model, s, clean.x, clean.y, t, device) for t, s in enumerate(stamps)]
-        finally:
-            for p, flag in zip(model.parameters(), flags, strict=True):
-                p.requires_grad_(flag)
-        transfer = LazyRates(lambda t: mean_rate(references, lambda ref: label_share(ref, stamps[t], clean.x, clean.y,
-                                                                                      t, device)), num_classes)
-        flagged, excess = flag_by_excess(shares, transfer, cfg["blend-excess-min"])
-        record = {"flagged": flagged, "blend_share": [round(v, 3) for v in shares],
-                  "blend_transfer": transfer.computed(),
-                  "blend_excess": [None if v is None else round(v, 3) for v in excess],
+            seen = judge_by_excess(frozen, stamps, clean.x, clean.y, references, cfg["blend-excess-min"], device)
+        record = {"flagged": seen.flagged, "blend_share": [round(v, 3) for v in seen.shares],
+                  "blend_transfer": seen.transfer.computed(),
+                  "blend_excess": [None if v is None else round(v, 3) for v in seen.excess],
                   "inversion_seconds": time.perf_counter() - t0}
-        works = [t for t, v in enumerate(shares) if v >= cfg["blend-excess-min"]]
-        return Finding(flagged, dict(enumerate(stamps)), record, transfer, works)
+        return Finding(seen.flagged, dict(enumerate(stamps)), record, seen.transfer, seen.works)

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fl_defense.models.base import read_only
+
 EPS = 1e-7
 
 
@@ -84,15 +86,8 @@ def invert(model: nn.Module, images: torch.Tensor, labels: list[int], settings: 
 
     The model's weights are only read: their gradients are switched off for the scan and restored after.
     """
-    flags = [p.requires_grad for p in model.parameters()]
-    model = model.to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        return _invert(model, images, labels, settings, generator, device)
-    finally:
-        for p, flag in zip(model.parameters(), flags, strict=True):
-            p.requires_grad_(flag)
+    with read_only(model, device) as frozen:
+        return _invert(frozen, images, labels, settings, generator, device)
 
 
 def _invert(model: nn.Module, images: torch.Tensor, labels: list[int], settings: NCSettings,

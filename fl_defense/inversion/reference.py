@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -113,6 +114,28 @@ def flag_by_excess(shares: Sequence[float], transfer: Mapping[int, float] | Sequ
     excess: list[float | None] = [s - transfer[t] if s >= excess_min else None for t, s in enumerate(shares)]
     passed = [t for t, e in enumerate(excess) if e is not None and e >= excess_min]
     return sorted(passed, key=lambda t: (transfer[t], -shares[t])), excess
+
+
+@dataclass
+class ExcessJudgement:
+    """What a fixed-budget scan (warp, blend) saw: each label's share on the model, the transfer rates (read lazily),
+    the flagged labels, each label's excess and the labels whose trigger works on the model (share at the bar)."""
+
+    shares: list[float]
+    transfer: LazyRates
+    flagged: list[int]
+    excess: list[float | None]
+    works: list[int]
+
+
+def judge_by_excess(model: nn.Module, stamps: Sequence[Stamp], images: torch.Tensor, labels: torch.Tensor,
+                    references: list[nn.Module], excess_min: float, device: torch.device) -> ExcessJudgement:
+    """Label t's stamp `stamps[t]` judged by `flag_by_excess`: its share on `model` against its transfer rate."""
+    shares = [label_share(model, s, images, labels, t, device) for t, s in enumerate(stamps)]
+    transfer = LazyRates(lambda t: mean_rate(references, lambda ref: label_share(ref, stamps[t], images, labels, t,
+                                                                                 device)), len(stamps))
+    flagged, excess = flag_by_excess(shares, transfer, excess_min)
+    return ExcessJudgement(shares, transfer, flagged, excess, [t for t, v in enumerate(shares) if v >= excess_min])
 
 
 class LazyRates(Mapping[int, float]):

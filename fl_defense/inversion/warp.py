@@ -35,7 +35,7 @@ at three, no cheaper than a cold scan. The old masks hold the optimisation near 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,8 +46,8 @@ from torch.nn import functional as F
 from fl_defense.attacks.trigger import STAMP_KINDS
 from fl_defense.inversion.base import Finding, TriggerSource
 from fl_defense.inversion.budget import inversion_images
-from fl_defense.inversion.reference import LazyRates, flag_by_excess, label_share, mean_rate
-from fl_defense.models.base import BackdoorModel
+from fl_defense.inversion.reference import judge_by_excess
+from fl_defense.models.base import BackdoorModel, read_only
 from fl_defense.purification.base import CleanSet
 from fl_defense.registry import TRIGGER_SOURCES, Option, between, non_negative, positive
 
@@ -126,31 +126,20 @@ class WarpScan(TriggerSource):
              generator: torch.Generator) -> Finding:
         cfg, t0 = self.cfg, time.perf_counter()
         references = self.reference.get(model, clean.x, clean.y, generator, device)
-        flags = [p.requires_grad for p in model.parameters()]
-        model = model.to(device).eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        try:
+        with read_only(model, device) as frozen:
             images = inversion_images(clean.x, cfg, generator)
             warm = self.last if cfg["warp-warm-epochs"] else None
-            stamps = [invert_warp(model, images, t, cfg, generator, device, None if warm is None else warm[t])
+            stamps = [invert_warp(frozen, images, t, cfg, generator, device, None if warm is None else warm[t])
                       for t in range(num_classes)]
-            shares = [label_share(model, s, clean.x, clean.y, t, device) for t, s in enumerate(stamps)]
-        finally:
-            for p, flag in zip(model.parameters(), flags, strict=True):
-                p.requires_grad_(flag)
-        transfer = LazyRates(lambda t: mean_rate(references, lambda ref: label_share(ref, stamps[t], clean.x, clean.y,
-                                                                                      t, device)), num_classes)
-        flagged, excess = flag_by_excess(shares, transfer, cfg["warp-excess-min"])
+            seen = judge_by_excess(frozen, stamps, clean.x, clean.y, references, cfg["warp-excess-min"], device)
         if cfg["warp-warm-epochs"]:
             self.last = stamps
-        record = {"flagged": flagged, "warp_share": [round(v, 3) for v in shares],
-                  "warp_transfer": transfer.computed(),
-                  "warp_excess": [None if v is None else round(v, 3) for v in excess],
+        record = {"flagged": seen.flagged, "warp_share": [round(v, 3) for v in seen.shares],
+                  "warp_transfer": seen.transfer.computed(),
+                  "warp_excess": [None if v is None else round(v, 3) for v in seen.excess],
                   "warp_displacement": [round(float(mean_displacement(s.control)), 3) for s in stamps],
                   "warp_warm": warm is not None, "inversion_seconds": time.perf_counter() - t0}
-        works = [t for t, v in enumerate(shares) if v >= cfg["warp-excess-min"]]
-        return Finding(flagged, dict(enumerate(stamps)), record, transfer, works)
+        return Finding(seen.flagged, dict(enumerate(stamps)), record, seen.transfer, seen.works)
 
     def own_state(self) -> dict[str, Any]:
         return {"last": None if self.last is None else [s.control for s in self.last]}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -56,3 +59,18 @@ class BackdoorModel(nn.Module):
         """Logits and `feature_maps` from one pass (attention distillation needs both)."""
         features, maps = self.embed_with_maps(self.normalize(x))
         return self.classify(features), maps
+
+
+@contextmanager
+def read_only(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """The model on `device` in eval mode with its weights' gradients off, for an optimisation over inputs (a trigger
+    inversion reads the weights, never trains them); each weight's `requires_grad` is restored after."""
+    flags = [p.requires_grad for p in model.parameters()]
+    model = model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in zip(model.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
