@@ -29,6 +29,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +96,14 @@ def _inverts_triggers(cfg: dict[str, Any]) -> bool:
     return cfg["defense"] in PURIFIERS and build_purifier(cfg).trigger_source() is not None
 
 
+@cache
+def _trigger_keys() -> frozenset[str]:
+    """The `inversion` key and every trigger source's options."""
+    return frozenset(o.key for o in TRIGGER_SOURCES.all_options())
+
+
 def _in_use(key: str, cfg: dict[str, Any]) -> bool:
-    if key in {o.key for o in TRIGGER_SOURCES.all_options()}:
+    if key in _trigger_keys():
         return _inverts_triggers(cfg)
     for prefix, (selector, method) in SCOPED.items():
         if key.startswith(prefix):

@@ -135,7 +135,7 @@ def judge_by_excess(model: nn.Module, stamps: Sequence[Stamp], images: torch.Ten
     transfer = LazyRates(lambda t: mean_rate(references, lambda ref: label_share(ref, stamps[t], images, labels, t,
                                                                                  device)), len(stamps))
     flagged, excess = flag_by_excess(shares, transfer, excess_min)
-    return ExcessJudgement(shares, transfer, flagged, excess, [t for t, v in enumerate(shares) if v >= excess_min])
+    return ExcessJudgement(shares, transfer, flagged, excess, [t for t, e in enumerate(excess) if e is not None])
 
 
 class LazyRates(Mapping[int, float]):
