@@ -62,6 +62,9 @@ RUN_OPTIONS: dict[str, Option] = {o.key: o for o in (
              "model is scored on, with and without the trigger"),
     between("continuous-purify-above", 0.05, "continuous: the aggregate is purified when the known trigger moves "
             "this much more of the clean images to its label than on the clean reference model", 0, 1, "[)"),
+    non_negative("continuous-refreshes", 3, "continuous: rounds in which a known label's trigger is inverted again on "
+                 "the model of the clients the screen left out, until a new one moves them further beyond the clean "
+                 "reference models (0: never)"),
     Option("min-replies", 1, "fewest valid client replies a round needs; with fewer the round is skipped and the "
            "global model stays as it was", check=lambda v: v > 0, allowed="an integer >= 1 and <= clients-per-round"),
     positive("round-timeout", 3600.0, "seconds the server waits for a round's replies (Flower's default: an hour); "
@@ -99,6 +102,7 @@ LAYOUT: tuple[str | Registry[Any], ...] = (
     "batch-size", "lr", "momentum", "weight-decay", "partition", "alpha", "malicious-fraction", ATTACKS,
     ATTACKER_TRAININGS, "train-fraction", "clean-fraction", "threat", CLIENT_DEFENSES, AGGREGATION_RULES, PURIFIERS,
     "defense-schedule", "continuous-scan-every", "screen-margin", "screen-images", "continuous-purify-above",
+    "continuous-refreshes",
     TRIGGER_SOURCES, STRATEGY_WRAPPERS, "min-replies", "round-timeout", "reply-max-norm",
     "client-checkpoints", "seed", "device", "amp", "num-cpus", "num-gpus", "ray-address", "eval-batch-size", "out-dir",
     "init-from", "plugins",

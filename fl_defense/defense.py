@@ -184,6 +184,11 @@ class Defender:
         self.stage.calls += 1
         self.stage.found[label] = (stamp, self.stage.calls)
 
+    def refresh(self, label: int, stamp: Stamp) -> None:
+        """Replace a known label's trigger by a better copy, keeping the call that flagged the label."""
+        assert self.stage is not None and label in self.stage.found, "refresh needs a known label"
+        self.stage.found[label] = (stamp, self.stage.found[label][1])
+
     def purify_known(self, model: BackdoorModel, generator: torch.Generator) -> DefenseOutcome:
         """Purify with every known trigger (taking turns over the images), no scan; measured as `__call__` is."""
         known = self.known()

@@ -15,8 +15,10 @@ from typing import Any
 
 import torch
 
+from fl_defense.attacks.trigger import Trigger
 from fl_defense.inversion.base import Finding, TriggerSource
 from fl_defense.inversion.budget import inversion_images, nc_settings
+from fl_defense.inversion.neural_cleanse import invert
 from fl_defense.inversion.scan import DetectionRule, scan
 from fl_defense.models.base import BackdoorModel
 from fl_defense.purification.base import CleanSet
@@ -57,3 +59,11 @@ class NeuralCleanseScan(TriggerSource):
         result.seconds = time.perf_counter() - t0
         triggers = {label: t for label in range(num_classes) if (t := result.trigger_for(label)) is not None}
         return Finding(result.flagged, triggers, result.record(), result.transfer)
+
+
+def invert_label(model: BackdoorModel, clean: CleanSet, label: int, cfg: Mapping[str, Any],
+                 generator: torch.Generator, device: torch.device) -> Trigger | None:
+    """Neural Cleanse's mask and pattern for one label already known to be a target, with the scan's budget (no
+    anomaly test: the label is not in question, only its trigger); None when no mask reached the success rate."""
+    inv = invert(model, inversion_images(clean.x, cfg, generator), [label], nc_settings(cfg), generator, device)[0]
+    return Trigger(pattern=inv.pattern, mask=inv.mask, alpha=1.0) if inv.reached else None

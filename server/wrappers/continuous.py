@@ -60,12 +60,13 @@ from flwr.serverapp import Grid
 from fl_defense.aggregation import average_states
 from fl_defense.attacks.trigger import Stamp
 from fl_defense.defense import Defender
+from fl_defense.inversion.nc import invert_label
 from fl_defense.inversion.reference import mean_rate
 from fl_defense.models import BackdoorModel
 from fl_defense.protocol import SHADOW_ARRAYS
 from fl_defense.purification.base import CleanSet
 from fl_defense.screening import (Trust, client_scores, held_by_global, largest_shift, minority_cluster, outliers,
-                                  singles_out)
+                                  singles_out, trigger_shift)
 from fl_defense.server.aggregation.base import partition_id, reply_weight
 from fl_defense.server.strategy import StrategyWrapper
 
@@ -96,14 +97,18 @@ class ContinuousDefense(StrategyWrapper):
         pick = order[:cfg["screen-images"]]
         self.screen_set = CleanSet(clean.x[pick], clean.y[pick])
         self.trust = Trust()
+        self._refreshes: dict[int, int] = {}  # label -> rounds its trigger was inverted again (`_refresh`)
         self._sent: dict[str, torch.Tensor] = {}
         self._known_natural: float | None = None  # `_natural_shift` of the known triggers, until one is remembered
 
     def state_dict(self) -> dict[str, Any]:
-        return {"trust": self.trust.state_dict()}
+        return {"trust": self.trust.state_dict(), "refreshed_labels": list(self._refreshes),
+                "refreshes": list(self._refreshes.values())}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.trust.load_state_dict(state["trust"])
+        self._refreshes = dict(zip((int(k) for k in state.get("refreshed_labels", [])),
+                                   (int(n) for n in state.get("refreshes", [])), strict=True))
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -127,6 +132,10 @@ class ContinuousDefense(StrategyWrapper):
             scores = client_scores(self.model, states, self.screen_set.x, self.screen_set.y, known, self.device)
             excluded = self.trust.screen(partitions, scores, self.cfg["screen-margin"])
             record.update(labels=list(known), scores=[round(s, 4) for s in scores], excluded=excluded)
+            left_out = [i for i, p in enumerate(partitions) if p in excluded]
+            if left_out and any(self._refreshes.get(label, 0) < self.cfg["continuous-refreshes"] for label in known):
+                record["refresh"] = self._refresh([states[i] for i in left_out],
+                                                  [reply_weight(replies[i].content) for i in left_out], generator)
             replies = [m for m, p in zip(replies, partitions, strict=True) if p not in excluded]
         record["screen_seconds"] = time.perf_counter() - t0
         t1 = time.perf_counter()
@@ -169,6 +178,35 @@ class ContinuousDefense(StrategyWrapper):
         self.log({"round": server_round, "defense": self.cfg["defense"], "purified": False, "scanned": "cluster",
                   **finding.record, **scan})
         return scan
+
+    def _refresh(self, states: list[dict[str, torch.Tensor]], weights: list[float],
+                 generator: torch.Generator) -> dict[str, Any]:
+        """Invert each known label's trigger again on the model of the clients left out this round, where the
+        backdoor is at full strength, and keep the new trigger when it moves that model's clean images further beyond
+        the clean reference models than the known one does; a label is tried in up to `continuous-refreshes` rounds
+        and not after a new trigger was kept. The record, per label."""
+        self.model.load_state_dict(average_states(states, weights))
+        known = self.defender.known()
+        record: dict[str, Any] = {}
+        for label, old in known.items():
+            if self._refreshes.get(label, 0) >= self.cfg["continuous-refreshes"]:
+                continue
+            self._refreshes[label] = self._refreshes.get(label, 0) + 1
+            new = invert_label(self.model, self.defender.clean, label, self.cfg, generator, self.device)
+            shift_old = trigger_shift(self.model, self.screen_set.x, self.screen_set.y, old, label, self.device)
+            natural_old = self._natural_shift({label: old})
+            entry = {"shift": round(shift_old, 4), "reference_shift": round(natural_old, 4), "kept": False}
+            if new is not None:
+                shift = trigger_shift(self.model, self.screen_set.x, self.screen_set.y, new, label, self.device)
+                natural = self._natural_shift({label: new})
+                entry.update(new_shift=round(shift, 4), new_reference_shift=round(natural, 4),
+                             kept=shift - natural > shift_old - natural_old)
+            if entry["kept"]:
+                self.defender.refresh(label, new)
+                self._refreshes[label] = self.cfg["continuous-refreshes"]
+                self._known_natural = None
+            record[str(label)] = entry
+        return record
 
     def _check(self, server_round: int, arrays: ArrayRecord, generator: torch.Generator,
                record: dict[str, Any]) -> ArrayRecord:
