@@ -57,14 +57,20 @@ def largest_shift(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     return max(trigger_shifts(model, images, labels, known, device).values())
 
 
+def client_shifts(model: nn.Module, states: Sequence[Mapping[str, torch.Tensor]], images: torch.Tensor,
+                  labels: torch.Tensor, known: Mapping[int, Stamp], device: torch.device) -> list[dict[int, float]]:
+    """Each client model's `trigger_shifts`; `model` is a scratch model of the architecture, overwritten."""
+    shifts = []
+    for state in states:
+        model.load_state_dict(state)
+        shifts.append(trigger_shifts(model, images, labels, known, device))
+    return shifts
+
+
 def client_scores(model: nn.Module, states: Sequence[Mapping[str, torch.Tensor]], images: torch.Tensor,
                   labels: torch.Tensor, known: Mapping[int, Stamp], device: torch.device) -> list[float]:
     """Each client model's `largest_shift`; `model` is a scratch model of the architecture, overwritten."""
-    scores = []
-    for state in states:
-        model.load_state_dict(state)
-        scores.append(largest_shift(model, images, labels, known, device))
-    return scores
+    return [max(s.values()) for s in client_shifts(model, states, images, labels, known, device)]
 
 
 def outliers(scores: Sequence[float], margin: float, mad_k: float = 3.0) -> list[int]:

@@ -173,3 +173,47 @@ def test_a_backdoored_aggregate_is_purified_and_a_clean_one_kept(bd, clean_model
     model = copy.deepcopy(bd.model)
     model.load_state_dict(purified.to_torch_state_dict())
     assert bd.asr(model) < 0.1 < 0.9 < bd.asr(bd.model) and log[0]["asr_after"] == bd.asr(model)
+
+
+def test_a_weak_copy_of_the_trigger_is_refreshed_on_the_clients_left_out(bd) -> None:  # noqa: ANN001
+    """A known trigger that moves the left-out (backdoored) model only partly is inverted again there and replaced by
+    one that moves it further; once replaced, the label is not tried again."""
+    corner = torch.zeros_like(bd.trigger.mask)
+    rows, cols = bd.trigger.mask[0].nonzero(as_tuple=True)
+    corner[0, rows.min(), cols.min()] = 1.0  # one pixel of the 4x4 patch
+    weak = Trigger(bd.trigger.pattern, corner)
+    x, y = bd.clean.x, bd.clean.y
+    before = trigger_shift(bd.model, x, y, weak, bd.target, CPU)
+    assert before < 0.5, "precondition: the known trigger is a weak copy"
+    defense = _continuous(bd, [])
+    defense.defender.stage.found = {bd.target: (weak, 1)}
+    record = defense._refresh([bd.model.state_dict()], [1.0], torch.Generator().manual_seed(0))
+    entry = record[str(bd.target)]
+    refreshed = defense.defender.known()[bd.target]
+    assert entry["kept"] and entry["shift"] == round(before, 4) and entry["new_shift"] > 0.9
+    assert refreshed is not weak and trigger_shift(bd.model, x, y, refreshed, bd.target, CPU) > 0.9
+    assert defense._refresh([bd.model.state_dict()], [1.0], torch.Generator().manual_seed(1)) == {}
+    restored = _continuous(bd, [])
+    restored.load_state_dict(defense.state_dict())
+    assert restored._refreshes == {bd.target: 3}
+
+
+def test_the_scans_go_on_until_a_known_label_catches_a_client_in_a_later_round(bd, clean_model) -> None:  # noqa: ANN001
+    """A label is catching once its trigger leaves a client out after the round that made it known (a label flagged
+    in error on benign skewed clients leaves nobody out later); until one is, the scans go on."""
+    defense = _continuous(bd, [])
+    defense.cfg = {**defense.cfg, "continuous-refreshes": 0}
+    defense._known_at = {bd.target: 4}
+    states = [bd.model.state_dict()] + [clean_model.model.state_dict()] * 6
+    replies = [f"reply {p}" for p in range(7)]
+    for server_round, catching in ((4, set()), (5, {bd.target})):
+        record: dict = {}
+        kept = defense._screen(server_round, replies, states, list(range(7)), torch.Generator(), record)
+        assert record["excluded"] == [0] and kept == replies[1:]
+        assert defense._catching == catching
+    restored = _continuous(bd, [])
+    restored.load_state_dict(defense.state_dict())
+    assert restored._catching == {bd.target} and restored._known_at == {bd.target: 4}
+    older = _continuous(bd, [])
+    older.load_state_dict({"trust": Trust().state_dict()})
+    assert older._catching == {bd.target}, "a checkpoint from before: its scans had stopped at the first flag"
