@@ -175,7 +175,7 @@ def test_a_backdoored_aggregate_is_purified_and_a_clean_one_kept(bd, clean_model
     assert bd.asr(model) < 0.1 < 0.9 < bd.asr(bd.model) and log[0]["asr_after"] == bd.asr(model)
 
 
-def test_a_weak_copy_of_the_trigger_is_refreshed_on_the_clients_left_out(bd) -> None:  # noqa: ANN001
+def test_a_weak_copy_of_the_trigger_is_refreshed_on_the_clients_left_out(bd, clean_model) -> None:  # noqa: ANN001
     """A known trigger that moves the left-out (backdoored) model only partly is inverted again there and replaced by
     one that moves it further; once replaced, the label is not tried again."""
     corner = torch.zeros_like(bd.trigger.mask)
@@ -187,12 +187,15 @@ def test_a_weak_copy_of_the_trigger_is_refreshed_on_the_clients_left_out(bd) -> 
     assert before < 0.5, "precondition: the known trigger is a weak copy"
     defense = _continuous(bd, [])
     defense.defender.stage.found = {bd.target: (weak, 1)}
-    record = defense._refresh([bd.model.state_dict()], [1.0], torch.Generator().manual_seed(0))
+    record = defense._refresh([bd.target], [bd.model.state_dict()], [1.0], torch.Generator().manual_seed(0))
     entry = record[str(bd.target)]
     refreshed = defense.defender.known()[bd.target]
     assert entry["kept"] and entry["shift"] == round(before, 4) and entry["new_shift"] > 0.9
     assert refreshed is not weak and trigger_shift(bd.model, x, y, refreshed, bd.target, CPU) > 0.9
-    assert defense._refresh([bd.model.state_dict()], [1.0], torch.Generator().manual_seed(1)) == {}
+    record: dict = {}
+    states = [bd.model.state_dict()] + [clean_model.model.state_dict()] * 6
+    defense._screen(2, list(range(7)), states, list(range(7)), torch.Generator(), record)
+    assert record["excluded"] == [0] and "refresh" not in record, "tried no more once a new trigger was kept"
     restored = _continuous(bd, [])
     restored.load_state_dict(defense.state_dict())
     assert restored._refreshes == {bd.target: 3}
