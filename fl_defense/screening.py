@@ -107,6 +107,19 @@ def held_by_global(shift: float, natural: float, level: float = PLANTED) -> bool
     return shift - natural >= level
 
 
+STREAK = 3  # scans in a row that flag a label, each with the global model answering its trigger PLANTED / 2 beyond
+
+
+def held_by_global_streak(streak: int) -> bool:
+    """Whether a label flagged in `streak` scans in a row, each time with the global model answering its trigger at
+    least half of `PLANTED` beyond the clean references, is a backdoor the global model holds: a natural feature of a
+    round's skewed cluster comes and goes with the cluster. Measured on the hard setting, seed 2, at 38f628f: the
+    target was flagged in rounds 8, 10, 13 and 17-22, the global model answering 0.10-0.37 beyond the references
+    (ASR 0.81-1.0), never the 0.4 of `held_by_global`; the false flags of seeds 0-2 there reached 0.29 (Bag, seed 1,
+    round 5) and none came twice in a row with 0.2."""
+    return streak >= STREAK
+
+
 @dataclass
 class Trust:
     """What the server remembers of each client across rounds: how often it was left out. A client left out

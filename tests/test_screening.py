@@ -14,6 +14,7 @@ from fl_defense.attacks.trigger import Trigger
 from fl_defense.config import resolve
 from fl_defense.defense import Defender
 from fl_defense.errors import ConfigError
+from fl_defense.inversion.base import Finding
 from fl_defense.screening import (Trust, client_scores, held_by_global, minority_cluster, outliers, singles_out,
                                   trigger_shift)
 from fl_defense.server.wrappers.continuous import ContinuousDefense
@@ -220,3 +221,24 @@ def test_the_scans_go_on_until_a_known_label_catches_a_client_in_a_later_round(b
     older = _continuous(bd, [])
     older.load_state_dict({"trust": Trust().state_dict()})
     assert older._catching == {bd.target}, "a checkpoint from before: its scans had stopped at the first flag"
+
+
+def test_a_label_flagged_in_three_scans_in_a_row_is_taken_when_the_global_model_answers_half_the_level(
+        bd, monkeypatch) -> None:  # noqa: ANN001
+    """The global model holds the backdoor (every client answers, no cluster stands out) but the scans' trigger is a
+    weak copy that moves it 0.25-0.35, under the 0.4 of `held_by_global`: the label is taken at the third scan in a
+    row that flags it, not before, and a scan that does not flag it starts the count again."""
+    x, y = bd.clean.x, bd.clean.y
+    weak = next(t for a in torch.arange(0.2, 0.6, 0.01).tolist() if 0.25 <= trigger_shift(
+        bd.model, x, y, t := Trigger(bd.trigger.pattern, bd.trigger.mask, a), bd.target, CPU) <= 0.35)
+    defense = _continuous(bd, [])
+    defense.defender.stage.found = {}
+    defense._sent = bd.model.state_dict()
+    flags = iter([[bd.target], [bd.target], [], [bd.target], [bd.target], [bd.target]])
+    monkeypatch.setattr(defense.defender, "scan", lambda model, generator: Finding(
+        (flagged := next(flags)), {label: weak for label in flagged}))
+    states = [bd.model.state_dict()] * 5
+    news = [defense._scan(r, states, [1.0] * 5, list(range(5)), torch.Generator().manual_seed(r))["new"]
+            for r in range(1, 7)]
+    assert news == [[], [], [], [], [], [bd.target]]
+    assert defense.defender.known() == {bd.target: weak}

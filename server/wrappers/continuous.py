@@ -34,7 +34,8 @@ purification (benchmarks/README.md). Here, in every round:
    from answered it 0.53, 0.40, 0.51 and 0.54 beyond the reference, and every false flag of seeds 0-2 up to
    each seed's detection (17, all but one from the warp scan) at most 0.23 (Coat in seed 2's round 13, on a
    global model of ASR 0.99; Dress 0.21 in seed 1's round 5, ASR 0.53), 15 of them at most 0.10; the level,
-   0.4, lies between (set on these scans; seeds 3 and 4 were run after);
+   0.4, lies between (set on these scans; seeds 3 and 4 were run after). Also when scans in `STREAK` rounds in a
+   row flag it with the global model answering half that level (`fl_defense.screening.held_by_global_streak`);
 2. once a trigger is known: every client's model is scored by how far the trigger moves the clean set toward
    its label, and the outliers, and clients left out before that score above half the margin, are left out
    of the aggregate (`fl_defense.screening`). In a round that left clients out, the trigger of the label that left
@@ -77,8 +78,8 @@ from fl_defense.inversion.reference import mean_rate
 from fl_defense.models import BackdoorModel
 from fl_defense.protocol import SHADOW_ARRAYS
 from fl_defense.purification.base import CleanSet
-from fl_defense.screening import (Trust, client_scores, client_shifts, held_by_global, largest_shift, minority_cluster, outliers,
-                                  singles_out, trigger_shift)
+from fl_defense.screening import (PLANTED, Trust, client_scores, client_shifts, held_by_global, held_by_global_streak,
+                                  largest_shift, minority_cluster, outliers, singles_out, trigger_shift)
 from fl_defense.server.aggregation.base import partition_id, reply_weight
 from fl_defense.server.strategy import StrategyWrapper
 
@@ -120,12 +121,13 @@ class ContinuousDefense(StrategyWrapper):
         self._refreshes: dict[int, int] = {}  # label -> rounds its trigger was inverted again (`_refresh`)
         self._known_at: dict[int, int] = {}  # label -> the round a scan made it known
         self._catching: set[int] = set()  # known labels whose trigger left a client out after that round
+        self._streaks: dict[int, int] = {}  # label -> scans in a row that flagged it with the global model answering
         self._sent: dict[str, torch.Tensor] = {}
         self._known_natural: float | None = None  # `_natural_shift` of the known triggers, until one is remembered
 
     def state_dict(self) -> dict[str, Any]:
         return {"trust": self.trust.state_dict(), "refreshes": _pairs(self._refreshes),
-                "known_at": _pairs(self._known_at), "catching": sorted(self._catching)}
+                "known_at": _pairs(self._known_at), "catching": sorted(self._catching), "streaks": _pairs(self._streaks)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore `state_dict`; a checkpoint of an older version, without the later keys, counts every known label
@@ -134,6 +136,7 @@ class ContinuousDefense(StrategyWrapper):
         self._refreshes = _unpairs(state.get("refreshes", []))
         self._known_at = _unpairs(state.get("known_at", []))
         self._catching = {int(v) for v in state.get("catching", self.defender.known())}
+        self._streaks = _unpairs(state.get("streaks", []))
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -199,6 +202,7 @@ class ContinuousDefense(StrategyWrapper):
         outlying: dict[str, list[int]] = {}
         candidate_scores: dict[str, list[float]] = {}
         evidence: dict[str, dict[str, float]] = {}
+        streaks: dict[int, int] = {}
         for label in finding.flagged:
             if label not in finding.triggers:
                 continue
@@ -210,10 +214,13 @@ class ContinuousDefense(StrategyWrapper):
             evidence[str(label)] = {"global_shift": round(shift, 4), "reference_shift": round(natural, 4)}
             candidate_scores[str(label)] = [round(v, 4) for v in scores]
             outlying[str(label)] = [partitions[i] for i in found]
-            if label not in self.defender.known() and (singles_out(found, cluster) or held_by_global(shift, natural)):
+            streaks[label] = self._streaks.get(label, 0) + 1 if held_by_global(shift, natural, PLANTED / 2) else 0
+            if label not in self.defender.known() and (singles_out(found, cluster) or held_by_global(shift, natural)
+                                                       or held_by_global_streak(streaks[label])):
                 self.defender.remember(label, finding.triggers[label])
                 self._known_at[label] = server_round
                 self._known_natural = None
+        self._streaks = streaks
         scan = {"cluster": [partitions[i] for i in cluster], "flagged": finding.flagged, "scores": candidate_scores,
                 "outliers": outlying, "evidence": evidence, "confirmed": list(self.defender.known()),
                 "new": [label for label, at in self._known_at.items() if at == server_round],
