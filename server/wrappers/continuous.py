@@ -7,7 +7,10 @@ purification (benchmarks/README.md). Here, in every round:
    nobody out later, does not end the scans; measured on the hard setting, seed 0, at f19461e: NC flagged Sandal
    on the round-1 cluster of two benign clients, its trigger singled them out, the scans stopped there, and
    the screen left nobody out in 57 of the next 59 rounds while the backdoor reached ASR 1.0; a label a scan
-   makes known joins those known before): the run's trigger source scans the model
+   makes known joins those known before; no scan in the round after a label became known: a backdoor the global
+   model held answers in every client until the purified model has been trained on once, and in seed 2 at
+   bf5ed34 the scan in that round took Coat, a skewed cluster's feature, which then left out 21 benign clients): the
+   run's trigger source scans the model
    of the round's minority cluster of updates (`fl_defense.screening.minority_cluster`), where an attack that
    is still diluted in the global model is at full strength. A flagged label becomes the target only if its
    trigger singles out that cluster: scoring the round's clients with it, every client of the cluster is an
@@ -150,7 +153,8 @@ class ContinuousDefense(StrategyWrapper):
         partitions = [partition_id(m) for m in replies]
         generator = torch.Generator().manual_seed(self.cfg["seed"] * 1_000_003 + server_round)
         record: dict[str, Any] = {"partitions": partitions}
-        scan_due = not self._catching and (server_round - 1) % self.cfg["continuous-scan-every"] == 0
+        scan_due = (not self._catching and (server_round - 1) % self.cfg["continuous-scan-every"] == 0
+                    and server_round - 1 not in self._known_at.values())  # a new label gets a round to catch
         states = [reply_state(m) for m in replies] if replies and (scan_due or self.defender.known()) else []
         kept = self._screen(server_round, replies, states, partitions, generator, record) if states else replies
         if scan_due and states and not self._catching:
