@@ -41,14 +41,15 @@ purification (benchmarks/README.md). Here, in every round:
    row flag it with the global model answering half that level (`fl_defense.screening.held_by_global_streak`);
 2. once a trigger is known: every client's model is scored by how far the trigger moves the clean set toward
    its label, and the outliers, and clients left out before that score above half the margin, are left out
-   of the aggregate (`fl_defense.screening`). In a round that left clients out, the trigger of the label that left
-   them out is inverted again on their model (`_refresh`), where the backdoor is at full strength, until a new one moves that
-   model further beyond the clean references: a trigger flagged on a half-planted backdoor is a weak copy.
-   Measured on the hard setting, seed 3 (at f19461e's parent, then with a first version that tried in every such
-   round while the known trigger moved that model less than 0.9; later tries changed it by at most 0.025): the NC trigger flagged in round 4
+   of the aggregate (`fl_defense.screening`). In a round that left clients out, the trigger of the label that
+   left them out is inverted again on their model (`_refresh`), where the backdoor is at full strength, until a
+   new one moves that model further beyond the clean references: a trigger flagged on a half-planted backdoor is
+   a weak copy. Measured on the hard setting, seed 3 (before, then with it): the NC trigger flagged in round 4
    moved the three left-out attackers' model 0.53, the one inverted again there 0.79; the attackers' mean scores
-   rose from 0.20-0.40 to 0.20-0.91 (benign clients at most 0.14 and 0.08), the screen's recall from 0.91 to 0.94,
-   and the rounds with deployed ASR above 0.05 fell from 26 of 57 to 9 of 57 (highest 0.132 to 0.063);
+   rose from 0.20-0.40 to 0.20-0.91 (benign clients at most 0.14 and 0.08), the screen's recall from 0.91 to
+   0.94, and the rounds with deployed ASR above 0.05 fell from 26 of 57 to 9 of 57 (highest 0.132 to 0.063).
+   Over the 5 seeds of benchmarks/README.md: 0.24-0.53 before, 0.70-0.99 after, replaced at every seed; a first
+   version that tried again in every such round changed the trigger's shift by at most 0.025 after the first;
 3. the aggregate is purified with the known triggers (the run's purifier, MCL first) in the round the target
    became known, against the backdoor planted before it: the inverted trigger measures a partly planted
    backdoor poorly (hard setting, seed 0, round 4: it moved 0.10 of the aggregate's clean images against
@@ -130,7 +131,8 @@ class ContinuousDefense(StrategyWrapper):
 
     def state_dict(self) -> dict[str, Any]:
         return {"trust": self.trust.state_dict(), "refreshes": _pairs(self._refreshes),
-                "known_at": _pairs(self._known_at), "catching": sorted(self._catching), "streaks": _pairs(self._streaks)}
+                "known_at": _pairs(self._known_at), "catching": sorted(self._catching),
+                "streaks": _pairs(self._streaks)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore `state_dict`; a checkpoint of an older version, without the later keys, counts every known label
