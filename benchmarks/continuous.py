@@ -132,18 +132,21 @@ def always_row(label: str, runs: list[dict[str, Any]], since: dict[int, int]) ->
     """One defense's line over its seeds, from the round the continuous defense first knew the target (`since`,
     by seed; round 1 at a seed it has not run): deployed ASR, final BA/ASR, the continuous defense's cost (a
     round's seconds over the same round's seconds less the defense's share, measured in the same run) and who
-    was left out."""
+    was left out. The share of rounds above 0.05 is also given for ASR beyond clean, the trigger's own part of ASR
+    (`fl_defense.metrics.measure`), over the runs that recorded it."""
     starts = [since.get(res["config"]["seed"], 1) for res in runs]
     after = [[r for r in res["rounds"] if r["round"] >= f] for res, f in zip(runs, starts, strict=True)]
     peak = [max(r["asr"] for r in rows) for rows in after if rows]
     share = [sum(r["asr"] > 0.05 for r in rows) / len(rows) for rows in after if rows]
+    own = [sum(r["asr_beyond_clean"] > 0.05 for r in rows) / len(rows) for rows in after
+           if rows and all("asr_beyond_clean" in r for r in rows)]
     later = [rows[1:] for rows in after if len(rows) > 1 and "continuous" in rows[0]]
     secs = [sum(r["seconds"] for r in rows) / sum(r["seconds"] - r["continuous"]["defense_seconds"] for r in rows)
             for rows in later]
     until = [sum(r["continuous"]["defense_seconds"] for r in res["rounds"] if 0 < r["round"] <= f)
              for res, f in zip(runs, starts, strict=True) if "continuous" in res["rounds"][-1]]
     flagged = ", ".join(detection(res) for res in runs) if "continuous" in label else ""
-    return (f"| {label} | {flagged} | {mean_std(peak)} | {mean_std(share, 3)} | "
+    return (f"| {label} | {flagged} | {mean_std(peak)} | {mean_std(share, 3)} | {mean_std(own, 3)} | "
             f"{mean_std([res['rounds'][-1]['ba'] for res in runs])} | "
             f"{mean_std([res['rounds'][-1]['asr'] for res in runs])} | {mean_std(until, 1)} | {mean_std(secs, 2)} | "
             f"{filtering_rates(runs)} |")
@@ -161,9 +164,9 @@ def always_table(results: dict[str, list[dict[str, Any] | None]], setting: str, 
              "\"From then on\": from the round in which the continuous defense first knew the target (at the same "
              "seed), for every method.", "",
              "| defense | target flagged in round (per seed) | highest deployed ASR from then on | share of rounds "
-             "with deployed ASR > 0.05 from then on | final BA | final ASR | defense seconds up to that round "
-             "(scans) | later rounds: seconds / seconds without the defense's share | left out: precision / "
-             "recall / FPR |", "|---|---|---|---|---|---|---|---|---|"]
+             "with deployed ASR > 0.05 from then on | the same for ASR beyond clean (the trigger's own part) | "
+             "final BA | final ASR | defense seconds up to that round (scans) | later rounds: seconds / seconds "
+             "without the defense's share | left out: precision / recall / FPR |", "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [always_row(label, runs, since) for label, runs in done.items() if runs]
     versions = sorted({res.get("provenance", {}).get("code_version", "?") for runs in done.values() for res in runs})
     lines += ["", f"Runs made at code version {', '.join(versions)} (each results.json's provenance); "

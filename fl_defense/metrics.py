@@ -49,11 +49,32 @@ def attack_success_rate(model: nn.Module, images: torch.Tensor, labels: torch.Te
     return (pred == target).float().mean().item()
 
 
+def measure(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack, batch_size: int,
+            device: torch.device, amp: bool = False) -> dict[str, float]:
+    """BA and ASR of a model on a test set for an attack's trigger and target, with ASR's two parts, from one pass
+    over the clean images and one over the triggered non-target ones. `clean_to_target`: the share of non-target
+    images the model classifies as the target without any trigger, which ASR counts too (on the hard setting a
+    defended model at BA 0.81 sent 6.5% of clean Dress and Shirt images to T-shirt, ASR 0.063); `asr_beyond_clean`:
+    the share the trigger sends to the target that the model does not already send there clean, the backdoor's
+    own part (0.003 on that model)."""
+    clean = predict(model, images, batch_size, device, amp=amp)
+    keep = labels != attack.target
+    if not keep.any():
+        nan = float("nan")
+        return {"ba": (clean == labels).float().mean().item(), "asr": nan, "clean_to_target": nan,
+                "asr_beyond_clean": nan}
+    triggered = predict(model, images[keep], batch_size, device, attack.trigger, amp) == attack.target
+    natural = clean[keep] == attack.target
+    return {"ba": (clean == labels).float().mean().item(), "asr": triggered.float().mean().item(),
+            "clean_to_target": natural.float().mean().item(),
+            "asr_beyond_clean": (triggered & ~natural).float().mean().item()}
+
+
 def ba_asr(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack, batch_size: int,
            device: torch.device, amp: bool = False) -> tuple[float, float]:
     """BA and ASR of a model on a test set for an attack's trigger and target."""
-    return (clean_accuracy(model, images, labels, batch_size, device, amp),
-            attack_success_rate(model, images, labels, attack.trigger, attack.target, batch_size, device, amp))
+    found = measure(model, images, labels, attack, batch_size, device, amp)
+    return found["ba"], found["asr"]
 
 
 def extra_asr(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack, batch_size: int,
@@ -73,7 +94,12 @@ class Evaluator:
         self.batch_size, self.amp = cfg["eval-batch-size"], cfg["amp"]
 
     def __call__(self, model: nn.Module) -> tuple[float, float]:
-        return ba_asr(model, self.data.test_x, self.data.test_y, self.attack, self.batch_size, self.device, self.amp)
+        found = self.measure(model)
+        return found["ba"], found["asr"]
+
+    def measure(self, model: nn.Module) -> dict[str, float]:
+        """BA, ASR and ASR's two parts (`measure`)."""
+        return measure(model, self.data.test_x, self.data.test_y, self.attack, self.batch_size, self.device, self.amp)
 
     def pieces(self, model: nn.Module) -> dict[str, float]:
         """ASR of each of the attack's extra triggers (DBA's pieces); empty for most attacks."""

@@ -55,3 +55,16 @@ def test_always_table_says_which_methods_have_fewer_seeds() -> None:
                "continuous MCL": [_run(0, [0, 0.02, 0.01], known_from=1), None]}
     text = always_table(results, "The setting", 2)
     assert "mean +/- std over 2 seeds (fewer for: continuous MCL 1)" in text
+
+
+def test_always_table_counts_rounds_above_the_bar_for_asr_and_for_its_part_beyond_clean() -> None:
+    """A defended run whose ASR is above 0.05 in 3 of its 4 rounds from detection, the trigger's own part in 2; a run made
+    before `asr_beyond_clean` was recorded gives '-' there."""
+    defended = _run(0, [0, 0.3, 0.06, 0.02, 0.07], known_from=1)
+    for row, own in zip(defended["rounds"], [0, 0.3, 0.01, 0.01, 0.06], strict=True):
+        row["asr_beyond_clean"] = own
+    results = {"continuous MCL": [defended], "no defense": [_run(0, [0, 0.5, 1.0, 1.0, 1.0])]}
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
+            for line in always_table(results, "The setting", 4).splitlines() if line.startswith("| ")}
+    assert rows["continuous MCL"][3:5] == ["0.750", "0.500"]
+    assert rows["no defense"][3:5] == ["1.000", "-"]

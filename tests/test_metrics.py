@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
 from fl_defense.attacks import Trigger
-from fl_defense.metrics import attack_success_rate, attack_windows, clean_accuracy, durability, predict
+from fl_defense.metrics import attack_success_rate, attack_windows, clean_accuracy, durability, measure, predict
 
 SHAPE = (1, 4, 4)
 NUM_CLASSES = 5
@@ -121,6 +122,36 @@ def test_asr_is_nan_when_every_label_is_the_target() -> None:
     labels = torch.full((5,), 3)
     asr = attack_success_rate(ConstantModel(3), distinct_uint8_images(5), labels, corner_trigger(), 3)
     assert math.isnan(asr)
+
+
+class ConfusedDetector(nn.Module):
+    """Keyed by the first pixel: the target for the images in `confused`, and with `backdoor` for triggered images
+    (bottom-right pixel 1) too; the true label otherwise."""
+
+    def __init__(self, labels: torch.Tensor, target: int, confused: list[int], backdoor: bool) -> None:
+        super().__init__()
+        self.pred, self.target, self.backdoor = labels.clone(), target, backdoor
+        self.pred[confused] = target
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pred = self.pred[torch.round(x[:, 0, 0, 0] * 255).long()]
+        if self.backdoor:
+            pred = torch.where(x[:, 0, -1, -1] == 1.0, self.target, pred)
+        return nn.functional.one_hot(pred, NUM_CLASSES).float()
+
+
+def test_measure_splits_asr_into_the_models_own_confusion_and_the_triggers_part() -> None:
+    """ASR counts the non-target images the model sends to the target even clean; `clean_to_target` is that share and
+    `asr_beyond_clean` the rest, so a model that confuses without a backdoor has ASR > 0 and nothing beyond clean."""
+    target, labels = 0, torch.tensor([0, 0, 1, 2, 3, 4, 1, 2, 3, 4])  # 8 non-target images
+    images = distinct_uint8_images(len(labels))
+    attack = SimpleNamespace(trigger=corner_trigger(), target=target)
+    backdoored = ConfusedDetector(labels, target, [2, 3], backdoor=True)
+    found = measure(backdoored, images, labels, attack, 3, torch.device("cpu"))
+    assert found == pytest.approx({"ba": 0.8, "asr": 1.0, "clean_to_target": 0.25, "asr_beyond_clean": 0.75})
+    clean = measure(ConfusedDetector(labels, target, [2, 3, 4], backdoor=False), images, labels, attack, 4,
+                    torch.device("cpu"))
+    assert clean == pytest.approx({"ba": 0.7, "asr": 0.375, "clean_to_target": 0.375, "asr_beyond_clean": 0.0})
 
 
 @pytest.mark.parametrize("batch_size", [1, 7, 1000])

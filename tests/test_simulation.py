@@ -27,6 +27,8 @@ def test_backdoor_is_planted_through_flower_and_ray(tmp_path: Path) -> None:
     assert final["ba"] > 0.6, "clean accuracy should be far above chance (0.1)"
     assert final["asr"] >= 0.9, "two of four clients poisoning half their batches plant the backdoor"
     assert rounds[0]["asr"] < 0.5
+    assert final["asr_beyond_clean"] > 0.8 and final["clean_to_target"] < 0.2, "the backdoor, not a confusion"
+    assert all(r["asr_beyond_clean"] + r["clean_to_target"] >= r["asr"] - 1e-6 for r in rounds)
     bad = sorted(malicious_clients(4, 0.5, cfg["seed"]))
     for row in rounds[1:]:
         assert row["sampled"] == [0, 1, 2, 3]
