@@ -122,6 +122,9 @@ def test_asr_is_nan_when_every_label_is_the_target() -> None:
     labels = torch.full((5,), 3)
     asr = attack_success_rate(ConstantModel(3), distinct_uint8_images(5), labels, corner_trigger(), 3)
     assert math.isnan(asr)
+    found = measure(ConstantModel(3), distinct_uint8_images(5), labels, SimpleNamespace(trigger=corner_trigger(),
+                    target=3), 2, torch.device("cpu"))
+    assert found["ba"] == 1.0 and all(math.isnan(found[k]) for k in ("asr", "clean_to_target", "asr_beyond_clean"))
 
 
 class ConfusedDetector(nn.Module):
