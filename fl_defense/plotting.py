@@ -1,7 +1,8 @@
 """Figures of a run's results.json and of a sweep's runs: BA and ASR per round, what a reader looks at first.
 
 A run's figure: BA and ASR of the deployed model per round (and of the training model where a strategy wrapper
-deploys another one, e.g. the shadow), the defense calls marked, the rounds in which attackers were sampled
+deploys another one, e.g. the shadow), the share of clean non-target images the model calls the target (which ASR
+counts too, `fl_defense.metrics.measure`), the defense calls marked, the rounds in which attackers were sampled
 shaded. A sweep's figure: one line per group of runs that differ only in the averaged axes (`--over`, the
 seeds by default), the mean over the group's runs with a band of one standard deviation.
 
@@ -42,6 +43,9 @@ def plot_run(results: Mapping[str, Any], path: Path, title: str | None = None) -
         ax.axvspan(start - 0.5, end + 0.5, color="tab:red", alpha=0.08, label="attackers sampled" if i == 0 else None)
     ax.plot(rounds, [r["ba"] for r in rows], color="tab:blue", marker=".", label="BA (deployed)")
     ax.plot(rounds, [r["asr"] for r in rows], color="tab:red", marker=".", label="ASR (deployed)")
+    if all("clean_to_target" in r for r in rows):  # ASR's floor: what the model sends to the target untriggered
+        ax.plot(rounds, [r["clean_to_target"] for r in rows], color="tab:red", ls=":", lw=1,
+                label="clean images called the target")
     if any("backbone_ba" in r for r in rows):
         inner = [r for r in rows if "backbone_ba" in r]
         ax.plot([r["round"] for r in inner], [r["backbone_ba"] for r in inner], color="tab:blue", ls="--",

@@ -38,6 +38,20 @@ def test_a_run_folder_plots_its_rounds(tmp_path: Path, capsys: pytest.CaptureFix
     assert capsys.readouterr().out.strip() == str(tmp_path / "plot.png")
 
 
+def test_a_run_figure_shows_the_clean_images_the_model_calls_the_target(tmp_path: Path) -> None:
+    """Recorded per round, the model's own confusion with the target is drawn under ASR (the figure changes)."""
+    results = _results(0, 0.9)
+    (tmp_path / "without").mkdir()
+    (tmp_path / "without" / "results.json").write_text(json.dumps(results))
+    for r in results["rounds"]:
+        r["clean_to_target"] = 0.3
+    (tmp_path / "with").mkdir()
+    (tmp_path / "with" / "results.json").write_text(json.dumps(results))
+    assert main(["plot", str(tmp_path / "without")]) == 0 and main(["plot", str(tmp_path / "with")]) == 0
+    without, drawn = _pixels(tmp_path / "without" / "plot.png"), _pixels(tmp_path / "with" / "plot.png")
+    assert without.shape == drawn.shape and (without != drawn).any(axis=2).sum() > 200
+
+
 def test_a_sweep_folder_plots_one_line_per_group(tmp_path: Path) -> None:
     runs = []
     for i, (defense, seed) in enumerate([("none", 0), ("none", 1), ("mcl", 0), ("mcl", 1)]):
