@@ -166,7 +166,7 @@ def always_table(results: dict[str, list[dict[str, Any] | None]], setting: str, 
              "| defense | target flagged in round (per seed) | highest deployed ASR from then on | share of rounds "
              "with deployed ASR > 0.05 from then on | the same for ASR beyond clean (the trigger's own part) | "
              "final BA | final ASR | defense seconds up to that round (scans) | later rounds: seconds / seconds "
-             "without the defense's share | left out: precision / recall / FPR |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "without the defense's share | left out: precision / recall / FPR |", "|---" * 10 + "|"]
     lines += [always_row(label, runs, since) for label, runs in done.items() if runs]
     versions = sorted({res.get("provenance", {}).get("code_version", "?") for runs in done.values() for res in runs})
     lines += ["", f"Runs made at code version {', '.join(versions)} (each results.json's provenance); "

@@ -58,8 +58,8 @@ def test_always_table_says_which_methods_have_fewer_seeds() -> None:
 
 
 def test_always_table_counts_rounds_above_the_bar_for_asr_and_for_its_part_beyond_clean() -> None:
-    """A defended run whose ASR is above 0.05 in 3 of its 4 rounds from detection, the trigger's own part in 2; a run made
-    before `asr_beyond_clean` was recorded gives '-' there."""
+    """A defended run whose ASR is above 0.05 in 3 of its 4 rounds from detection, the trigger's own part in 2;
+    a run made before `asr_beyond_clean` was recorded gives '-' there."""
     defended = _run(0, [0, 0.3, 0.06, 0.02, 0.07], known_from=1)
     for row, own in zip(defended["rounds"], [0, 0.3, 0.01, 0.01, 0.06], strict=True):
         row["asr_beyond_clean"] = own
