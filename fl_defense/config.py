@@ -55,6 +55,9 @@ RUN_OPTIONS: dict[str, Option] = {o.key: o for o in (
            check=lambda v: bool(DEFENSE_SCHEDULE_RE.match(v)), allowed="end, every:K or continuous"),
     positive("continuous-scan-every", 1, "continuous: rounds between scans of the minority cluster's model until a "
              "target is flagged"),
+    positive("continuous-scan-max-gap", 4, "continuous: a scan that flags no label doubles the rounds to the next "
+             "scan, up to this many; one that flags a label returns them to continuous-scan-every (at most "
+             "continuous-scan-every: no back-off)"),
     between("screen-margin", 0.2, "continuous: a client is left out when its model's trigger shift toward the "
             "flagged label exceeds the round's median by this much (and by 3 MADs); half of it for a client left "
             "out before", 0, 1, "(]"),
@@ -101,8 +104,8 @@ LAYOUT: tuple[str | Registry[Any], ...] = (
     DATASETS, "data-root", "download", MODELS, "num-clients", "clients-per-round", "rounds", "local-epochs",
     "batch-size", "lr", "momentum", "weight-decay", "partition", "alpha", "malicious-fraction", ATTACKS,
     ATTACKER_TRAININGS, "train-fraction", "clean-fraction", "threat", CLIENT_DEFENSES, AGGREGATION_RULES, PURIFIERS,
-    "defense-schedule", "continuous-scan-every", "screen-margin", "screen-images", "continuous-purify-above",
-    "continuous-refreshes",
+    "defense-schedule", "continuous-scan-every", "continuous-scan-max-gap", "screen-margin", "screen-images",
+    "continuous-purify-above", "continuous-refreshes",
     TRIGGER_SOURCES, STRATEGY_WRAPPERS, "min-replies", "round-timeout", "reply-max-norm",
     "client-checkpoints", "seed", "device", "amp", "num-cpus", "num-gpus", "ray-address", "eval-batch-size", "out-dir",
     "init-from", "plugins",

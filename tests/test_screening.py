@@ -151,10 +151,10 @@ def test_continuous_defense_through_flower_and_ray(tmp_path) -> None:  # noqa: A
     assert results["defense"][0]["scanned"] == "cluster" and results["defense"][0]["flagged"][:1] == [0]
 
 
-def _continuous(setting, log: list) -> ContinuousDefense:  # noqa: ANN001 - fixture object
+def _continuous(setting, log: list, **overrides: int) -> ContinuousDefense:  # noqa: ANN001 - fixture object
     """The continuous defense's wrapper with `setting`'s trigger known, as after a scan flagged its target."""
     cfg = resolve({"defense": "mcl", "defense-schedule": "continuous", "mcl-epochs": 2, "screen-images": 1000,
-                   "device": "cpu"})
+                   "device": "cpu", **{key.replace("_", "-"): value for key, value in overrides.items()}})
     defender = Defender(cfg, setting.clean, 10, CPU, lambda m: (setting.ba(m), setting.asr(m)))
     defender.stage.found = {setting.target: (setting.trigger, 1)}
     return ContinuousDefense(None, cfg, defender, copy.deepcopy(setting.model), setting.clean, CPU, log.append)
@@ -242,3 +242,30 @@ def test_a_label_flagged_in_three_scans_in_a_row_is_taken_when_the_global_model_
             for r in range(1, 7)]
     assert news == [[], [], [], [], [], [bd.target]]
     assert defense.defender.known() == {bd.target: weak}
+
+
+@pytest.mark.parametrize(("flags", "every", "cap", "scans"), [
+    ({1}, 1, 4, [1, 2, 4, 8, 12, 16, 20]),  # quiet after round 1: the gap doubles to the cap
+    ({1, 8}, 1, 4, [1, 2, 4, 8, 9, 11, 15, 19]),  # a flag returns it to every round
+    (set(), 2, 8, [1, 5, 13]),  # the first quiet scan doubles continuous-scan-every
+    (set(), 3, 1, [1, 4, 7, 10, 13, 16, 19]),  # a cap under continuous-scan-every: no back-off
+])
+def test_scans_back_off_while_they_flag_nothing_and_resume_at_a_flag(
+        bd, flags: set[int], every: int, cap: int, scans: list[int]) -> None:  # noqa: ANN001
+    """The rounds that scan, from each scan's flags (`_back_off`), and the same schedule after a restore from a
+    checkpoint taken halfway."""
+    def schedule(defense: ContinuousDefense, rounds: range) -> list[int]:
+        done = []
+        for r in rounds:
+            if defense._scan_due(r):
+                defense._back_off(r, {"flagged": [0] if r in flags else []})
+                done.append(r)
+        return done
+
+    keys = {"continuous_scan_every": every, "continuous_scan_max_gap": cap}
+    assert schedule(_continuous(bd, [], **keys), range(1, 21)) == scans
+    half = _continuous(bd, [], **keys)
+    early = schedule(half, range(1, 11))
+    restored = _continuous(bd, [], **keys)
+    restored.load_state_dict(half.state_dict())
+    assert early + schedule(restored, range(11, 21)) == scans
