@@ -202,6 +202,23 @@ def test_a_weak_copy_of_the_trigger_is_refreshed_on_the_clients_left_out(bd, cle
     assert restored._refreshes == {bd.target: 3}
 
 
+def test_a_refreshed_trigger_that_moves_the_clean_references_is_not_kept(bd, monkeypatch) -> None:  # noqa: ANN001
+    """The refresh finds a trigger that moves the left-out model further, but it also moves the clean reference
+    models beyond `nc-transfer-max` (a natural feature): the known trigger stays and the label may be tried again."""
+    corner = torch.zeros_like(bd.trigger.mask)
+    rows, cols = bd.trigger.mask[0].nonzero(as_tuple=True)
+    corner[0, rows.min(), cols.min()] = 1.0
+    weak = Trigger(bd.trigger.pattern, corner)
+    defense = _continuous(bd, [])
+    defense.defender.stage.found = {bd.target: (weak, 1)}
+    monkeypatch.setattr(defense, "_natural_shift", lambda triggers=None: 0.0 if triggers[bd.target] is weak else 0.3)
+    entry = defense._refresh([bd.target], [bd.model.state_dict()], [1.0], torch.Generator().manual_seed(0))[
+        str(bd.target)]
+    assert entry["new_shift"] - 0.3 > entry["shift"], "precondition: the new trigger moves the model further"
+    assert not entry["kept"] and defense.defender.known()[bd.target] is weak
+    assert defense._refreshes == {bd.target: 1}
+
+
 def test_the_scans_go_on_until_a_known_label_catches_a_client_in_a_later_round(bd, clean_model) -> None:  # noqa: ANN001
     """A label is catching once its trigger leaves a client out after the round that made it known (a label flagged
     in error on benign skewed clients leaves nobody out later); until one is, the scans go on."""
