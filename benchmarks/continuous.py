@@ -72,8 +72,6 @@ METHODS = {"no defense": {}, "no attack (clean floor)": {"malicious-fraction": 0
                                                "warp-warm-epochs": 1},
           "continuous MCL (scans every 2 rounds)": {"defense": "mcl", "defense-schedule": "continuous",
                                                     "continuous-scan-every": 2},
-          "continuous MCL (no attack)": {"defense": "mcl", "defense-schedule": "continuous",
-                                         "malicious-fraction": 0.0},
           "MCL every 5": {"defense": "mcl", "defense-schedule": "every:5"}, "shadow": {"defense": "shadow"},
           "FLAME": {"aggregation": "flame"}, "Multi-Krum": {"aggregation": "multikrum"},
           "FoolsGold": {"aggregation": "foolsgold"},

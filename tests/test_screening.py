@@ -261,21 +261,23 @@ def test_a_label_flagged_in_three_scans_in_a_row_is_taken_when_the_global_model_
     assert defense.defender.known() == {bd.target: weak}
 
 
-@pytest.mark.parametrize(("flags", "every", "cap", "scans"), [
-    ({1}, 1, 4, [1, 2, 4, 8, 12, 16, 20]),  # quiet after round 1: the gap doubles to the cap
-    ({1, 8}, 1, 4, [1, 2, 4, 8, 9, 11, 15, 19]),  # a flag returns it to every round
-    (set(), 2, 8, [1, 5, 13]),  # the first quiet scan doubles continuous-scan-every
-    (set(), 3, 1, [1, 4, 7, 10, 13, 16, 19]),  # a cap under continuous-scan-every: no back-off
+@pytest.mark.parametrize(("flags", "every", "cap", "sampled", "scans"), [
+    ({1}, 1, 4, set(), [1, 2, 4, 8, 12, 16, 20]),  # quiet after round 1: the gap doubles to the cap
+    ({1, 8}, 1, 4, set(), [1, 2, 4, 8, 9, 11, 15, 19]),  # a flag returns it to every round
+    (set(), 2, 8, set(), [1, 5, 13]),  # the first quiet scan doubles continuous-scan-every
+    (set(), 3, 1, set(), [1, 4, 7, 10, 13, 16, 19]),  # a cap under continuous-scan-every: no back-off
+    ({1}, 1, 4, {4}, [1, 2, 4, 5, 7, 11, 15, 19]),  # round 4 had a sample of the clients: back to every round
+    (set(), 1, 4, set(range(1, 21)), list(range(1, 21))),  # clients sampled in every round: no back-off
 ])
 def test_scans_back_off_while_they_flag_nothing_and_resume_at_a_flag(
-        bd, flags: set[int], every: int, cap: int, scans: list[int]) -> None:  # noqa: ANN001
-    """The rounds that scan, from each scan's flags (`_back_off`), and the same schedule after a restore from a
-    checkpoint taken halfway."""
+        bd, flags: set[int], every: int, cap: int, sampled: set[int], scans: list[int]) -> None:  # noqa: ANN001
+    """The rounds that scan, from each scan's flags and whether every client took part (`_back_off`), and the same
+    schedule after a restore from a checkpoint taken halfway."""
     def schedule(defense: ContinuousDefense, rounds: range) -> list[int]:
         done = []
         for r in rounds:
             if defense._scan_due(r):
-                defense._back_off(r, {"flagged": [0] if r in flags else []})
+                defense._back_off(r, {"flagged": [0] if r in flags else []}, everyone=r not in sampled)
                 done.append(r)
         return done
 

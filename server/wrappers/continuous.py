@@ -10,14 +10,19 @@ purification (benchmarks/README.md). Here, in every round:
    makes known joins those known before; no scan in the round after a label became known: a backdoor the global
    model held answers in every client until the purified model has been trained on once, and in seed 2 at
    bf5ed34 the scan in that round took Coat, a skewed cluster's feature, which then left out 21 benign clients;
-   a scan that flags no label doubles the rounds to the next one, up to `continuous-scan-max-gap`, and one that
-   flags a label returns them to `continuous-scan-every`, `_back_off`: a scan costs five rounds and more, and
-   where no attack is there it flags nothing, round after round; measured at 8dbc52a on the 100-round run with
-   attack windows, seed 0, the scans of rounds 2-10 flagged nothing, 9 of its 12 scans up to the detection, 239
-   of the 343 defense seconds up to it in a run that cost 1.73 times its rounds, while on the hard setting, where
-   skewed clusters get flagged, 11 of the 5 seeds' 35 scans up to the detection flagged nothing and the default
-   setting's detections came at the first scan. The cap bounds the delay: an attack that begins in a quiet stretch is
-   scanned at most `continuous-scan-max-gap` - 1 rounds late; the runs with it are in benchmarks/README.md): the
+   a scan that flags no label in a round every client of the federation took part in doubles the rounds to the
+   next one, up to `continuous-scan-max-gap`, and any other scan returns them to `continuous-scan-every`
+   (`_back_off`): a scan costs five rounds and more, and where no attack is there it flags nothing, round after
+   round; measured at 8dbc52a on the 100-round run with attack windows, seed 0, the scans of rounds 2-10 flagged
+   nothing, 9 of its 12 scans up to the detection, 239 of the 343 defense seconds up to it in a run that cost 1.73
+   times its rounds; with the back-off it scanned in rounds 1, 2, 4, 8 and 12, detected in round 12 as before,
+   every round's BA and ASR the same, and cost 1.41 times. With clients sampled, an empty scan says nothing of the
+   next round's clients: on the hard setting (10 of 100 clients a round) a back-off without that condition, at
+   7077950-b5af983, left seeds 0-2 and 4 as they were (the rounds it skipped flagged nothing that counted) but at
+   seed 3 skipped round 4, where the target had been flagged, scanned round 5 (no attacker sampled: nothing) and
+   round 9 (the backdoor planted, ASR 0.9997, and the scan flagged nothing), took Coat in round 13, never the
+   target, and deployed ASR above 0.05 in all 57 rounds from round 4 on, at 0.99-1.0 in most of them. The cap bounds the delay: an attack that begins in a
+   quiet stretch is scanned at most `continuous-scan-max-gap` - 1 rounds late (benchmarks/README.md)): the
    run's trigger source scans the model
    of the round's minority cluster of updates (`fl_defense.screening.minority_cluster`), where an attack that
    is still diluted in the global model is at full strength. A flagged label becomes the target only if its
@@ -173,7 +178,7 @@ class ContinuousDefense(StrategyWrapper):
         if scan_due and states and not self._catching:
             record["scan"] = self._scan(server_round, states, [reply_weight(m.content) for m in replies],
                                         partitions, generator)
-            self._back_off(server_round, record["scan"])
+            self._back_off(server_round, record["scan"], everyone=len(set(partitions)) == self.cfg["num-clients"])
             if record["scan"]["new"]:  # screened again, with the labels it made known
                 kept = self._screen(server_round, replies, states, partitions, generator, record)
         replies = kept
@@ -253,12 +258,13 @@ class ContinuousDefense(StrategyWrapper):
         return (not self._catching and server_round >= self._next_scan
                 and server_round - 1 not in self._known_at.values())
 
-    def _back_off(self, server_round: int, scan: dict[str, Any]) -> None:
-        """Set the round of the next scan: a scan that flagged nothing doubles the gap, up to
-        `continuous-scan-max-gap`; one that flagged a label returns it to `continuous-scan-every`."""
+    def _back_off(self, server_round: int, scan: dict[str, Any], everyone: bool) -> None:
+        """Set the round of the next scan: a scan that flagged nothing in a round every client of the federation took
+        part in (`everyone`) doubles the gap, up to `continuous-scan-max-gap`; any other returns it to
+        `continuous-scan-every` (with clients sampled, the next round's clients are others, of whom it says nothing)."""
         every = self.cfg["continuous-scan-every"]
         cap = max(every, self.cfg["continuous-scan-max-gap"])
-        self._gap = every if scan["flagged"] else min(2 * self._gap, cap)
+        self._gap = min(2 * self._gap, cap) if everyone and not scan["flagged"] else every
         self._next_scan = server_round + self._gap
         scan["next_scan"] = self._next_scan
 
