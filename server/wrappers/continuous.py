@@ -21,12 +21,13 @@ purification (benchmarks/README.md). Here, in every round:
    7077950-b5af983, left seeds 0-2 and 4 as they were (the rounds it skipped flagged nothing that counted) but at
    seed 3 skipped round 4, where the target had been flagged, scanned round 5 (no attacker sampled: nothing) and
    round 9 (the backdoor planted, ASR 0.9997, and the scan flagged nothing), took Coat in round 13, never the
-   target, and deployed ASR above 0.05 in all 57 rounds from round 4 on, at 0.99-1.0 in most of them. The cap bounds the delay: an attack that begins in a
-   quiet stretch is scanned at most `continuous-scan-max-gap` - 1 rounds late (benchmarks/README.md)): the
-   run's trigger source scans the model
-   of the round's minority cluster of updates (`fl_defense.screening.minority_cluster`), where an attack that
-   is still diluted in the global model is at full strength. A flagged label becomes the target only if its
-   trigger singles out that cluster: scoring the round's clients with it, every client of the cluster is an
+   target, and deployed ASR above 0.05 in all 57 rounds from round 4 on, at 0.99-1.0 in most of them. An attack
+   that begins in a quiet stretch is scanned up to `continuous-scan-max-gap` - 1 rounds late: at 4, the windows
+   run's seed 2 scanned round 11 (nothing flagged), then 15, and deployed ASR 0.055, 0.228 and 0.480 in rounds
+   12-14, where scanning every round had flagged the target in round 12; so the default, 1, does not back off
+   (benchmarks/README.md)): the run's trigger source scans the model of the round's minority cluster of updates
+   (`fl_defense.screening.minority_cluster`), where an attack that is still diluted in the global model is at full
+   strength. A flagged label becomes the target only if its trigger singles out that cluster: scoring the round's clients with it, every client of the cluster is an
    outlier, and fewer clients outside the cluster are than inside (`fl_defense.screening.singles_out`). A
    backdoor's trigger moves the models that learnt it; a scan of a model of a few clients with skewed data
    flags what moves such models, which moves some of them and other skewed clients as much. Measured on the
