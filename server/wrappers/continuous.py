@@ -2,57 +2,55 @@
 
 Purifying every k rounds leaves a saw: the attackers re-plant the backdoor within a few rounds of each
 purification (benchmarks/README.md). Here, in every round:
-1. until a known label is catching (every `continuous-scan-every` rounds; catching: its trigger left a client out
-   in a round after the one that made it known, so a label flagged in error on benign clients, which leaves
-   nobody out later, does not end the scans; measured on the hard setting, seed 0, at f19461e: NC flagged Sandal
-   on the round-1 cluster of two benign clients, its trigger singled them out, the scans stopped there, and
-   the screen left nobody out in 57 of the next 59 rounds while the backdoor reached ASR 1.0; a label a scan
-   makes known joins those known before; no scan in the round after a label became known: a backdoor the global
-   model held answers in every client until the purified model has been trained on once, and in seed 2 at
-   bf5ed34 the scan in that round took Coat, a skewed cluster's feature, which then left out 21 benign clients;
-   a scan that flags no label in a round every client of the federation took part in doubles the rounds to the
-   next one, up to `continuous-scan-max-gap`, and any other scan returns them to `continuous-scan-every`
-   (`_back_off`): a scan costs five rounds and more, and where no attack is there it flags nothing, round after
-   round; measured at 8dbc52a on the 100-round run with attack windows, seed 0, the scans of rounds 2-10 flagged
-   nothing, 9 of its 12 scans up to the detection, 239 of the 343 defense seconds up to it in a run that cost 1.73
-   times its rounds; with the back-off it scanned in rounds 1, 2, 4, 8 and 12, detected in round 12 as before,
-   every round's BA and ASR the same, and cost 1.41 times. With clients sampled, an empty scan says nothing of the
-   next round's clients: on the hard setting (10 of 100 clients a round) a back-off without that condition, at
-   7077950-b5af983, left seeds 0-2 and 4 as they were (the rounds it skipped flagged nothing that counted) but at
-   seed 3 skipped round 4, where the target had been flagged, scanned round 5 (no attacker sampled: nothing) and
-   round 9 (the backdoor planted, ASR 0.9997, and the scan flagged nothing), took Coat in round 13, never the
-   target, and deployed ASR above 0.05 in all 57 rounds from round 4 on, at 0.99-1.0 in most of them. An attack
-   that begins in a quiet stretch is scanned up to `continuous-scan-max-gap` - 1 rounds late: at 4, the windows
-   run's seed 2 scanned round 11 (nothing flagged), then 15, and deployed ASR 0.055, 0.228 and 0.480 in rounds
-   12-14, where scanning every round had flagged the target in round 12; so the default, 1, does not back off
-   (benchmarks/README.md)): the run's trigger source scans the model of the round's minority cluster of updates
+1. until a known label is catching (every `continuous-scan-every` rounds; catching: its trigger left a client out in
+   a round after the one that made it known, so a label flagged in error on benign clients, which leaves nobody out
+   later, does not end the scans; measured on the hard setting, seed 0, at f19461e: NC flagged Sandal on the round-1
+   cluster of two benign clients, its trigger singled them out, the scans stopped there, and the screen left nobody
+   out in 57 of the next 59 rounds while the backdoor reached ASR 1.0; a label a scan makes known joins those known
+   before; no scan in the round after a label became known: a backdoor the global model held answers in every client
+   until the purified model has been trained on once, and in seed 2 at bf5ed34 the scan in that round took Coat, a
+   skewed cluster's feature, which then left out 21 benign clients; a scan that flags no label in a round every
+   client of the federation took part in doubles the rounds to the next one, up to `continuous-scan-max-gap`, and any
+   other scan returns them to `continuous-scan-every` (`_back_off`): a scan costs five rounds and more, and where no
+   attack is there it flags nothing, round after round; measured at 8dbc52a on the 100-round run with attack windows,
+   seed 0, the scans of rounds 2-10 flagged nothing, 9 of its 12 scans up to the detection, 239 of the 343 defense
+   seconds up to it in a run that cost 1.73 times its rounds; with the back-off it scanned in rounds 1, 2, 4, 8 and
+   12, detected in round 12 as before, every round's BA and ASR the same, and cost 1.41 times. With clients sampled,
+   an empty scan says nothing of the next round's clients: on the hard setting (10 of 100 clients a round) a back-off
+   without that condition, at 7077950-b5af983, left seeds 0-2 and 4 as they were (the rounds it skipped flagged
+   nothing that counted) but at seed 3 skipped round 4, where the target had been flagged, scanned round 5 (no
+   attacker sampled: nothing) and round 9 (the backdoor planted, ASR 0.9997, and the scan flagged nothing), took Coat
+   in round 13, never the target, and deployed ASR above 0.05 in all 57 rounds from round 4 on, at 0.99-1.0 in most
+   of them. An attack that begins in a quiet stretch is scanned up to `continuous-scan-max-gap` - 1 rounds late: at
+   4, the windows run's seed 2 scanned round 11 (nothing flagged), then 15, and deployed ASR 0.055, 0.228 and 0.480
+   in rounds 12-14, where scanning every round had flagged the target in round 12; so the default, 1, does not back
+   off (benchmarks/README.md)): the run's trigger source scans the model of the round's minority cluster of updates
    (`fl_defense.screening.minority_cluster`), where an attack that is still diluted in the global model is at full
-   strength. A flagged label becomes the target only if its trigger singles out that cluster: scoring the round's clients with it, every client of the cluster is an
-   outlier, and fewer clients outside the cluster are than inside (`fl_defense.screening.singles_out`). A
-   backdoor's trigger moves the models that learnt it; a scan of a model of a few clients with skewed data
-   flags what moves such models, which moves some of them and other skewed clients as much. Measured on the
-   hard setting, seed 0 (the rule was set there; seeds 1-4 were run after): the round-1 cluster was two benign
-   clients and the warp scan flagged Shirt, Sandal and Bag, whose triggers moved one or two clients outside
-   the cluster as much; taken as the target (the first version, no check), screening for Shirt left out
-   benign clients for 60 rounds while the backdoor reached ASR 1.0. Round 2's cluster was three attackers and
-   a benign client, the warp scan flagged Coat, and its outliers were that benign client and two of the
-   attackers (scores 0.39, 0.50, 0.36; the third attacker 0.16): a check that asked only for outliers inside
-   the cluster took it, and a second flag of the same label (a confirmation count) took it at round 4. In
-   round 4 the cluster was the three attackers, NC flagged the target, and its outliers were them and one
-   benign client (a rule asking for the cluster exactly missed it). A cluster of one client is never singled
-   out (seed 3, round 1: NC flagged three labels on one benign client's model, whose trigger for Shirt moved
-   that client alone, and Shirt was taken; a lone attacker is found with another or once the global model
-   holds its backdoor). A flag is also the target when the global model holds its trigger
-   (`fl_defense.screening.held_by_global`): once the global model learnt the backdoor every client answers it
-   and no cluster stands out. Measured on the hard setting, seed 2: the backdoor was planted by round 8 (global
-   ASR 0.82) while no scan had flagged the target yet, then NC flagged it in rounds 9, 10, 13 and 14 with no
-   outlier; the first version of this test asked the round's median client for 0.5 of the clean images beyond
-   the reference and got 0.46, 0.21, 0.50 (refused) and 0.53 (round 14). The global model the round started
-   from answered it 0.53, 0.40, 0.51 and 0.54 beyond the reference, and every false flag of seeds 0-2 up to
-   each seed's detection (17, all but one from the warp scan) at most 0.23 (Coat in seed 2's round 13, on a
-   global model of ASR 0.99; Dress 0.21 in seed 1's round 5, ASR 0.53), 15 of them at most 0.10; the level,
-   0.4, lies between (set on these scans; seeds 3 and 4 were run after). Also when scans in `STREAK` rounds in a
-   row flag it with the global model answering half that level (`fl_defense.screening.held_by_global_streak`);
+   strength. A flagged label becomes the target only if its trigger singles out that cluster: scoring the round's
+   clients with it, every client of the cluster is an outlier, and fewer clients outside the cluster are than inside
+   (`fl_defense.screening.singles_out`). A backdoor's trigger moves the models that learnt it; a scan of a model of a
+   few clients with skewed data flags what moves such models, which moves some of them and other skewed clients as
+   much. Measured on the hard setting, seed 0 (the rule was set there; seeds 1-4 were run after): the round-1 cluster
+   was two benign clients and the warp scan flagged Shirt, Sandal and Bag, whose triggers moved one or two clients
+   outside the cluster as much; taken as the target (the first version, no check), screening for Shirt left out
+   benign clients for 60 rounds while the backdoor reached ASR 1.0. Round 2's cluster was three attackers and a
+   benign client, the warp scan flagged Coat, and its outliers were that benign client and two of the attackers
+   (scores 0.39, 0.50, 0.36; the third attacker 0.16): a check that asked only for outliers inside the cluster took
+   it, and a second flag of the same label (a confirmation count) took it at round 4. In round 4 the cluster was the
+   three attackers, NC flagged the target, and its outliers were them and one benign client (a rule asking for the
+   cluster exactly missed it). A cluster of one client is never singled out (seed 3, round 1: NC flagged three labels
+   on one benign client's model, whose trigger for Shirt moved that client alone, and Shirt was taken; a lone
+   attacker is found with another or once the global model holds its backdoor). A flag is also the target when the
+   global model holds its trigger (`fl_defense.screening.held_by_global`): once the global model learnt the backdoor
+   every client answers it and no cluster stands out. Measured on the hard setting, seed 2: the backdoor was planted
+   by round 8 (global ASR 0.82) while no scan had flagged the target yet, then NC flagged it in rounds 9, 10, 13 and
+   14 with no outlier; the first version of this test asked the round's median client for 0.5 of the clean images
+   beyond the reference and got 0.46, 0.21, 0.50 (refused) and 0.53 (round 14). The global model the round started
+   from answered it 0.53, 0.40, 0.51 and 0.54 beyond the reference, and every false flag of seeds 0-2 up to each
+   seed's detection (17, all but one from the warp scan) at most 0.23 (Coat in seed 2's round 13, on a global model
+   of ASR 0.99; Dress 0.21 in seed 1's round 5, ASR 0.53), 15 of them at most 0.10; the level, 0.4, lies between (set
+   on these scans; seeds 3 and 4 were run after). Also when scans in `STREAK` rounds in a row flag it with the global
+   model answering half that level (`fl_defense.screening.held_by_global_streak`);
 2. once a trigger is known: every client's model is scored by how far the trigger moves the clean set toward
    its label, and the outliers, and clients left out before that score above half the margin, are left out
    of the aggregate (`fl_defense.screening`). In a round that left clients out, the trigger of the label that
