@@ -181,18 +181,21 @@ def always_table(results: dict[str, list[dict[str, Any] | None]], setting: str, 
 
 def windows_row(label: str, runs: list[dict[str, Any]], since: dict[int, int], scheduled: list[int]) -> str:
     """One method's line over its seeds in the run with attack windows: final BA/ASR, the highest deployed ASR from
-    the continuous defense's first detection at the same seed (the first attacked round where it has not run), each
+    the continuous defense's first detection at the same seed (the first attacked round where it has not run) and
+    from the first attacked round (what a later detection let through), each
     seed's durability per window, the run's seconds and the continuous defense's share of them. A variant of the
     continuous defense is measured from its own first detection."""
     starts = [(first_detection(res) if "continuous" in label else None)
               or since.get(res["config"]["seed"], scheduled[0] if scheduled else 1) for res in runs]
     peak = [max(r["asr"] for r in res["rounds"] if r["round"] >= f) for res, f in zip(runs, starts, strict=True)]
+    first = scheduled[0] if scheduled else 1
+    attacked = [max(r["asr"] for r in res["rounds"] if r["round"] >= first) for res in runs]
     defended = [[r for r in res["rounds"] if "continuous" in r] for res in runs]
     share = [sum(r["seconds"] for r in rows) / sum(r["seconds"] - r["continuous"]["defense_seconds"] for r in rows)
              for rows in defended if rows]
     flagged = ", ".join(detection(res) for res in runs) if "continuous" in label else ""
     return (f"| {label} | {flagged} | {mean_std([res['rounds'][-1]['ba'] for res in runs])} | "
-            f"{mean_std([res['rounds'][-1]['asr'] for res in runs])} | {mean_std(peak)} | "
+            f"{mean_std([res['rounds'][-1]['asr'] for res in runs])} | {mean_std(peak)} | {mean_std(attacked)} | "
             f"{'; '.join(fall(durability(res['rounds'], scheduled)) for res in runs)} | "
             f"{mean_std([run_seconds(res) for res in runs], 0)} | {mean_std(share, 2)} | {filtering_rates(runs)} |")
 
@@ -209,12 +212,13 @@ def windows_table(results: dict[str, list[dict[str, Any] | None]], at_end: dict[
              "\"From the first detection\": from the round in which the continuous defense first knew the target (at "
              "the same seed), for every method; from the first attacked round where it has not run.", "",
              "| defense | target flagged in round (per seed) | final BA | final ASR | highest deployed ASR from the "
-             "first detection | durability per window, rounds (per seed) | run seconds | seconds / seconds without "
-             "the defense's share | left out: precision / recall / FPR |", "|---|---|---|---|---|---|---|---|---|"]
+             "first detection | the same from the first attacked round | durability per window, rounds (per seed) | "
+             "run seconds | seconds / seconds without the defense's share | left out: precision / recall / FPR |",
+             "|---" * 10 + "|"]
     lines += [windows_row(label, runs, since, scheduled) for label, runs in done.items() if runs]
     if at_end is not None:
         lines.append(f"| MCL at the end (seed 0) | | {at_end['ba_after']:.4f} | {at_end['asr_after']:.4f} | (no "
-                     f"defense until the end) | - | {at_end['seconds']:.0f} (purification) | | |")
+                     f"defense until the end) | | - | {at_end['seconds']:.0f} (purification) | | |")
     for label, runs in done.items():
         purifications = runs[0].get("defense", []) if label.startswith("MCL every") and runs else []
         if purifications:

@@ -29,10 +29,11 @@ def test_windows_table_counts_from_each_seeds_detection_and_keeps_each_seeds_dur
     none = next(line for line in lines if line.startswith("| no defense"))
     cells = [c.strip() for c in none.split("|")[1:-1]]
     # peaks from round 3 (seed 0) and round 2 (seed 1): 0.95 and 0.9
-    assert cells[4] == "0.9250 +/- 0.0354" and cells[5] == "> 2; 1"
+    assert cells[4] == "0.9250 +/- 0.0354" and cells[5] == "0.9250 +/- 0.0354" and cells[6] == "> 2; 1"
     defended = [c.strip() for c in next(line for line in lines if line.startswith("| continuous")).split("|")[1:-1]]
-    assert defended[1] == "3, 2" and defended[4] == "0.1100 +/- 0.1273" and defended[5] == "0; 0"
-    assert defended[7] == "2.00 +/- 0.00", "10 s rounds of which the defense took 5"
+    assert defended[1] == "3, 2" and defended[4] == "0.1100 +/- 0.1273" and defended[6] == "0; 0"
+    assert defended[5] == "0.4000 +/- 0.2828", "from round 2, before either detection: 0.6 and 0.2"
+    assert defended[8] == "2.00 +/- 0.00", "10 s rounds of which the defense took 5"
     assert "mean +/- std over 2 seeds" in lines[0] and "abc" in lines[-1]
 
 
@@ -46,7 +47,7 @@ def test_a_variant_of_the_continuous_defense_is_measured_from_its_own_detection(
     cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]] for line in lines
              if line.startswith("| ")}
     warm = cells["continuous MCL (warm warp scans)"]
-    assert warm[1] == "4" and warm[4] == "0.0300"
+    assert warm[1] == "4" and warm[4] == "0.0300" and warm[5] == "0.7000", "what the later detection let through"
     assert cells["continuous MCL"][4] == "0.0200" and cells["no defense"][4] == "0.9500"
 
 
