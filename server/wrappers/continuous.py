@@ -14,7 +14,7 @@ purification (benchmarks/README.md). Here, in every round:
    other scan returns them to `continuous-scan-every` (`_back_off`): a scan costs five rounds and more, and where no
    attack is there it flags nothing, round after round; measured at 8dbc52a on the 100-round run with attack windows,
    seed 0, the scans of rounds 2-10 flagged nothing, 9 of its 12 scans up to the detection, 239 of the 343 defense
-   seconds up to it in a run that cost 1.73 times its rounds; with the back-off it scanned in rounds 1, 2, 4, 8 and
+   seconds up to it in a run that cost 1.74 times its rounds; with the back-off it scanned in rounds 1, 2, 4, 8 and
    12, detected in round 12 as before, every round's BA and ASR the same, and cost 1.41 times. With clients sampled,
    an empty scan says nothing of the next round's clients: on the hard setting (10 of 100 clients a round) a back-off
    without that condition, at 7077950-b5af983, left seeds 0-2 and 4 as they were (the rounds it skipped flagged
