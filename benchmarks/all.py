@@ -38,6 +38,7 @@ class Job:
 
 ALWAYS_METHODS = "no defense,continuous MCL,continuous MCL (PGD attackers),continuous MCL (Neurotoxin attackers)"
 HARD_METHODS = "no defense,continuous MCL,MCL every 5,shadow,FLAME,Multi-Krum,FoolsGold,no attack (clean floor)"
+REMADE_METHODS = "no defense,continuous MCL,continuous MCL (back-off to 4 rounds),continuous MCL (back-off to 2 rounds)"
 
 JOBS = (
     Job("RUN-TIME", ("run_time", "--attack-only"), 7, "rerun"),
@@ -62,6 +63,8 @@ JOBS = (
     Job("CONTINUOUS_HARD", ("continuous", "--always", "5", "--hard", "--rounds", "60", "--methods", HARD_METHODS),
         420, "report"),
     Job("CONTINUOUS", ("continuous", "--seeds", "3"), 400, "report"),
+    Job("CONTINUOUS_REMADE", ("continuous", "--seeds", "3", "--block", "CONTINUOUS_REMADE", "--methods",
+                              REMADE_METHODS), 170, "report"),
 )
 
 

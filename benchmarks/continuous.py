@@ -8,9 +8,9 @@ benchmarks/README.md (between the CONTINUOUS markers) final BA and ASR, the high
 defense's first detection, the durability of each attack window (rounds from the last attacking round until ASR <
 0.10, see `fl_defense.metrics.durability`), the run's seconds and the continuous defense's share of them, with a PNG
 of ASR and BA over rounds (seed 0).
-`--block NAME` writes the windows table into another block (some methods made again at newer code, beside the
-full table). `--always SEEDS`: the attack in every round, on the default or (`--hard`) the hard setting (the
-CONTINUOUS_DEFENSE and CONTINUOUS_HARD blocks). Runs are cached under --out, so an interrupted benchmark goes
+`--block CONTINUOUS_REMADE` writes the windows table into that block instead (some methods made again at newer
+code, beside the full table). `--always SEEDS`: the attack in every round, on the default or (`--hard`) the hard
+setting (the CONTINUOUS_DEFENSE and CONTINUOUS_HARD blocks). Runs are cached under --out, so an interrupted benchmark goes
 on where it stopped; run a method's seeds in one call and the others in another, then `--report-only` with
 every method, and the table says which methods have fewer seeds.
 """
@@ -246,9 +246,9 @@ def main() -> None:
     parser.add_argument("--methods", help=f"comma-separated, of: {', '.join(METHODS)} (default: the first "
                         f"{len(WINDOW_METHODS)}; with --always, {', '.join(ALWAYS_METHODS)})")
     parser.add_argument("--hard", action="store_true", help="with --always: simulations/configs/hard.toml")
-    parser.add_argument("--block", default="CONTINUOUS", help="the windows table's block in benchmarks/README.md "
-                        "(another name: a table of some methods at newer code beside the full one; its PNG named "
-                        "after it)")
+    parser.add_argument("--block", default="CONTINUOUS", choices=("CONTINUOUS", "CONTINUOUS_REMADE"),
+                        help="the windows table's block in benchmarks/README.md (CONTINUOUS_REMADE: some methods made "
+                        "again at newer code beside the full table; its PNG named after it)")
     args = parser.parse_args()
     overrides: dict[str, Any] = dict(item.split("=", 1) for item in args.set)
     out, compute = Path(args.out), not args.report_only
