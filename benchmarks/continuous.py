@@ -11,8 +11,8 @@ of ASR and BA over rounds (seed 0).
 `--block CONTINUOUS_REMADE` writes the windows table into that block instead (some methods made again at newer
 code, beside the full table). `--always SEEDS`: the attack in every round, on the default or (`--hard`) the hard
 setting (the CONTINUOUS_DEFENSE and CONTINUOUS_HARD blocks). Runs are cached under --out, so an interrupted
-benchmark goes on where it stopped; run a method's seeds in one call and the others in another, then `--report-only` with
-every method, and the table says which methods have fewer seeds.
+benchmark goes on where it stopped; run a method's seeds in one call and the others in another, then
+`--report-only` with every method, and the table says which methods have fewer seeds.
 """
 
 from __future__ import annotations
