@@ -185,10 +185,10 @@ def windows_row(label: str, runs: list[dict[str, Any]], since: dict[int, int], s
     from the first attacked round (what a later detection let through), each
     seed's durability per window, the run's seconds and the continuous defense's share of them. A variant of the
     continuous defense is measured from its own first detection."""
-    starts = [(first_detection(res) if "continuous" in label else None)
-              or since.get(res["config"]["seed"], scheduled[0] if scheduled else 1) for res in runs]
-    peak = [max(r["asr"] for r in res["rounds"] if r["round"] >= f) for res, f in zip(runs, starts, strict=True)]
     first = scheduled[0] if scheduled else 1
+    starts = [(first_detection(res) if "continuous" in label else None) or since.get(res["config"]["seed"], first)
+              for res in runs]
+    peak = [max(r["asr"] for r in res["rounds"] if r["round"] >= f) for res, f in zip(runs, starts, strict=True)]
     attacked = [max(r["asr"] for r in res["rounds"] if r["round"] >= first) for res in runs]
     defended = [[r for r in res["rounds"] if "continuous" in r] for res in runs]
     share = [sum(r["seconds"] for r in rows) / sum(r["seconds"] - r["continuous"]["defense_seconds"] for r in rows)
