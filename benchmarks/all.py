@@ -38,7 +38,8 @@ class Job:
 
 ALWAYS_METHODS = "no defense,continuous MCL,continuous MCL (PGD attackers),continuous MCL (Neurotoxin attackers)"
 HARD_METHODS = "no defense,continuous MCL,MCL every 5,shadow,FLAME,Multi-Krum,FoolsGold,no attack (clean floor)"
-REMADE_METHODS = "no defense,continuous MCL,continuous MCL (back-off to 4 rounds),continuous MCL (back-off to 2 rounds)"
+REMADE_METHODS = ("no defense,continuous MCL,continuous MCL (a scan every round),"
+                  "continuous MCL (back-off to 4 rounds without watch),continuous MCL (back-off to 2 rounds without watch)")
 
 JOBS = (
     Job("RUN-TIME", ("run_time", "--attack-only"), 7, "rerun"),

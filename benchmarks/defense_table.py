@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import NOTHING_CACHED, mean_std, provenance, write_block
-from fl_defense.config import load_toml, resolve, schema
+from fl_defense.config import FORMER_DEFAULTS, load_toml, resolve, schema
 from fl_defense.purification import build_purifier
 from fl_defense.registry import AGGREGATION_RULES, PURIFIERS, TRIGGER_SOURCES
 from fl_defense.simulations.purify import purify
@@ -82,12 +82,15 @@ SCOPED: dict[str, tuple[str, str]] = {
     "normclip-": ("aggregation", "normclip"), "dp-": ("aggregation", "dp-clip"), "shadow-": ("defense", "shadow"),
     "dba-": ("attack", "dba"), "wanet-": ("attack", "wanet"), "sig-": ("attack", "sig"),
     "pgd-": ("attack-training", "pgd"), "cs-": ("attack-training", "constrain-and-scale"),
-    "neurotoxin-": ("attack-training", "neurotoxin"),
+    "neurotoxin-": ("attack-training", "neurotoxin"), "continuous-": ("defense-schedule", "continuous"),
 }
 
 
 # Where a run is written and how fast it is evaluated, not what it computes.
 NOT_RESULTS = ("out-dir", "eval-batch-size")
+# The continuous defense's scan back-off and its watch act only after a round every client took part in
+# (server/wrappers/continuous.py): with clients sampled, a run is the same whatever they are.
+BACK_OFF = ("continuous-scan-max-gap", "continuous-watch-z")
 
 
 def _inverts_triggers(cfg: dict[str, Any]) -> bool:
@@ -105,6 +108,8 @@ def _trigger_keys() -> frozenset[str]:
 def _in_use(key: str, cfg: dict[str, Any]) -> bool:
     if key in _trigger_keys():
         return _inverts_triggers(cfg)
+    if key in BACK_OFF:
+        return cfg["defense-schedule"] == "continuous" and cfg["clients-per-round"] == cfg["num-clients"]
     for prefix, (selector, method) in SCOPED.items():
         if key.startswith(prefix):
             return cfg[selector] == method
@@ -112,9 +117,10 @@ def _in_use(key: str, cfg: dict[str, Any]) -> bool:
 
 
 def same_config(saved: dict[str, Any], cfg: dict[str, Any]) -> bool:
-    """A cached result is valid if its config equals `cfg` on every key in use, new keys counting at defaults."""
-    return set(saved) <= set(cfg) and all(saved.get(k, schema()[k].default) == v for k, v in cfg.items()
-                                          if _in_use(k, cfg))
+    """A cached result is valid if its config equals `cfg` on every key in use, keys newer than the record counting
+    at the value the record's run ran at (their default, or their former one)."""
+    return set(saved) <= set(cfg) and all(saved.get(k, FORMER_DEFAULTS.get(k, schema()[k].default)) == v
+                                          for k, v in cfg.items() if _in_use(k, cfg))
 
 
 def cached(path: Path, cfg: dict[str, Any]) -> dict[str, Any] | None:

@@ -9,7 +9,8 @@ skewed data favours the target label in general (its prediction moves without th
 
 Before any trigger is known, the defense scans the model of the round's minority cluster of updates: in a
 round with attackers their mean update holds the backdoor at full strength while the global model holds it
-diluted by the benign majority (FedAvg of 2 attackers among 10), so it is flagged rounds earlier.
+diluted by the benign majority (FedAvg of 2 attackers among 10), so it is flagged rounds earlier. Where the scans
+back off, the round's most alike pair of updates (`alike_pair`) says when one is due anyway.
 Pure functions of models and tensors; the Flower wrapper is `fl_defense.server.wrappers.continuous`.
 """
 
@@ -145,6 +146,27 @@ class Trust:
     def load_state_dict(self, state: Mapping[str, list[int]]) -> None:
         self.offences = dict(zip((int(p) for p in state["partitions"]), (int(n) for n in state["offences"]),
                                  strict=True))
+
+
+WATCH_MIN_CLIENTS = 4  # fewer replies give too few pairs for a median and a MAD
+
+
+def alike_pair(updates: torch.Tensor) -> tuple[float, tuple[int, int]]:
+    """The two rows of `updates` (clients x parameters) most alike in direction, and how far their cosine similarity
+    lies above that of the round's pairs in general, in robust standard deviations (median and MAD over all pairs):
+    clients that share an objective the others lack (attackers planting one backdoor) are far more alike than any
+    two benign clients, whose similarities spread around one level. (0.0, (0, 0)) for fewer than
+    `WATCH_MIN_CLIENTS` rows."""
+    n = len(updates)
+    if n < WATCH_MIN_CLIENTS:
+        return 0.0, (0, 0)
+    unit = updates / updates.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    rows, cols = torch.triu_indices(n, n, 1)
+    sims = (unit @ unit.T)[rows, cols].double()
+    median = sims.median()
+    spread = (MAD_SCALE * (sims - median).abs().median()).clamp(min=1e-12)
+    best = int(sims.argmax())
+    return float((sims[best] - median) / spread), (int(rows[best]), int(cols[best]))
 
 
 def minority_cluster(updates: torch.Tensor, generator: torch.Generator, restarts: int = 5,

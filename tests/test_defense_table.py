@@ -147,3 +147,25 @@ def test_a_run_without_a_defense_is_purified_with_today_s_scan_and_stays_valid_w
     assert record is not None and record["config"]["inversion"] == "nc+warp+blend"
     purified_with_old_scan = {**record["config"], "inversion": "nc+warp"}
     assert not table.same_config(purified_with_old_scan, record["config"]), "a purification's scan keys are in use"
+
+
+def test_a_record_older_than_a_changed_default_is_read_at_the_value_it_ran_at() -> None:
+    """The scan back-off became the default (max gap 4, with the watch): a continuous run recorded before its keys
+    existed scanned every round, so it is not today's default run but is the run of max gap 1; with clients sampled
+    the keys cannot act and the record stays the run of today's config; a run without the continuous schedule
+    never used them."""
+    import benchmarks.defense_table as table
+
+    def old_record(**overrides: Any) -> dict[str, Any]:
+        saved = resolve(overrides)
+        for key in ("continuous-scan-max-gap", "continuous-watch-z"):
+            saved.pop(key)
+        return saved
+
+    continuous = {"defense": "mcl", "defense-schedule": "continuous"}
+    every_round = {**continuous, "continuous-scan-max-gap": 1, "continuous-watch-z": 0.0}
+    assert not table.same_config(old_record(**continuous), resolve(continuous))
+    assert table.same_config(old_record(**continuous), resolve(every_round))
+    sampled = {**continuous, "num-clients": 100, "clients-per-round": 10}
+    assert table.same_config(old_record(**sampled), resolve(sampled))
+    assert table.same_config(old_record(), resolve({}))

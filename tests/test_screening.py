@@ -15,7 +15,7 @@ from fl_defense.config import resolve
 from fl_defense.defense import Defender
 from fl_defense.errors import ConfigError
 from fl_defense.inversion.base import Finding
-from fl_defense.screening import (Trust, client_scores, held_by_global, minority_cluster, outliers, singles_out,
+from fl_defense.screening import (Trust, alike_pair, client_scores, held_by_global, minority_cluster, outliers, singles_out,
                                   trigger_shift)
 from fl_defense.server.wrappers.continuous import ContinuousDefense
 
@@ -75,6 +75,23 @@ def test_minority_cluster_is_the_pair_that_points_elsewhere(seed: int) -> None:
     expected = sorted(int(i) for i in (order >= 8).nonzero().flatten())
     assert minority_cluster(updates, torch.Generator().manual_seed(0)) == expected
     assert minority_cluster(updates[:2], torch.Generator().manual_seed(0)) == [], "too few clients to split"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_watch_finds_two_clients_that_share_a_direction_the_others_lack(seed: int) -> None:
+    """Ten updates around one benign direction: the most alike pair stands out only when two of them also share a
+    second direction, as attackers planting one backdoor do; fewer than four updates are never judged."""
+    g = torch.Generator().manual_seed(seed)
+    benign, attack = torch.randn(500, generator=g), torch.randn(500, generator=g)
+    rows = torch.stack([0.3 * benign + torch.randn(500, generator=g) for _ in range(10)])
+    quiet, _ = alike_pair(rows)
+    order = torch.randperm(10, generator=g)
+    pair = sorted(int(i) for i in order[:2])
+    attacked = rows.clone()
+    attacked[pair] += 1.5 * attack
+    z, found = alike_pair(attacked)
+    assert quiet < 6.0 <= z and sorted(found) == pair
+    assert alike_pair(attacked[:3]) == (0.0, (0, 0))
 
 
 def _poisoned_copy(bd, steps: int) -> torch.nn.Module:  # noqa: ANN001 - fixture object
@@ -147,6 +164,8 @@ def test_continuous_defense_through_flower_and_ray(tmp_path) -> None:  # noqa: A
         assert screen["filtering"]["recall"] == 1.0 and screen["filtering"]["fpr"] == 0.0
         assert row["asr"] < 0.2 and row["ba"] > 0.5
     assert "scan" not in rounds[1]["continuous"], "no scan once a target is known"
+    assert sorted(rounds[1]["continuous"]["watch"]["pair"]) == rounds[1]["malicious_sampled"], "the most alike"
+    assert "watch" not in rounds[2]["continuous"], "no watch once the target catches the attackers"
     assert results["filtering"]["continuous"]["rounds"] == 3
     assert results["defense"][0]["scanned"] == "cluster" and results["defense"][0]["flagged"][:1] == [0]
 
@@ -268,16 +287,21 @@ def test_a_label_flagged_in_three_scans_in_a_row_is_taken_when_the_global_model_
     (set(), 3, 1, set(), [1, 4, 7, 10, 13, 16, 19]),  # a cap under continuous-scan-every: no back-off
     ({1}, 1, 4, {4}, [1, 2, 4, 5, 7, 11, 15, 19]),  # round 4 had a sample of the clients: back to every round
     (set(), 1, 4, set(range(1, 21)), list(range(1, 21))),  # clients sampled in every round: no back-off
+    ({1, -6}, 1, 4, set(), [1, 2, 4, 6, 7, 9, 13, 17]),  # the watch calls round 6's scan and resets the gap
+    ({1, -8}, 1, 4, set(), [1, 2, 4, 8, 9, 11, 15, 19]),  # a watch in a round due anyway resets the gap too
+    ({-6}, 1, 1, set(), list(range(1, 21))),  # no back-off: the watch adds nothing
 ])
 def test_scans_back_off_while_they_flag_nothing_and_resume_at_a_flag(
         bd, flags: set[int], every: int, cap: int, sampled: set[int], scans: list[int]) -> None:  # noqa: ANN001
-    """The rounds that scan, from each scan's flags and whether every client took part (`_back_off`), and the same
-    schedule after a restore from a checkpoint taken halfway."""
+    """The rounds that scan, from each scan's flags (-r: the watch tripped in round r, the scan flagged nothing) and
+    whether every client took part (`_back_off`), and the same schedule after a restore from a checkpoint taken
+    halfway."""
     def schedule(defense: ContinuousDefense, rounds: range) -> list[int]:
         done = []
         for r in rounds:
-            if defense._scan_due(r):
-                defense._back_off(r, {"flagged": [0] if r in flags else []}, everyone=r not in sampled)
+            if defense._scan_due(r, tripped=-r in flags):
+                defense._back_off(r, {"flagged": [0] if r in flags else []}, everyone=r not in sampled,
+                                  tripped=-r in flags)
                 done.append(r)
         return done
 
@@ -288,3 +312,15 @@ def test_scans_back_off_while_they_flag_nothing_and_resume_at_a_flag(
     restored = _continuous(bd, [], **keys)
     restored.load_state_dict(half.state_dict())
     assert early + schedule(restored, range(11, 21)) == scans
+
+
+def test_the_watch_calls_no_scan_the_rules_forbid(bd) -> None:  # noqa: ANN001
+    """A tripped watch scans a round the back-off skipped, but not the round after a label became known (it gets a
+    round to catch) and not once a known label is catching."""
+    defense = _continuous(bd, [], continuous_scan_max_gap=4)
+    defense._next_scan = 9
+    assert not defense._scan_due(6) and defense._scan_due(6, tripped=True)
+    defense._known_at = {bd.target: 5}
+    assert not defense._scan_due(6, tripped=True)
+    defense._catching = {bd.target}
+    assert not defense._scan_due(8, tripped=True)
