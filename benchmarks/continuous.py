@@ -69,6 +69,7 @@ def plot(results: dict[str, list[dict[str, Any] | None]], scheduled: list[int], 
 EVERY_ROUND = {"continuous-scan-max-gap": 1, "continuous-watch-z": 0.0}  # the default until 2026-12-07 (#14)
 METHODS = {"no defense": {}, "no attack (clean floor)": {"malicious-fraction": 0.0},
           "continuous MCL": {"defense": "mcl", "defense-schedule": "continuous"},
+          "continuous MCL (no attack)": {"defense": "mcl", "defense-schedule": "continuous", "malicious-fraction": 0.0},
           "continuous MCL (a scan every round)": {"defense": "mcl", "defense-schedule": "continuous", **EVERY_ROUND},
           "continuous MCL (warm warp scans)": {"defense": "mcl", "defense-schedule": "continuous",
                                                "warp-warm-epochs": 1, **EVERY_ROUND},
