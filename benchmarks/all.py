@@ -36,7 +36,8 @@ class Job:
         return {"rerun": self.args, "report": (*self.args, "--report-only"), "skip": None}[self.quick]
 
 
-ALWAYS_METHODS = "no defense,continuous MCL,continuous MCL (PGD attackers),continuous MCL (Neurotoxin attackers)"
+ALWAYS_METHODS = ("no defense,continuous MCL,continuous MCL (PGD attackers),continuous MCL (Neurotoxin attackers),"
+                  "continuous MCL (no attack)")
 HARD_METHODS = "no defense,continuous MCL,MCL every 5,shadow,FLAME,Multi-Krum,FoolsGold,no attack (clean floor)"
 REMADE_METHODS = ("no defense,continuous MCL,continuous MCL (a scan every round),"
                   "continuous MCL (back-off to 4 rounds without watch),continuous MCL (back-off to 2 rounds without watch)")
