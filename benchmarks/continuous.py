@@ -66,7 +66,8 @@ def plot(results: dict[str, list[dict[str, Any] | None]], scheduled: list[int], 
     fig.savefig(path, dpi=100)
 
 
-EVERY_ROUND = {"continuous-scan-max-gap": 1, "continuous-watch-z": 0.0}  # the default until 2026-12-07 (#14)
+# The default until 2026-12-07 (#14): a scan every round, no watch, no re-test.
+EVERY_ROUND = {"continuous-scan-max-gap": 1, "continuous-watch-z": 0.0, "continuous-retest": False}
 METHODS = {"no defense": {}, "no attack (clean floor)": {"malicious-fraction": 0.0},
           "continuous MCL": {"defense": "mcl", "defense-schedule": "continuous"},
           "continuous MCL (no attack)": {"defense": "mcl", "defense-schedule": "continuous", "malicious-fraction": 0.0},
@@ -76,9 +77,11 @@ METHODS = {"no defense": {}, "no attack (clean floor)": {"malicious-fraction": 0
           "continuous MCL (scans every 2 rounds)": {"defense": "mcl", "defense-schedule": "continuous",
                                                     "continuous-scan-every": 2, **EVERY_ROUND},
           "continuous MCL (back-off to 4 rounds without watch)": {"defense": "mcl", "defense-schedule": "continuous",
-                                                              "continuous-scan-max-gap": 4, "continuous-watch-z": 0.0},
+                                                              "continuous-scan-max-gap": 4, "continuous-watch-z": 0.0,
+                                                              "continuous-retest": False},
           "continuous MCL (back-off to 2 rounds without watch)": {"defense": "mcl", "defense-schedule": "continuous",
-                                                              "continuous-scan-max-gap": 2, "continuous-watch-z": 0.0},
+                                                              "continuous-scan-max-gap": 2, "continuous-watch-z": 0.0,
+                                                              "continuous-retest": False},
           "MCL every 5": {"defense": "mcl", "defense-schedule": "every:5"}, "shadow": {"defense": "shadow"},
           "FLAME": {"aggregation": "flame"}, "Multi-Krum": {"aggregation": "multikrum"},
           "FoolsGold": {"aggregation": "foolsgold"},

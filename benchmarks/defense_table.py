@@ -37,6 +37,7 @@ from benchmarks.common import NOTHING_CACHED, mean_std, provenance, write_block
 from fl_defense.config import FORMER_DEFAULTS, load_toml, resolve, schema
 from fl_defense.purification import build_purifier
 from fl_defense.registry import AGGREGATION_RULES, PURIFIERS, TRIGGER_SOURCES
+from fl_defense.screening import partly_singles_out
 from fl_defense.simulations.purify import purify
 from fl_defense.simulations.runner import run_experiment
 
@@ -88,9 +89,9 @@ SCOPED: dict[str, tuple[str, str]] = {
 
 # Where a run is written and how fast it is evaluated, not what it computes.
 NOT_RESULTS = ("out-dir", "eval-batch-size")
-# The continuous defense's scan back-off and its watch act only after a round every client took part in
+# The continuous defense's scan back-off, its watch and its re-test act only after a round every client took part in
 # (server/wrappers/continuous.py): with clients sampled, a run is the same whatever they are.
-BACK_OFF = ("continuous-scan-max-gap", "continuous-watch-z")
+BACK_OFF = ("continuous-scan-max-gap", "continuous-watch-z", "continuous-retest")
 
 
 def _inverts_triggers(cfg: dict[str, Any]) -> bool:
@@ -123,11 +124,26 @@ def same_config(saved: dict[str, Any], cfg: dict[str, Any]) -> bool:
                                           for k, v in cfg.items() if _in_use(k, cfg))
 
 
+def _suspected(result: dict[str, Any]) -> bool:
+    """Whether a continuous run's scans flagged a label whose trigger moved part of the scanned cluster and nobody else
+    in a round every client took part in: the only place `continuous-retest` acts."""
+    everyone = result["config"]["num-clients"]
+    return any(partly_singles_out(outlying, scan["cluster"])
+               for r in result.get("rounds", []) if (scan := r.get("continuous", {}).get("scan"))
+               and len(set(r["continuous"]["partitions"])) == everyone for outlying in scan["outliers"].values())
+
+
+# Newer keys whose rule acts only where a run's record shows a condition: a record without the key, whose run met no
+# such condition, counts at today's value (it would have run the same); others at the former value.
+ACTS_ONLY_WHERE: dict[str, Callable[[dict[str, Any]], bool]] = {"continuous-retest": _suspected}
+
+
 def cached(path: Path, cfg: dict[str, Any]) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     result = json.loads(path.read_text())
-    return result if same_config(result["config"], cfg) else None
+    unchanged = {k: cfg[k] for k, acts in ACTS_ONLY_WHERE.items() if k in cfg and not acts(result)}
+    return result if same_config({**unchanged, **result["config"]}, cfg) else None
 
 
 def federated_run(out: Path, compute: bool, **overrides: Any) -> dict[str, Any] | None:

@@ -61,6 +61,10 @@ RUN_OPTIONS: dict[str, Option] = {o.key: o for o in (
     non_negative("continuous-watch-z", 6.0, "continuous: a round the back-off would not scan is scanned anyway when "
                  "its two most alike client updates are this many robust standard deviations above the round's "
                  "pairs (0: no watch; quiet rounds of the default setting reached 3.8, first attacked ones 15-25)"),
+    Option("continuous-retest", True, "continuous: a label a scan flags whose trigger moves some clients of the "
+           "scanned cluster far beyond the round's median and nobody else (a lone attacker grouped with a benign "
+           "client) is tried again in the next round and made known when it moves some of the same clients and "
+           "nobody else there; only in rounds every client took part in"),
     between("screen-margin", 0.2, "continuous: a client is left out when its model's trigger shift toward the "
             "flagged label exceeds the round's median by this much (and by 3 MADs); half of it for a client left "
             "out before", 0, 1, "(]"),
@@ -108,7 +112,7 @@ LAYOUT: tuple[str | Registry[Any], ...] = (
     "batch-size", "lr", "momentum", "weight-decay", "partition", "alpha", "malicious-fraction", ATTACKS,
     ATTACKER_TRAININGS, "train-fraction", "clean-fraction", "threat", CLIENT_DEFENSES, AGGREGATION_RULES, PURIFIERS,
     "defense-schedule", "continuous-scan-every", "continuous-scan-max-gap", "continuous-watch-z",
-    "screen-margin", "screen-images",
+    "continuous-retest", "screen-margin", "screen-images",
     "continuous-purify-above", "continuous-refreshes",
     TRIGGER_SOURCES, STRATEGY_WRAPPERS, "min-replies", "round-timeout", "reply-max-norm",
     "client-checkpoints", "seed", "device", "amp", "num-cpus", "num-gpus", "ray-address", "eval-batch-size", "out-dir",
@@ -117,7 +121,8 @@ LAYOUT: tuple[str | Registry[Any], ...] = (
 
 # Keys whose default changed: the value a run ran at when its record was written before the key existed (a benchmark
 # cache reads a record without the key at this value, not at today's default; benchmarks/defense_table.py).
-FORMER_DEFAULTS: dict[str, Any] = {"continuous-scan-max-gap": 1, "continuous-watch-z": 0.0}
+FORMER_DEFAULTS: dict[str, Any] = {"continuous-scan-max-gap": 1, "continuous-watch-z": 0.0,
+                                   "continuous-retest": False}
 
 # Values kept for what they meant before a key of their own existed: key=value -> the settings it stands for.
 ALIASES: dict[tuple[str, str], dict[str, str]] = {

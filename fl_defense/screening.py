@@ -95,6 +95,25 @@ def singles_out(outlying: Sequence[int], cluster: Sequence[int]) -> bool:
     return len(set(cluster)) >= 2 and set(cluster) <= set(outlying) and len(extra) < len(set(cluster))
 
 
+def partly_singles_out(outlying: Sequence[int], cluster: Sequence[int]) -> bool:
+    """Whether a scan's trigger moves some clients of the cluster of two or more whose model it was found on far more
+    than the round's median client and none outside it, without `singles_out`ing the cluster: a lone attacker grouped
+    with a benign client, or a feature of a few skewed clients. Not enough alone: of the six such flags before the
+    target of the hard setting's seeds 0-4 (the records of benchmarks/runs/continuous/always-hard), five were not the
+    target and three moved benign clients only; a label flagged so is tested again in the next round
+    (`stands_out_again`)."""
+    return (len(set(cluster)) >= 2 and bool(outlying) and set(outlying) <= set(cluster)
+            and not singles_out(outlying, cluster))
+
+
+def stands_out_again(outlying: Sequence[int], suspects: Sequence[int]) -> bool:
+    """Whether a trigger that `partly_singles_out` a cluster moves, in a later round, some of the clients it moved then
+    far more than the round's median client, and nobody else: the clients keep what they learnt (one round of a lone
+    attacker's training; 1 of 10 clients planting BadNets in the default setting was scored 0.47 against a median of
+    0.09 in the round it was flagged)."""
+    return bool(outlying) and set(outlying) <= set(suspects)
+
+
 PLANTED = 0.4  # the global model's trigger shift, over the clean reference's, that says the global model holds it
 
 

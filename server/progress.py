@@ -34,6 +34,11 @@ class Progress:
 
     @staticmethod
     def defense(record: dict[str, Any]) -> None:
+        if "retested" in record:  # the continuous defense's re-test of a scan's suspects
+            retested = {k: v["outliers"] for k, v in record["retested"].items() if k != "new"}
+            print(f"[defense {record['defense']} @ round {record['round']}] re-tested the last scan's suspects: "
+                  f"outliers {retested}: made known {record['retested']['new'] or 'none'}", flush=True)
+            return
         if "ba_before" not in record:  # a scan that purified nothing (the continuous defense's)
             print(f"[defense {record['defense']} @ round {record['round']}] scanned the {record.get('scanned', '')} "
                   f"model: flagged {record.get('flagged', '-')}  outliers of their triggers "

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from benchmarks.defense_table import CENTRAL_SEEDS, CENTRALISED, PARTS, build_tables
 from fl_defense.config import load_toml, resolve
 
@@ -158,14 +160,36 @@ def test_a_record_older_than_a_changed_default_is_read_at_the_value_it_ran_at() 
 
     def old_record(**overrides: Any) -> dict[str, Any]:
         saved = resolve(overrides)
-        for key in ("continuous-scan-max-gap", "continuous-watch-z"):
+        for key in ("continuous-scan-max-gap", "continuous-watch-z", "continuous-retest"):
             saved.pop(key)
         return saved
 
     continuous = {"defense": "mcl", "defense-schedule": "continuous"}
-    every_round = {**continuous, "continuous-scan-max-gap": 1, "continuous-watch-z": 0.0}
+    every_round = {**continuous, "continuous-scan-max-gap": 1, "continuous-watch-z": 0.0, "continuous-retest": False}
     assert not table.same_config(old_record(**continuous), resolve(continuous))
     assert table.same_config(old_record(**continuous), resolve(every_round))
     sampled = {**continuous, "num-clients": 100, "clients-per-round": 10}
     assert table.same_config(old_record(**sampled), resolve(sampled))
     assert table.same_config(old_record(), resolve({}))
+
+
+@pytest.mark.parametrize(("outlying", "cluster", "replied", "valid"), [
+    ([2, 7], [2, 7], 10, True),  # the scan singled its cluster out: no suspect, the re-test had nothing to try
+    ([2], [2, 4], 10, False),  # a suspect in a round every client took part in: the re-test would have tried it
+    ([2], [2, 4], 9, True),  # a client missing: the re-test does not act
+])
+def test_a_record_from_before_the_retest_counts_as_todays_run_only_where_it_could_not_have_acted(
+        tmp_path: Path, outlying: list[int], cluster: list[int], replied: int, valid: bool) -> None:
+    """`continuous-retest` became the default; a continuous run recorded before the key existed is today's default run
+    when its scans left nothing for the re-test to try, read from its own rounds, and the run of the re-test off in any
+    case."""
+    import benchmarks.defense_table as table
+
+    continuous = resolve({"defense": "mcl", "defense-schedule": "continuous"})
+    saved = {k: v for k, v in continuous.items() if k != "continuous-retest"}
+    rounds = [{"round": 1, "continuous": {"partitions": list(range(replied)),
+                                          "scan": {"cluster": cluster, "outliers": {"0": outlying}}}}]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"config": saved, "rounds": rounds}))
+    assert (table.cached(path, continuous) is not None) == valid
+    assert table.cached(path, {**continuous, "continuous-retest": False}) is not None

@@ -15,8 +15,8 @@ from fl_defense.config import resolve
 from fl_defense.defense import Defender
 from fl_defense.errors import ConfigError
 from fl_defense.inversion.base import Finding
-from fl_defense.screening import (Trust, alike_pair, client_scores, held_by_global, minority_cluster, outliers, singles_out,
-                                  trigger_shift)
+from fl_defense.screening import (Trust, alike_pair, client_scores, held_by_global, minority_cluster, outliers,
+                                  partly_singles_out, singles_out, stands_out_again, trigger_shift)
 from fl_defense.server.wrappers.continuous import ContinuousDefense
 
 CPU = torch.device("cpu")
@@ -48,6 +48,17 @@ def test_a_trigger_is_the_clusters_only_when_its_outliers_are_in_the_cluster() -
     assert not singles_out([3, 5], [3, 7]), "a trigger that leaves a client of the cluster alone"
     assert not singles_out([3, 7, 5, 8], [3, 7]), "a trigger that moves as many clients outside the cluster"
     assert not singles_out([65], [65]), "a trigger inverted on one client's model moves that model by construction"
+
+
+def test_a_trigger_that_moves_part_of_the_cluster_is_only_a_suspect_until_it_moves_the_same_clients_again() -> None:
+    assert partly_singles_out([2], [2, 4]), "a lone attacker grouped with a benign client"
+    assert not partly_singles_out([2, 4], [2, 4]), "the whole cluster: singled out, not a suspect"
+    assert not partly_singles_out([2, 5], [2, 4]), "a client outside the cluster moves too"
+    assert not partly_singles_out([2], [2]), "a cluster of one"
+    assert not partly_singles_out([], [2, 4])
+    assert stands_out_again([2], [2]) and stands_out_again([7], [2, 7])
+    assert not stands_out_again([2, 5], [2]), "another client moves as much"
+    assert not stands_out_again([], [2]), "nobody moves any more"
 
 
 def test_a_backdoor_the_global_model_learnt_is_told_from_a_natural_feature(bd, clean_model) -> None:  # noqa: ANN001
@@ -324,3 +335,46 @@ def test_the_watch_calls_no_scan_the_rules_forbid(bd) -> None:  # noqa: ANN001
     assert not defense._scan_due(6, tripped=True)
     defense._catching = {bd.target}
     assert not defense._scan_due(8, tripped=True)
+
+
+@pytest.mark.parametrize(("attacker_next_round", "retest", "clients", "known"), [
+    (0, True, 7, True),  # the same client stands out again: the label is made known in round 2
+    (None, True, 7, False),  # the attacker is gone: nobody stands out, the suspect is dropped
+    (3, True, 7, False),  # another client stands out: not the one the trigger moved before
+    (0, False, 7, False),  # continuous-retest=false: no suspect
+    (0, True, 100, False),  # clients sampled (7 of 100): no suspect
+])
+def test_a_lone_attacker_flagged_on_part_of_its_cluster_is_made_known_when_it_stands_out_again(
+        bd, clean_model, monkeypatch, attacker_next_round: int | None, retest: bool, clients: int,
+        known: bool) -> None:  # noqa: ANN001
+    """Round 1's scan flags the target on the cluster [attacker, benign client]; its trigger moves the attacker and
+    not the benign one, so the label is a suspect; round 2 scores its clients with that trigger (a restore from a
+    checkpoint in between) and makes it known only if the attacker, and nobody else, stands out again."""
+    monkeypatch.setattr("fl_defense.server.wrappers.continuous.minority_cluster", lambda updates, generator: [0, 1])
+    defense = _continuous(bd, [], continuous_retest=retest, num_clients=clients, clients_per_round=7)
+    defense.defender.stage.found = {}
+    defense._sent = clean_model.model.state_dict()
+    monkeypatch.setattr(defense.defender, "scan", lambda model, generator: Finding([bd.target],
+                                                                                   {bd.target: bd.trigger}))
+    states = [bd.model.state_dict()] + [clean_model.model.state_dict()] * 6
+    scan = defense._scan(1, states, [1.0] * 7, list(range(7)), torch.Generator().manual_seed(1))
+    assert scan["outliers"][str(bd.target)] == [0] and scan["new"] == []
+    assert scan["suspects"] == ([bd.target] if retest and clients == 7 else [])
+    restored = _continuous(bd, [], continuous_retest=retest, num_clients=clients, clients_per_round=7,
+                           continuous_refreshes=0)
+    restored.defender.stage.found = {}
+    restored.load_state_dict(defense.state_dict())
+    monkeypatch.setattr(restored.defender, "scan", defense.defender.scan)
+    later = [clean_model.model.state_dict()] * 7
+    if attacker_next_round is not None:
+        later[attacker_next_round] = bd.model.state_dict()
+    record: dict = {}
+    restored._sent = clean_model.model.state_dict()
+    replies = [f"reply {p}" for p in range(7)]
+    if restored._suspects:
+        record["retest"] = restored._retest(2, later, list(range(7)))
+    assert (bd.target in restored.defender.known()) == known and not restored._suspects
+    assert restored._scan_due(2) != known, "no scan in the round a re-test made a label known"
+    if known:
+        assert record["retest"]["new"] == [bd.target] and record["retest"][str(bd.target)]["outliers"] == [0]
+        assert restored._screen(2, replies, later, list(range(7)), torch.Generator(), {}) == replies[1:]

@@ -94,7 +94,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from fl_defense.aggregation import average_states
-from fl_defense.attacks.trigger import Stamp
+from fl_defense.attacks.trigger import Stamp, stamp_from_state
 from fl_defense.defense import Defender
 from fl_defense.inversion.nc import invert_label
 from fl_defense.inversion.reference import mean_rate
@@ -102,8 +102,8 @@ from fl_defense.models import BackdoorModel
 from fl_defense.protocol import SHADOW_ARRAYS
 from fl_defense.purification.base import CleanSet
 from fl_defense.screening import (PLANTED, Trust, alike_pair, client_scores, client_shifts, held_by_global,
-                                  held_by_global_streak, largest_shift, minority_cluster, outliers, singles_out,
-                                  trigger_shift)
+                                  held_by_global_streak, largest_shift, minority_cluster, outliers,
+                                  partly_singles_out, singles_out, stands_out_again, trigger_shift)
 from fl_defense.server.aggregation.base import partition_id, reply_weight
 from fl_defense.server.strategy import StrategyWrapper
 
@@ -146,6 +146,7 @@ class ContinuousDefense(StrategyWrapper):
         self._known_at: dict[int, int] = {}  # label -> the round a scan made it known
         self._catching: set[int] = set()  # known labels whose trigger left a client out after that round
         self._streaks: dict[int, int] = {}  # label -> scans in a row that flagged it with the global model answering
+        self._suspects: dict[int, tuple[Stamp, list[int]]] = {}  # label -> trigger, clients: tried next round (`_retest`)
         self._sent: dict[str, torch.Tensor] = {}
         self._known_natural: float | None = None  # `_natural_shift` of the known triggers, until one is remembered
         self._gap = cfg["continuous-scan-every"]  # rounds from the last scan to the next (`_back_off`)
@@ -154,7 +155,9 @@ class ContinuousDefense(StrategyWrapper):
     def state_dict(self) -> dict[str, Any]:
         return {"trust": self.trust.state_dict(), "refreshes": _pairs(self._refreshes),
                 "known_at": _pairs(self._known_at), "catching": sorted(self._catching),
-                "streaks": _pairs(self._streaks), "scan_gap": self._gap, "next_scan": self._next_scan}
+                "streaks": _pairs(self._streaks), "scan_gap": self._gap, "next_scan": self._next_scan,
+                "suspects": [{"label": label, "stamp": stamp.state_dict(), "partitions": parts}  # type: ignore[attr-defined]
+                             for label, (stamp, parts) in self._suspects.items()]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore `state_dict`; a checkpoint of an older version, without the later keys, counts every known label
@@ -166,6 +169,8 @@ class ContinuousDefense(StrategyWrapper):
         self._streaks = _unpairs(state.get("streaks", []))
         self._gap = int(state.get("scan_gap", self.cfg["continuous-scan-every"]))
         self._next_scan = int(state.get("next_scan", 1))
+        self._suspects = {int(e["label"]): (stamp_from_state(e["stamp"]), [int(p) for p in e["partitions"]])
+                          for e in state.get("suspects", [])}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -181,16 +186,20 @@ class ContinuousDefense(StrategyWrapper):
         record: dict[str, Any] = {"partitions": partitions}
         watching = not self._catching and self.cfg["continuous-watch-z"] > 0
         states = ([reply_state(m) for m in replies]
-                  if replies and (watching or self._scan_due(server_round) or self.defender.known()) else [])
+                  if replies and (watching or self._scan_due(server_round) or self.defender.known() or self._suspects)
+                  else [])
         if watching and states:
             record["watch"] = self._watch(states, partitions)
         tripped = bool(record.get("watch", {}).get("tripped"))
         kept = self._screen(server_round, replies, states, partitions, generator, record) if states else replies
+        if self._suspects and states:
+            record["retest"] = self._retest(server_round, states, partitions)
+            if record["retest"]["new"]:
+                kept = self._screen(server_round, replies, states, partitions, generator, record)
         if self._scan_due(server_round, tripped) and states:
             record["scan"] = self._scan(server_round, states, [reply_weight(m.content) for m in replies],
                                         partitions, generator)
-            self._back_off(server_round, record["scan"], everyone=len(set(partitions)) == self.cfg["num-clients"],
-                           tripped=tripped)
+            self._back_off(server_round, record["scan"], everyone=self._everyone(partitions), tripped=tripped)
             if record["scan"]["new"]:  # screened again, with the labels it made known
                 kept = self._screen(server_round, replies, states, partitions, generator, record)
         replies = kept
@@ -250,15 +259,17 @@ class ContinuousDefense(StrategyWrapper):
             candidate_scores[str(label)] = [round(v, 4) for v in scores]
             outlying[str(label)] = [partitions[i] for i in found]
             streaks[label] = self._streaks.get(label, 0) + 1 if held_by_global(shift, natural, PLANTED / 2) else 0
-            if label not in self.defender.known() and (singles_out(found, cluster) or held_by_global(shift, natural)
-                                                       or held_by_global_streak(streaks[label])):
-                self.defender.remember(label, finding.triggers[label])
-                self._known_at[label] = server_round
-                self._known_natural = None
+            if label in self.defender.known():
+                continue
+            if singles_out(found, cluster) or held_by_global(shift, natural) or held_by_global_streak(streaks[label]):
+                self._make_known(label, finding.triggers[label], server_round)
+            elif self.cfg["continuous-retest"] and self._everyone(partitions) and partly_singles_out(found, cluster):
+                self._suspects[label] = (finding.triggers[label], outlying[str(label)])
         self._streaks = streaks
         scan = {"cluster": [partitions[i] for i in cluster], "flagged": finding.flagged, "scores": candidate_scores,
                 "outliers": outlying, "evidence": evidence, "confirmed": list(self.defender.known()),
                 "new": [label for label, at in self._known_at.items() if at == server_round],
+                "suspects": sorted(self._suspects),
                 "inversion_seconds": finding.record.get("inversion_seconds", 0.0)}
         self.log({"round": server_round, "defense": self.cfg["defense"], "purified": False, "scanned": "cluster",
                   **finding.record, **scan})
@@ -266,9 +277,39 @@ class ContinuousDefense(StrategyWrapper):
 
     def _scan_due(self, server_round: int, tripped: bool = False) -> bool:
         """Whether this round scans: no label catching yet, the round `_back_off` set reached or the watch `tripped`,
-        and not the round after a label became known (a new label gets a round to catch)."""
+        and neither the round after a label became known (a new label gets a round to catch) nor one a `_retest` made
+        a label known in."""
         return (not self._catching and (server_round >= self._next_scan or tripped)
-                and server_round - 1 not in self._known_at.values())
+                and not {server_round - 1, server_round} & set(self._known_at.values()))
+
+    def _everyone(self, partitions: list[int]) -> bool:
+        """Whether every client of the federation replied this round."""
+        return len(set(partitions)) == self.cfg["num-clients"]
+
+    def _make_known(self, label: int, stamp: Stamp, server_round: int) -> None:
+        self.defender.remember(label, stamp)
+        self._known_at[label] = server_round
+        self._known_natural = None
+
+    def _retest(self, server_round: int, states: list[dict[str, torch.Tensor]],
+                partitions: list[int]) -> dict[str, Any]:
+        """Score the round's clients with the trigger of each label the last scan flagged on part of its cluster
+        (`partly_singles_out`) and make known those whose trigger `stands_out_again`; a suspect is tried once, and not
+        once a known label is catching. The record, per label, and the labels made known (`new`)."""
+        suspects, self._suspects = ({} if self._catching else self._suspects), {}
+        record: dict[str, Any] = {"new": []}
+        for label, (stamp, before) in suspects.items():
+            scores = client_scores(self.model, states, self.screen_set.x, self.screen_set.y, {label: stamp}, self.device)
+            found = [partitions[i] for i in outliers(scores, self.cfg["screen-margin"])]
+            again = stands_out_again(found, before)
+            record[str(label)] = {"scores": [round(v, 4) for v in scores], "outliers": found, "before": before,
+                                  "again": again}
+            if again:
+                self._make_known(label, stamp, server_round)
+                record["new"].append(label)
+        if suspects:
+            self.log({"round": server_round, "defense": self.cfg["defense"], "purified": False, "retested": record})
+        return record
 
     def _watch(self, states: list[dict[str, torch.Tensor]], partitions: list[int]) -> dict[str, Any]:
         """The round's most alike pair of client updates and its robust z (`alike_pair`); tripped at
@@ -328,7 +369,7 @@ class ContinuousDefense(StrategyWrapper):
             self._known_natural = self._natural_shift()
         shift, natural = self._shift(self.model), self._known_natural
         record.update(aggregate_shift=round(shift, 4), reference_shift=round(natural, 4))
-        first = bool(record.get("scan", {}).get("new"))
+        first = server_round in self._known_at.values()
         if not first and shift - natural <= self.cfg["continuous-purify-above"]:
             return arrays
         outcome = self.defender.purify_known(self.model, generator)
