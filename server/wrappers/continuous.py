@@ -57,7 +57,17 @@ purification (benchmarks/README.md). Here, in every round:
    seed's detection (17, all but one from the warp scan) at most 0.23 (Coat in seed 2's round 13, on a global model
    of ASR 0.99; Dress 0.21 in seed 1's round 5, ASR 0.53), 15 of them at most 0.10; the level, 0.4, lies between (set
    on these scans; seeds 3 and 4 were run after). Also when scans in `STREAK` rounds in a row flag it with the global
-   model answering half that level (`fl_defense.screening.held_by_global_streak`);
+   model answering half that level (`fl_defense.screening.held_by_global_streak`). And, with `continuous-retest` in a
+   round every client took part in, when its trigger moved some of the cluster's clients and nobody else without
+   singling the cluster out (`partly_singles_out`) and, in the next round, moves some of those clients and nobody else
+   again (`_retest`, `stands_out_again`): a lone attacker grouped with a benign client. Measured with 1 of the default
+   setting's 10 clients attacking in rounds 11-20 (a probe, seed 0, at d1022eb): round 12's scan flagged the target on
+   the cluster [attacker, benign client], its trigger moved the attacker 0.47 (the round's median client 0.09) and not
+   its partner, the cluster rule refused it, and deployed ASR reached 0.447 by round 20; with the re-test (record:
+   benchmarks/runs/probes/lone-attacker-retest-s0) round 13 scored the attacker 0.47 again, nobody else beyond the
+   margin, took the target, purified and left the attacker out from then on, deployed ASR at most 0.026. With clients
+   sampled the next round's clients are others, and the hard setting's partial flags were mostly not the target
+   (`partly_singles_out`): no re-test there;
 2. once a trigger is known: every client's model is scored by how far the trigger moves the clean set toward
    its label, and the outliers, and clients left out before that score above half the margin, are left out
    of the aggregate (`fl_defense.screening`). In a round that left clients out, the trigger of the label that
