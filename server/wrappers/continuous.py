@@ -156,7 +156,7 @@ class ContinuousDefense(StrategyWrapper):
         self._known_at: dict[int, int] = {}  # label -> the round a scan made it known
         self._catching: set[int] = set()  # known labels whose trigger left a client out after that round
         self._streaks: dict[int, int] = {}  # label -> scans in a row that flagged it with the global model answering
-        self._suspects: dict[int, tuple[Stamp, list[int]]] = {}  # label -> trigger, clients: tried next round (`_retest`)
+        self._suspects: dict[int, tuple[Stamp, list[int]]] = {}  # label -> trigger, clients it moved (`_retest`)
         self._sent: dict[str, torch.Tensor] = {}
         self._known_natural: float | None = None  # `_natural_shift` of the known triggers, until one is remembered
         self._gap = cfg["continuous-scan-every"]  # rounds from the last scan to the next (`_back_off`)
@@ -166,8 +166,8 @@ class ContinuousDefense(StrategyWrapper):
         return {"trust": self.trust.state_dict(), "refreshes": _pairs(self._refreshes),
                 "known_at": _pairs(self._known_at), "catching": sorted(self._catching),
                 "streaks": _pairs(self._streaks), "scan_gap": self._gap, "next_scan": self._next_scan,
-                "suspects": [{"label": label, "stamp": stamp.state_dict(), "partitions": parts}  # type: ignore[attr-defined]
-                             for label, (stamp, parts) in self._suspects.items()]}
+                "suspects": [{"label": label, "stamp": stamp.state_dict(),  # type: ignore[attr-defined]
+                              "partitions": parts} for label, (stamp, parts) in self._suspects.items()]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore `state_dict`; a checkpoint of an older version, without the later keys, counts every known label
@@ -309,7 +309,8 @@ class ContinuousDefense(StrategyWrapper):
         suspects, self._suspects = ({} if self._catching else self._suspects), {}
         record: dict[str, Any] = {"new": []}
         for label, (stamp, before) in suspects.items():
-            scores = client_scores(self.model, states, self.screen_set.x, self.screen_set.y, {label: stamp}, self.device)
+            scores = client_scores(self.model, states, self.screen_set.x, self.screen_set.y, {label: stamp},
+                                   self.device)
             found = [partitions[i] for i in outliers(scores, self.cfg["screen-margin"])]
             again = stands_out_again(found, before)
             record[str(label)] = {"scores": [round(v, 4) for v in scores], "outliers": found, "before": before,
