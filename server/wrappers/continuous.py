@@ -202,6 +202,8 @@ class ContinuousDefense(StrategyWrapper):
             record["watch"] = self._watch(states, partitions)
         tripped = bool(record.get("watch", {}).get("tripped"))
         kept = self._screen(server_round, replies, states, partitions, generator, record) if states else replies
+        if self._catching:  # the scans have stopped: nothing more to make known
+            self._suspects = {}
         if self._suspects and states:
             record["retest"] = self._retest(server_round, states, partitions)
             if record["retest"]["new"]:
@@ -304,9 +306,9 @@ class ContinuousDefense(StrategyWrapper):
     def _retest(self, server_round: int, states: list[dict[str, torch.Tensor]],
                 partitions: list[int]) -> dict[str, Any]:
         """Score the round's clients with the trigger of each label the last scan flagged on part of its cluster
-        (`partly_singles_out`) and make known those whose trigger `stands_out_again`; a suspect is tried once, and not
-        once a known label is catching. The record, per label, and the labels made known (`new`)."""
-        suspects, self._suspects = ({} if self._catching else self._suspects), {}
+        (`partly_singles_out`) and make known those whose trigger `stands_out_again`; a suspect is tried once. The
+        record, per label, and the labels made known (`new`)."""
+        suspects, self._suspects = self._suspects, {}
         record: dict[str, Any] = {"new": []}
         for label, (stamp, before) in suspects.items():
             scores = client_scores(self.model, states, self.screen_set.x, self.screen_set.y, {label: stamp},
@@ -318,8 +320,7 @@ class ContinuousDefense(StrategyWrapper):
             if again:
                 self._make_known(label, stamp, server_round)
                 record["new"].append(label)
-        if suspects:
-            self.log({"round": server_round, "defense": self.cfg["defense"], "purified": False, "retested": record})
+        self.log({"round": server_round, "defense": self.cfg["defense"], "purified": False, "retested": record})
         return record
 
     def _watch(self, states: list[dict[str, torch.Tensor]], partitions: list[int]) -> dict[str, Any]:
