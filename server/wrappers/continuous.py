@@ -65,7 +65,8 @@ purification (benchmarks/README.md). Here, in every round:
    the cluster [attacker, benign client], its trigger moved the attacker 0.47 (the round's median client 0.09) and not
    its partner, the cluster rule refused it, and deployed ASR reached 0.447 by round 20; with the re-test (record:
    benchmarks/runs/probes/lone-attacker-retest-s0) round 13 scored the attacker 0.47 again, nobody else beyond the
-   margin, took the target, purified and left the attacker out from then on, deployed ASR at most 0.026. With clients
+   margin, took the target, purified and left the attacker out from then on, deployed ASR at most 0.026 (at two other
+   seeds no scan flagged the target on a cluster holding the attacker, and nothing was re-tested). With clients
    sampled the next round's clients are others, and the hard setting's partial flags were mostly not the target
    (`partly_singles_out`): no re-test there;
 2. once a trigger is known: every client's model is scored by how far the trigger moves the clean set toward
