@@ -188,6 +188,23 @@ def alike_pair(updates: torch.Tensor) -> tuple[float, tuple[int, int]]:
     return float((sims[best] - median) / spread), (int(rows[best]), int(cols[best]))
 
 
+def most_apart(updates: torch.Tensor) -> tuple[float, int]:
+    """The row of `updates` (clients x parameters) least alike in direction to the others (the lowest mean cosine
+    similarity to them), and how far that mean lies below the round's clients' means, in robust standard deviations
+    (median and MAD): a lone attacker has no partner for `alike_pair` to find, but its update answers an objective no
+    other client has. (0.0, 0) for fewer than `WATCH_MIN_CLIENTS` rows."""
+    n = len(updates)
+    if n < WATCH_MIN_CLIENTS:
+        return 0.0, 0
+    unit = updates / updates.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    sims = (unit @ unit.T).double()
+    means = (sims.sum(1) - sims.diagonal()) / (n - 1)
+    median = means.median()
+    spread = (MAD_SCALE * (means - median).abs().median()).clamp(min=1e-12)
+    lowest = int(means.argmin())
+    return float((median - means[lowest]) / spread), lowest
+
+
 def minority_cluster(updates: torch.Tensor, generator: torch.Generator, restarts: int = 5,
                      iterations: int = 20) -> list[int]:
     """The smaller of two clusters of the rows of `updates` (clients x parameters) by direction (spherical

@@ -15,8 +15,8 @@ from fl_defense.config import resolve
 from fl_defense.defense import Defender
 from fl_defense.errors import ConfigError
 from fl_defense.inversion.base import Finding
-from fl_defense.screening import (Trust, alike_pair, client_scores, held_by_global, minority_cluster, outliers,
-                                  partly_singles_out, singles_out, stands_out_again, trigger_shift)
+from fl_defense.screening import (Trust, alike_pair, client_scores, held_by_global, minority_cluster, most_apart,
+                                  outliers, partly_singles_out, singles_out, stands_out_again, trigger_shift)
 from fl_defense.server.wrappers.continuous import ContinuousDefense
 
 CPU = torch.device("cpu")
@@ -103,6 +103,22 @@ def test_the_watch_finds_two_clients_that_share_a_direction_the_others_lack(seed
     z, found = alike_pair(attacked)
     assert quiet < 6.0 <= z and sorted(found) == pair
     assert alike_pair(attacked[:3]) == (0.0, (0, 0))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_most_apart_client_is_the_one_with_an_objective_of_its_own(seed: int) -> None:
+    """Ten updates around one benign direction: one that also follows a direction of its own has the lowest mean
+    similarity to the others, far below theirs; in a quiet round the most apart client stands much less apart."""
+    g = torch.Generator().manual_seed(seed)
+    benign, own = torch.randn(500, generator=g), torch.randn(500, generator=g)
+    rows = torch.stack([benign + torch.randn(500, generator=g) for _ in range(10)])
+    quiet, _ = most_apart(rows)
+    lone = int(torch.randint(10, (1,), generator=g))
+    attacked = rows.clone()
+    attacked[lone] += 2.0 * own
+    z, found = most_apart(attacked)
+    assert found == lone and z > quiet + 3.0
+    assert most_apart(attacked[:3]) == (0.0, 0)
 
 
 def _poisoned_copy(bd, steps: int) -> torch.nn.Module:  # noqa: ANN001 - fixture object

@@ -113,7 +113,7 @@ from fl_defense.models import BackdoorModel
 from fl_defense.protocol import SHADOW_ARRAYS
 from fl_defense.purification.base import CleanSet
 from fl_defense.screening import (PLANTED, Trust, alike_pair, client_scores, client_shifts, held_by_global,
-                                  held_by_global_streak, largest_shift, minority_cluster, outliers,
+                                  held_by_global_streak, largest_shift, minority_cluster, most_apart, outliers,
                                   partly_singles_out, singles_out, stands_out_again, trigger_shift)
 from fl_defense.server.aggregation.base import partition_id, reply_weight
 from fl_defense.server.strategy import StrategyWrapper
@@ -327,9 +327,12 @@ class ContinuousDefense(StrategyWrapper):
     def _watch(self, states: list[dict[str, torch.Tensor]], partitions: list[int]) -> dict[str, Any]:
         """The round's most alike pair of client updates and its robust z (`alike_pair`); tripped at
         `continuous-watch-z` and above."""
-        z, (i, j) = alike_pair(torch.stack([flat_update(s, self._sent) for s in states]))
+        updates = torch.stack([flat_update(s, self._sent) for s in states])
+        z, (i, j) = alike_pair(updates)
+        apart_z, k = most_apart(updates)
         return {"z": round(z, 2), "pair": [partitions[i], partitions[j]],
-                "tripped": z >= self.cfg["continuous-watch-z"]}
+                "tripped": z >= self.cfg["continuous-watch-z"],
+                "apart": {"z": round(apart_z, 2), "client": partitions[k]}}
 
     def _back_off(self, server_round: int, scan: dict[str, Any], everyone: bool, tripped: bool = False) -> None:
         """Set the round of the next scan: a scan that flagged nothing in a round every client of the federation took
