@@ -65,6 +65,12 @@ RUN_OPTIONS: dict[str, Option] = {o.key: o for o in (
            "scanned cluster far beyond the round's median and nobody else (a lone attacker grouped with a benign "
            "client) is tried again in the next round and made known when it moves some of the same clients and "
            "nobody else there; only in rounds every client took part in"),
+    non_negative("continuous-apart-z", 0.0, "continuous: in a round every client took part in that no scan is due "
+                 "for (the back-off skips it, the watch does not call it), the client whose update stands this many "
+                 "robust standard deviations apart from the others (the lowest mean cosine similarity to them) has its "
+                 "own model scanned, and a label whose trigger moves that client alone far beyond the round's median "
+                 "is re-tested in the next round (continuous-retest): a lone attacker has no partner for the watch "
+                 "(0: off; quiet rounds of the default setting reached 5.4, IID or Dirichlet(0.5))"),
     between("screen-margin", 0.2, "continuous: a client is left out when its model's trigger shift toward the "
             "flagged label exceeds the round's median by this much (and by 3 MADs); half of it for a client left "
             "out before", 0, 1, "(]"),
@@ -112,7 +118,7 @@ LAYOUT: tuple[str | Registry[Any], ...] = (
     "batch-size", "lr", "momentum", "weight-decay", "partition", "alpha", "malicious-fraction", ATTACKS,
     ATTACKER_TRAININGS, "train-fraction", "clean-fraction", "threat", CLIENT_DEFENSES, AGGREGATION_RULES, PURIFIERS,
     "defense-schedule", "continuous-scan-every", "continuous-scan-max-gap", "continuous-watch-z",
-    "continuous-retest", "screen-margin", "screen-images",
+    "continuous-retest", "continuous-apart-z", "screen-margin", "screen-images",
     "continuous-purify-above", "continuous-refreshes",
     TRIGGER_SOURCES, STRATEGY_WRAPPERS, "min-replies", "round-timeout", "reply-max-norm",
     "client-checkpoints", "seed", "device", "amp", "num-cpus", "num-gpus", "ray-address", "eval-batch-size", "out-dir",

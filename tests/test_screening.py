@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch.nn import functional as F
 
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
 from fl_defense.attacks.trigger import Trigger
 from fl_defense.config import resolve
@@ -394,3 +395,37 @@ def test_a_lone_attacker_flagged_on_part_of_its_cluster_is_made_known_when_it_st
     if known:
         assert record["retest"]["new"] == [bd.target] and record["retest"][str(bd.target)]["outliers"] == [0]
         assert restored._screen(2, replies, later, list(range(7)), torch.Generator(), {}) == replies[1:]
+
+
+@pytest.mark.parametrize(("z", "level", "clients", "moved", "suspect"), [
+    (11.0, 8.0, 7, [3], True),  # apart enough, every client replied, the trigger moves that client alone: a suspect
+    (11.0, 8.0, 7, [3, 5], False),  # its trigger moves another client too: not that client's alone
+    (5.0, 8.0, 7, [3], None),  # not apart enough: no scan
+    (11.0, 0.0, 7, [3], None),  # continuous-apart-z=0 (off): no scan
+    (11.0, 8.0, 100, [3], None),  # clients sampled (7 of 100): no scan
+])
+def test_a_round_no_scan_is_due_for_scans_the_most_apart_client_alone(
+        bd, clean_model, monkeypatch, z: float, level: float, clients: int, moved: list[int],
+        suspect: bool | None) -> None:  # noqa: ANN001
+    """A round the back-off skips and the watch does not call scans the model of the client the watch found most
+    apart, alone, when it stands `continuous-apart-z` apart and every client replied; the scan leaves the back-off's
+    next round as it was, and its flag is a suspect only when its trigger moves that client and nobody else."""
+    defense = _continuous(bd, [], continuous_apart_z=level, num_clients=clients, clients_per_round=7)
+    defense.defender.stage.found = {}
+    defense._sent = clean_model.model.state_dict()
+    defense._next_scan = 9
+    scanned: list = []
+    monkeypatch.setattr(defense.defender, "scan", lambda model, generator: scanned.append(
+        copy.deepcopy(model.state_dict())) or Finding([bd.target], {bd.target: bd.trigger}))
+    states = [bd.model.state_dict() if i in moved else clean_model.model.state_dict() for i in range(7)]
+    record = {"watch": {"z": 1.0, "pair": [0, 1], "tripped": False, "apart": {"z": z, "client": 3}}}
+    assert not defense._scan_due(6) and defense._apart(6, record, list(range(7))) == (suspect is not None)
+    if suspect is None:
+        return
+    replies = [SimpleNamespace(content=RecordDict({"metrics": MetricRecord({"num-examples": 100})})) for _ in range(7)]
+    assert defense._scans(6, replies, replies, states, list(range(7)), torch.Generator(), record) == replies
+    assert record["scan"]["cluster"] == [3] and record["scan"]["scanned"] == "most apart client"
+    assert all(torch.equal(v, bd.model.state_dict()[k]) for k, v in scanned[0].items()), "the apart client's model"
+    assert record["scan"]["outliers"][str(bd.target)] == moved
+    assert record["scan"]["suspects"] == ([bd.target] if suspect else []) and not defense.defender.known()
+    assert defense._next_scan == 9, "the back-off's schedule is left as it was"

@@ -31,7 +31,9 @@ purification (benchmarks/README.md). Here, in every round:
    3.8 (the most alike pair was benign), the first attacked round 17.3, 24.8 and 14.9, the next five 3.5-12.0, each
    time the two attackers; 6 stands above the quiet rounds' largest with room and was set on them alone. The watch
    sees colluding clients, not a lone attacker, whom the back-off alone still reaches within its gap
-   (benchmarks/README.md)): the run's trigger source scans the model of the round's minority cluster of updates
+   (benchmarks/README.md); with `continuous-apart-z` (off by default) a round no scan is due for scans the model of
+   the client whose update stands most apart from the others, alone (`_apart`), and a flag whose trigger moves that
+   client alone is re-tested like a partial one): the run's trigger source scans the model of the round's minority cluster of updates
    (`fl_defense.screening.minority_cluster`), where an attack that is still diluted in the global model is at full
    strength. A flagged label becomes the target only if its trigger singles out that cluster: scoring the round's
    clients with it, every client of the cluster is an outlier, and fewer clients outside the cluster are than inside
@@ -195,7 +197,7 @@ class ContinuousDefense(StrategyWrapper):
         partitions = [partition_id(m) for m in replies]
         generator = torch.Generator().manual_seed(self.cfg["seed"] * 1_000_003 + server_round)
         record: dict[str, Any] = {"partitions": partitions}
-        watching = not self._catching and self.cfg["continuous-watch-z"] > 0
+        watching = not self._catching and (self.cfg["continuous-watch-z"] > 0 or self.cfg["continuous-apart-z"] > 0)
         states = ([reply_state(m) for m in replies]
                   if replies and (watching or self._scan_due(server_round) or self.defender.known() or self._suspects)
                   else [])
@@ -209,12 +211,8 @@ class ContinuousDefense(StrategyWrapper):
             record["retest"] = self._retest(server_round, states, partitions)
             if record["retest"]["new"]:
                 kept = self._screen(server_round, replies, states, partitions, generator, record)
-        if self._scan_due(server_round, tripped) and states:
-            record["scan"] = self._scan(server_round, states, [reply_weight(m.content) for m in replies],
-                                        partitions, generator)
-            self._back_off(server_round, record["scan"], everyone=self._everyone(partitions), tripped=tripped)
-            if record["scan"]["new"]:  # screened again, with the labels it made known
-                kept = self._screen(server_round, replies, states, partitions, generator, record)
+        if states and (self._scan_due(server_round, tripped) or self._apart(server_round, record, partitions)):
+            kept = self._scans(server_round, replies, kept, states, partitions, generator, record)
         replies = kept
         record["screen_seconds"] = time.perf_counter() - t0
         t1 = time.perf_counter()
@@ -248,12 +246,45 @@ class ContinuousDefense(StrategyWrapper):
                                               [reply_weight(replies[i].content) for i in left_out], generator)
         return [m for m, p in zip(replies, partitions, strict=True) if p not in excluded]
 
+    def _scans(self, server_round: int, replies: list[Message], kept: list[Message],
+               states: list[dict[str, torch.Tensor]], partitions: list[int], generator: torch.Generator,
+               record: dict[str, Any]) -> list[Message]:
+        """The round's scan: of the minority cluster when one is due (then the back-off sets the next), else of the
+        client the watch found most apart (`_apart`), which leaves the back-off as it was. The replies to keep:
+        `kept`, or those the screen keeps with the labels the scan made known."""
+        due = self._scan_due(server_round, bool(record.get("watch", {}).get("tripped")))
+        lone = None if due else partitions.index(record["watch"]["apart"]["client"])
+        record["scan"] = self._scan(server_round, states, [reply_weight(m.content) for m in replies], partitions,
+                                    generator, lone)
+        if due:
+            self._back_off(server_round, record["scan"], everyone=self._everyone(partitions),
+                           tripped=bool(record.get("watch", {}).get("tripped")))
+        if not record["scan"]["new"]:
+            return kept
+        return self._screen(server_round, replies, states, partitions, generator, record)
+
+    def _apart(self, server_round: int, record: dict[str, Any], partitions: list[int]) -> bool:
+        """Whether this round scans the model of the client whose update stands most apart from the others
+        (`continuous-apart-z`, `fl_defense.screening.most_apart`): only in a round every client took part in, when
+        the scans have not stopped. A lone attacker has no partner for the watch, and in a minority cluster of three
+        to five clients its backdoor is diluted (benchmarks/README.md: the lone-attacker probes, where the scans of
+        such clusters flagged nothing). Measured on those probes (the default setting, 1 of 10 clients attacking
+        from round 11, seeds 0-2 and Dirichlet(0.5) seed 0, at ad4b37c, records benchmarks/runs/probes/lone-apart-*):
+        the attacker was the most apart client in 15 of its 16 rounds 11-14 (not in the Dirichlet run's round 11), z
+        2.4-7.2 in its first round at the IID seeds and 11.0-49.4 in its second at every seed, while the 40 quiet
+        rounds before reached 5.4 (IID 5.1, Dirichlet 5.4)."""
+        watch, level = record.get("watch"), self.cfg["continuous-apart-z"]
+        return (bool(watch) and level > 0 and watch["apart"]["z"] >= level and self._everyone(partitions)
+                and self._scan_due(server_round, tripped=True))
+
     def _scan(self, server_round: int, states: list[dict[str, torch.Tensor]], weights: list[float],
-              partitions: list[int], generator: torch.Generator) -> dict[str, Any]:
-        """Scan the model of the round's minority cluster (all clients when there is none) and make known each
-        flagged label whose trigger singles out the cluster; the scan's record."""
+              partitions: list[int], generator: torch.Generator, lone: int | None = None) -> dict[str, Any]:
+        """Scan the model of the round's minority cluster (all clients when there is none), or of the client `lone`
+        alone, and make known each flagged label whose trigger singles out the cluster; a flag whose trigger moves
+        part of the cluster (`partly_singles_out`), or the client `lone` alone, and nobody else, is a suspect for
+        `_retest`. The scan's record."""
         updates = torch.stack([flat_update(s, self._sent) for s in states])
-        cluster = minority_cluster(updates, generator) or list(range(len(states)))
+        cluster = [lone] if lone is not None else minority_cluster(updates, generator) or list(range(len(states)))
         self.model.load_state_dict(average_states([states[i] for i in cluster], [weights[i] for i in cluster]))
         finding = self.defender.scan(self.model, generator)
         outlying: dict[str, list[int]] = {}
@@ -276,16 +307,17 @@ class ContinuousDefense(StrategyWrapper):
                 continue
             if singles_out(found, cluster) or held_by_global(shift, natural) or held_by_global_streak(streaks[label]):
                 self._make_known(label, finding.triggers[label], server_round)
-            elif self.cfg["continuous-retest"] and self._everyone(partitions) and partly_singles_out(found, cluster):
+            elif self.cfg["continuous-retest"] and self._everyone(partitions) and (
+                    partly_singles_out(found, cluster) or (lone is not None and found == cluster)):
                 self._suspects[label] = (finding.triggers[label], outlying[str(label)])
         self._streaks = streaks
-        scan = {"cluster": [partitions[i] for i in cluster], "flagged": finding.flagged, "scores": candidate_scores,
+        scan = {"scanned": "cluster" if lone is None else "most apart client",
+                "cluster": [partitions[i] for i in cluster], "flagged": finding.flagged, "scores": candidate_scores,
                 "outliers": outlying, "evidence": evidence, "confirmed": list(self.defender.known()),
                 "new": [label for label, at in self._known_at.items() if at == server_round],
                 "suspects": sorted(self._suspects),
                 "inversion_seconds": finding.record.get("inversion_seconds", 0.0)}
-        self.log({"round": server_round, "defense": self.cfg["defense"], "purified": False, "scanned": "cluster",
-                  **finding.record, **scan})
+        self.log({"round": server_round, "defense": self.cfg["defense"], "purified": False, **finding.record, **scan})
         return scan
 
     def _scan_due(self, server_round: int, tripped: bool = False) -> bool:
@@ -331,7 +363,7 @@ class ContinuousDefense(StrategyWrapper):
         z, (i, j) = alike_pair(updates)
         apart_z, k = most_apart(updates)
         return {"z": round(z, 2), "pair": [partitions[i], partitions[j]],
-                "tripped": z >= self.cfg["continuous-watch-z"],
+                "tripped": 0 < self.cfg["continuous-watch-z"] <= z,
                 "apart": {"z": round(apart_z, 2), "client": partitions[k]}}
 
     def _back_off(self, server_round: int, scan: dict[str, Any], everyone: bool, tripped: bool = False) -> None:
