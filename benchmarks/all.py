@@ -65,6 +65,7 @@ JOBS = (
     Job("CONTINUOUS_HARD", ("continuous", "--always", "5", "--hard", "--rounds", "60", "--methods", HARD_METHODS),
         420, "report"),
     Job("CONTINUOUS", ("continuous", "--seeds", "3"), 400, "report"),
+    Job("LONE_ATTACKER", ("lone_attacker",), 100, "report"),
     Job("CONTINUOUS_REMADE", ("continuous", "--seeds", "3", "--block", "CONTINUOUS_REMADE", "--methods",
                               REMADE_METHODS), 170, "report"),
 )
