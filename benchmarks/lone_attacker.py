@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
      "probes/no-attack-apart8-s0"),
 ]
 HEADER = ("| run | `continuous-apart-z` | labels made known (round, by) | scans (rounds; * the most apart client) | "
-          "the attacker's apart z, rounds 11-14 | largest apart z before round 11 (nobody attacking) | "
+          "the attacker's apart z, rounds 11-14 | largest apart z of the rounds nobody attacked | "
           "highest ASR from round 11 | ASR at the last round | final BA | left out: attacker rounds / benign "
           "client-rounds |\n|---|---|---|---|---|---|---|---|---|---|")
 
@@ -66,17 +67,19 @@ def scans(res: dict[str, Any]) -> str:
                      for r in res["rounds"] if "scan" in (c := r.get("continuous", {}))) or "none"
 
 
-def apart(res: dict[str, Any], rounds: range) -> list[tuple[float, bool]]:
-    """Per round of `rounds` with a watch record holding it: the most apart client's z, and whether it attacked."""
+def apart(res: dict[str, Any], rounds: Callable[[dict[str, Any]], bool]) -> list[tuple[float, bool]]:
+    """Per round that `rounds` takes, with a watch record holding it: the most apart client's z, and whether it
+    attacked."""
     return [(w["apart"]["z"], w["apart"]["client"] in r.get("attackers", []))
-            for r in res["rounds"] if r["round"] in rounds and "apart" in (w := r.get("continuous", {}).get("watch", {}))]
+            for r in res["rounds"] if rounds(r) and "apart" in (w := r.get("continuous", {}).get("watch", {}))]
 
 
 def row(what: str, res: dict[str, Any]) -> str:
     rounds = res["rounds"]
     attacked = [r for r in rounds if r.get("attackers")]
-    attacker_z = ", ".join(f"{z:.1f}" + ("" if mine else " (another client)") for z, mine in apart(res, range(11, 15)))
-    quiet = [z for z, _ in apart(res, range(1, 11))]
+    attacker_z = ", ".join(f"{z:.1f}" + ("" if mine else " (another client)")
+                           for z, mine in apart(res, lambda r: 11 <= r["round"] <= 14))
+    quiet = [z for z, _ in apart(res, lambda r: not r.get("attackers"))]
     left = [set(r.get("continuous", {}).get("excluded", [])) for r in rounds]
     caught = sum(bool(set(r["attackers"]) & out) for r, out in zip(rounds, left, strict=True) if r.get("attackers"))
     benign = sum(len(out - set(r.get("attackers", []))) for r, out in zip(rounds, left, strict=True))
