@@ -10,7 +10,8 @@ skewed data favours the target label in general (its prediction moves without th
 Before any trigger is known, the defense scans the model of the round's minority cluster of updates: in a
 round with attackers their mean update holds the backdoor at full strength while the global model holds it
 diluted by the benign majority (FedAvg of 2 attackers among 10), so it is flagged rounds earlier. Where the scans
-back off, the round's most alike pair of updates (`alike_pair`) says when one is due anyway.
+back off, the round's most alike pair of updates (`alike_pair`) says when one is due anyway, and the client whose
+update stands most apart (`most_apart`) may have its own model scanned (a lone attacker has no partner).
 Pure functions of models and tensors; the Flower wrapper is `fl_defense.server.wrappers.continuous`.
 """
 

@@ -273,8 +273,9 @@ class ContinuousDefense(StrategyWrapper):
         the attacker was the most apart client in 15 of its 16 rounds 11-14 (not in the Dirichlet run's round 11), z
         2.4-7.2 in its first round at the IID seeds and 11.0-49.4 in its second at every seed, while the 40 quiet
         rounds before reached 5.4 (IID 5.1, Dirichlet 5.4); 8 was set on those quiet rounds (the watch's room over
-        its quiet rounds, 6 over 3.8), and a run with no attacker under Dirichlet(0.5) reached 7.84 after it (round
-        14 of benchmarks/runs/probes/dirichlet-no-attack-apart8-s0): little room under label skew."""
+        its quiet rounds, 6 over 3.8), and two runs with no attacker made with it reached 7.84 (Dirichlet(0.5), round
+        14) and 8.39 (IID, round 21 of 40: one scan of a benign client, nothing flagged; records
+        benchmarks/runs/probes/*-apart8-s0): little room, hence off by default (benchmarks/README.md)."""
         watch, level = record.get("watch"), self.cfg["continuous-apart-z"]
         return (bool(watch) and level > 0 and watch["apart"]["z"] >= level and self._everyone(partitions)
                 and self._scan_due(server_round, tripped=True))
