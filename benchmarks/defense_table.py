@@ -89,8 +89,9 @@ SCOPED: dict[str, tuple[str, str]] = {
 
 # Where a run is written and how fast it is evaluated, not what it computes.
 NOT_RESULTS = ("out-dir", "eval-batch-size")
-# The continuous defense's scan back-off, its watch, its re-test and its scan of the client most apart act only after a round every client took part in
-# (server/wrappers/continuous.py): with clients sampled, a run is the same whatever they are.
+# The continuous defense's scan back-off, its watch, its re-test and its scan of the client most apart act only after
+# a round every client took part in (server/wrappers/continuous.py): with clients sampled, a run is the same whatever
+# they are.
 BACK_OFF = ("continuous-scan-max-gap", "continuous-watch-z", "continuous-retest", "continuous-apart-z")
 
 

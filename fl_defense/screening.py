@@ -180,13 +180,10 @@ def alike_pair(updates: torch.Tensor) -> tuple[float, tuple[int, int]]:
     n = len(updates)
     if n < WATCH_MIN_CLIENTS:
         return 0.0, (0, 0)
-    unit = updates / updates.norm(dim=1, keepdim=True).clamp(min=1e-12)
     rows, cols = torch.triu_indices(n, n, 1)
-    sims = (unit @ unit.T)[rows, cols].double()
-    median = sims.median()
-    spread = (MAD_SCALE * (sims - median).abs().median()).clamp(min=1e-12)
+    sims = _cosines(updates)[rows, cols]
     best = int(sims.argmax())
-    return float((sims[best] - median) / spread), (int(rows[best]), int(cols[best]))
+    return _robust_z(sims[best], sims), (int(rows[best]), int(cols[best]))
 
 
 def most_apart(updates: torch.Tensor) -> tuple[float, int]:
@@ -197,13 +194,23 @@ def most_apart(updates: torch.Tensor) -> tuple[float, int]:
     n = len(updates)
     if n < WATCH_MIN_CLIENTS:
         return 0.0, 0
-    unit = updates / updates.norm(dim=1, keepdim=True).clamp(min=1e-12)
-    sims = (unit @ unit.T).double()
+    sims = _cosines(updates)
     means = (sims.sum(1) - sims.diagonal()) / (n - 1)
-    median = means.median()
-    spread = (MAD_SCALE * (means - median).abs().median()).clamp(min=1e-12)
     lowest = int(means.argmin())
-    return float((median - means[lowest]) / spread), lowest
+    return -_robust_z(means[lowest], means), lowest
+
+
+def _cosines(updates: torch.Tensor) -> torch.Tensor:
+    """The cosine similarity of every pair of rows of `updates`, in float64."""
+    unit = updates / updates.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    return (unit @ unit.T).double()
+
+
+def _robust_z(value: torch.Tensor, values: torch.Tensor) -> float:
+    """How far `value` lies above the median of `values`, in robust standard deviations (MAD)."""
+    median = values.median()
+    spread = (MAD_SCALE * (values - median).abs().median()).clamp(min=1e-12)
+    return float((value - median) / spread)
 
 
 def minority_cluster(updates: torch.Tensor, generator: torch.Generator, restarts: int = 5,

@@ -423,7 +423,8 @@ def test_a_round_no_scan_is_due_for_scans_the_most_apart_client_alone(
     if suspect is None:
         return
     replies = [SimpleNamespace(content=RecordDict({"metrics": MetricRecord({"num-examples": 100})})) for _ in range(7)]
-    assert defense._scans(6, replies, replies, states, list(range(7)), torch.Generator(), record) == replies
+    kept = defense._scans(6, replies, replies, states, list(range(7)), torch.Generator(), record, False, False)
+    assert kept == replies
     assert record["scan"]["cluster"] == [3] and record["scan"]["scanned"] == "most apart client"
     assert all(torch.equal(v, bd.model.state_dict()[k]) for k, v in scanned[0].items()), "the apart client's model"
     assert record["scan"]["outliers"][str(bd.target)] == moved

@@ -33,8 +33,8 @@ purification (benchmarks/README.md). Here, in every round:
    sees colluding clients, not a lone attacker, whom the back-off alone still reaches within its gap
    (benchmarks/README.md); with `continuous-apart-z` (off by default) a round no scan is due for scans the model of
    the client whose update stands most apart from the others, alone (`_apart`), and a flag whose trigger moves that
-   client alone is re-tested like a partial one): the run's trigger source scans the model of the round's minority cluster of updates
-   (`fl_defense.screening.minority_cluster`), where an attack that is still diluted in the global model is at full
+   client alone is re-tested like a partial one): the run's trigger source scans the model of the round's minority
+   cluster of updates (`fl_defense.screening.minority_cluster`), where an attack that is still diluted in the global model is at full
    strength. A flagged label becomes the target only if its trigger singles out that cluster: scoring the round's
    clients with it, every client of the cluster is an outlier, and fewer clients outside the cluster are than inside
    (`fl_defense.screening.singles_out`). A backdoor's trigger moves the models that learnt it; a scan of a model of a
@@ -211,8 +211,9 @@ class ContinuousDefense(StrategyWrapper):
             record["retest"] = self._retest(server_round, states, partitions)
             if record["retest"]["new"]:
                 kept = self._screen(server_round, replies, states, partitions, generator, record)
-        if states and (self._scan_due(server_round, tripped) or self._apart(server_round, record, partitions)):
-            kept = self._scans(server_round, replies, kept, states, partitions, generator, record)
+        due = self._scan_due(server_round, tripped)
+        if states and (due or self._apart(server_round, record, partitions)):
+            kept = self._scans(server_round, replies, kept, states, partitions, generator, record, due, tripped)
         replies = kept
         record["screen_seconds"] = time.perf_counter() - t0
         t1 = time.perf_counter()
@@ -248,17 +249,15 @@ class ContinuousDefense(StrategyWrapper):
 
     def _scans(self, server_round: int, replies: list[Message], kept: list[Message],
                states: list[dict[str, torch.Tensor]], partitions: list[int], generator: torch.Generator,
-               record: dict[str, Any]) -> list[Message]:
-        """The round's scan: of the minority cluster when one is due (then the back-off sets the next), else of the
+               record: dict[str, Any], due: bool, tripped: bool) -> list[Message]:
+        """The round's scan: of the minority cluster when one is `due` (then the back-off sets the next), else of the
         client the watch found most apart (`_apart`), which leaves the back-off as it was. The replies to keep:
         `kept`, or those the screen keeps with the labels the scan made known."""
-        due = self._scan_due(server_round, bool(record.get("watch", {}).get("tripped")))
         lone = None if due else partitions.index(record["watch"]["apart"]["client"])
         record["scan"] = self._scan(server_round, states, [reply_weight(m.content) for m in replies], partitions,
                                     generator, lone)
         if due:
-            self._back_off(server_round, record["scan"], everyone=self._everyone(partitions),
-                           tripped=bool(record.get("watch", {}).get("tripped")))
+            self._back_off(server_round, record["scan"], everyone=self._everyone(partitions), tripped=tripped)
         if not record["scan"]["new"]:
             return kept
         return self._screen(server_round, replies, states, partitions, generator, record)
