@@ -55,7 +55,7 @@ def test_no_cached_run_gives_no_block_and_no_curve(tmp_path: Path) -> None:
     assert not blocks and not curves
 
 
-def test_the_paper_model_row_reads_the_mcl_purification_of_each_seeds_wrn_run(tmp_path: Path) -> None:
+def test_the_paper_model_rows_read_the_mcl_and_cnp_purifications_of_each_seeds_wrn_run(tmp_path: Path) -> None:
     for seed, (before, after) in enumerate(((0.91, 0.90), (0.90, 0.87))):
         folder = tmp_path / f"badnets-wrn16-1-s{seed}"
         _cache(folder, 0.95, before, attack="badnets", seed=seed, model="wrn16-1")
@@ -65,14 +65,20 @@ def test_the_paper_model_row_reads_the_mcl_purification_of_each_seeds_wrn_run(tm
                   "seconds": 100.0, "flagged": [0]}
         (folder / "purify-mcl").mkdir()
         (folder / "purify-mcl" / "purify.json").write_text(json.dumps(record))
+    cnp = json.loads((tmp_path / "badnets-wrn16-1-s0" / "purify-mcl" / "purify.json").read_text())
+    cnp.update(config={**cnp["config"], "defense": "cnp"}, asr_after=0.5, cnp_pruned_share=0.02)
+    (tmp_path / "badnets-wrn16-1-s0" / "purify-cnp").mkdir()
+    (tmp_path / "badnets-wrn16-1-s0" / "purify-cnp" / "purify.json").write_text(json.dumps(cnp))
     _cache(tmp_path / "blended-wrn16-1-s0", 0.95, 0.9, attack="blended", seed=0, model="cnn")  # not the model's run
     blocks, _ = build_tables(tmp_path, ["models"], set(), {"badnets"}, {}, 3)
     text = blocks["models"]
-    row = [c.strip() for c in next(line for line in text.splitlines()
-                                   if line.startswith("| badnets | wrn16-1")).split("|")[1:-1]]
-    assert row[2:7] == ["0.9050 +/- 0.0071", "0.9500 +/- 0.0000", "0.0150 +/- 0.0071", "0.0200 +/- 0.0141", "2"]
-    assert row[9] == "[0]; [0]"
-    assert "| blended | wrn16-1 | not run |" in text
+    rows = {tuple(c.strip() for c in line.split("|")[1:4]): [c.strip() for c in line.split("|")[1:-1]]
+            for line in text.splitlines() if line.startswith("| badnets | wrn16-1 |")}
+    mcl, cnp_row = rows[("badnets", "wrn16-1", "mcl")], rows[("badnets", "wrn16-1", "cnp")]
+    assert mcl[3:8] == ["0.9050 +/- 0.0071", "0.9500 +/- 0.0000", "0.0150 +/- 0.0071", "0.0200 +/- 0.0141", "2"]
+    assert mcl[10] == "[0]; [0]"
+    assert cnp_row[5:8] == ["0.5000", "0.0100", "1"] and cnp_row[10] == "[0], pruned 2%"
+    assert "| blended | wrn16-1 | mcl | not run |" in text and "| blended | wrn16-1 | cnp | not run |" in text
 
 
 def test_a_purification_of_a_run_kept_without_its_checkpoint_makes_the_run_again(tmp_path: Path,
