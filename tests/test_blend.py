@@ -4,8 +4,10 @@ patch backdoor, a trigger that does not work on the model is no evidence, and th
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import Backdoored
+from torch import nn
 
 from fl_defense.attacks.trigger import Trigger, stamp_from_state
 from fl_defense.config import resolve
@@ -26,6 +28,7 @@ def test_the_blend_scan_flags_a_blended_target_and_nothing_on_a_clean_model_or_a
         bd_blended: Backdoored, clean_model: Backdoored, bd: Backdoored) -> None:
     found = _blend_scan(bd_blended)
     assert found.flagged == [bd_blended.target], found.record
+    assert found.record["blend_opacities"] == [{"alpha": 0.1, "flagged": 1}]
     stamp = found.triggers[bd_blended.target]
     assert isinstance(stamp, Trigger) and stamp.alpha == 0.1 and bool((stamp.mask == 1).all())
     excess = found.record["blend_excess"][bd_blended.target]
@@ -37,6 +40,46 @@ def test_the_blend_scan_flags_a_blended_target_and_nothing_on_a_clean_model_or_a
     assert moved >= 0.5, "the inverted pattern works on unseen test images too"
     for other in (clean_model, bd):
         assert _blend_scan(other).flagged == [], other
+
+
+class LinearPath(nn.Module):
+    """A CNN plus a strong linear path from the pixels (weights 0.3 x N(0, 1), about 10x a trained layer's): any
+    full-image pattern blended in at 0.1 moves most images to any label. As a layer the path is re-initialised and
+    trained in the clean-set references, which then do not share it; as a buffer they do."""
+
+    def __init__(self, base: nn.Module, mean: torch.Tensor, shared: bool) -> None:
+        super().__init__()
+        self.base = base
+        self.register_buffer("mean", mean)
+        weight = torch.randn(10, mean.numel(), generator=torch.Generator().manual_seed(1)) * 0.3
+        self.layer = None if shared else nn.Linear(mean.numel(), 10, bias=False)
+        if self.layer is None:
+            self.register_buffer("weight", weight)
+        else:
+            self.layer.weight.data.copy_(weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight if self.layer is None else self.layer.weight
+        return self.base(x) + (x - self.mean).flatten(1) @ weight.T
+
+
+@pytest.mark.parametrize("shared, poisoned, flagged, opacities", [
+    (False, False, [], [0.1, 0.05]),  # 10 labels flagged at 0.1 without the halving
+    (False, True, [3], [0.1, 0.05]),  # 10 at 0.1, the target not first
+    (True, True, [3], [0.1]),  # references as loud as the model: the target alone at 0.1
+])
+def test_the_blend_scan_halves_its_opacity_where_half_the_labels_pass_and_only_there(
+        shared: bool, poisoned: bool, flagged: list[int], opacities: list[float], bd_blended: Backdoored,
+        clean_model: Backdoored) -> None:
+    setting = bd_blended if poisoned else clean_model
+    assert setting.target == 3
+    loud = LinearPath(setting.model, setting.clean.x.mean(0), shared).eval()
+    found = BlendScan(resolve(FAST)).find(loud, setting.clean, 10, CPU, torch.Generator().manual_seed(0))
+    assert found.flagged == flagged, found.record
+    assert [step["alpha"] for step in found.record["blend_opacities"]] == opacities
+    assert min(found.record["blend_share"]) < 0.5 or shared, "the quieter patterns move fewer images"
+    if len(opacities) > 1:
+        assert found.record["blend_opacities"][0]["flagged"] >= 5
 
 
 def test_a_label_s_rate_counts_only_from_a_trigger_that_works_on_the_model() -> None:
