@@ -258,6 +258,16 @@ def finding(rec: dict[str, Any]) -> str:
     return str(rec.get("flagged", "-")) + ("" if pruned is None else f", pruned {pruned:.0%}")
 
 
+def model_cells(runs: list[dict[str, Any]], recs: list[dict[str, Any]]) -> str:
+    """A `models` row's cells after the defense: BA and ASR before, ASR after, BA drop, seeds, run and purifier
+    seconds, findings."""
+    drops = [rec["ba_before"] - rec["ba_after"] for rec in recs]
+    return (f"{mean_std([rec['ba_before'] for rec in recs])} | {mean_std([rec['asr_before'] for rec in recs])} | "
+            f"{mean_std([rec['asr_after'] for rec in recs])} | {mean_std(drops)} | {len(recs)} | "
+            f"{mean_std([run_seconds(r) for r in runs], 0)} | {mean_std([rec['seconds'] for rec in recs], 0)} | "
+            f"{'; '.join(map(finding, recs))}")
+
+
 def aggregation_row(attack: str, name: str, runs: list[dict[str, Any]]) -> str:
     if not runs:
         return f"| {attack} | {name} | not run | | | | | |"
@@ -364,15 +374,11 @@ class Tables:
                     if not recs:
                         rows.append(f"| {attack} | {label} | {defense} | not run |" + " |" * 7)
                         continue
-                    drops = [rec["ba_before"] - rec["ba_after"] for rec in recs]
-                    rows.append(f"| {attack} | {label} | {defense} | {mean_std([rec['ba_before'] for rec in recs])} | "
-                                f"{mean_std([rec['asr_before'] for rec in recs])} | "
-                                f"{mean_std([rec['asr_after'] for rec in recs])} | {mean_std(drops)} | {len(recs)} | "
-                                f"{mean_std([run_seconds(r) for r in runs], 0)} | "
-                                f"{mean_std([rec['seconds'] for rec in recs], 0)} | {'; '.join(map(finding, recs))} |")
-        return section("MCL and CNP at the end on the paper's model (FedAvg; mean +/- std over the seeds column's runs)",
-                       "| attack | model | defense | BA before | ASR before | ASR after | BA drop | seeds | run seconds | "
-                       "purifier seconds (scan included) | flagged (per seed; CNP: BN neurons pruned) |", rows, "models")
+                    rows.append(f"| {attack} | {label} | {defense} | {model_cells(runs, recs)} |")
+        title = "MCL and CNP at the end on the paper's model (FedAvg; mean +/- std over the seeds column's runs)"
+        return section(title, "| attack | model | defense | BA before | ASR before | ASR after | BA drop | seeds | "
+                       "run seconds | purifier seconds (scan included) | flagged (per seed; CNP: BN neurons pruned) |",
+                       rows, "models")
 
     def centralised(self) -> list[str]:
         """The seed systems in the papers' setting: the client-side ones as runs, the server-side ones on the

@@ -38,13 +38,12 @@ eight labels flagged, Trouser first. At a = 0.05 the target moved 0.615 (referen
 all on the small CNN (clean, backdoored and purified models; federated, central and per-round scans; every trigger
 type), none flagged more than one label, so the halving never acts there. The count of flags, not the share alone,
 is the test because references as loud as the model leave a backdoor findable at a = 0.1: in the tests, a CNN with a
-strong linear path from the pixels moves 0.67-1.0 of the images to every label at a = 0.1; with references that share
+strong linear path from the pixels moves 0.58-1.0 of the images to every label at a = 0.1; with references that share
 the path only its Blended target is flagged, with references that do not, all ten labels.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -118,7 +117,8 @@ class BlendScan(TriggerSource):
             images = inversion_images(clean.x, cfg, generator)
             stamps, seen, tried = quiet_judgement(frozen, images, clean, references, num_classes, cfg, generator,
                                                   device)
-        record = {"flagged": seen.flagged, "blend_opacities": tried, "blend_share": [round(v, 3) for v in seen.shares],
+        record = {"flagged": seen.flagged, "blend_opacities": tried,
+                  "blend_share": [round(v, 3) for v in seen.shares],
                   "blend_transfer": seen.transfer.computed(),
                   "blend_excess": [None if v is None else round(v, 3) for v in seen.excess],
                   "inversion_seconds": time.perf_counter() - t0}
