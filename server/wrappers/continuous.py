@@ -34,8 +34,8 @@ purification (benchmarks/README.md). Here, in every round:
    (benchmarks/README.md); with `continuous-apart-z` (off by default) a round no scan is due for scans the model of
    the client whose update stands most apart from the others, alone (`_apart`), and a flag whose trigger moves that
    client alone is re-tested like a partial one): the run's trigger source scans the model of the round's minority
-   cluster of updates (`fl_defense.screening.minority_cluster`), where an attack that is still diluted in the global model is at full
-   strength. A flagged label becomes the target only if its trigger singles out that cluster: scoring the round's
+   cluster of updates (`fl_defense.screening.minority_cluster`), where an attack that is still diluted in the global
+   model is at full strength. A flagged label becomes the target only if its trigger singles out that cluster: scoring the round's
    clients with it, every client of the cluster is an outlier, and fewer clients outside the cluster are than inside
    (`fl_defense.screening.singles_out`). A backdoor's trigger moves the models that learnt it; a scan of a model of a
    few clients with skewed data flags what moves such models, which moves some of them and other skewed clients as
