@@ -37,9 +37,9 @@ purification (benchmarks/README.md). Here, in every round:
    cluster of updates (`fl_defense.screening.minority_cluster`), where an attack that is still diluted in the global
    model is at full strength. A flagged label becomes the target only if its trigger singles out that cluster:
    scoring the round's clients with it, every client of the cluster is an outlier, and fewer clients outside the
-   cluster are than inside (`fl_defense.screening.singles_out`). A backdoor's trigger moves the models that learnt it; a scan of a model of a
-   few clients with skewed data flags what moves such models, which moves some of them and other skewed clients as
-   much. Measured on the hard setting, seed 0 (the rule was set there; seeds 1-4 were run after): the round-1 cluster
+   cluster are than inside (`fl_defense.screening.singles_out`). A backdoor's trigger moves the models that learnt
+   it; a scan of a model of a few clients with skewed data flags what moves such models, which moves some of them and
+   other skewed clients as much. Measured on the hard setting, seed 0 (the rule was set there; seeds 1-4 were run after): the round-1 cluster
    was two benign clients and the warp scan flagged Shirt, Sandal and Bag, whose triggers moved one or two clients
    outside the cluster as much; taken as the target (the first version, no check), screening for Shirt left out
    benign clients for 60 rounds while the backdoor reached ASR 1.0. Round 2's cluster was three attackers and a
