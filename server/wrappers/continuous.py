@@ -39,37 +39,37 @@ purification (benchmarks/README.md). Here, in every round:
    scoring the round's clients with it, every client of the cluster is an outlier, and fewer clients outside the
    cluster are than inside (`fl_defense.screening.singles_out`). A backdoor's trigger moves the models that learnt
    it; a scan of a model of a few clients with skewed data flags what moves such models, which moves some of them and
-   other skewed clients as much. Measured on the hard setting, seed 0 (the rule was set there; seeds 1-4 were run after): the round-1 cluster
-   was two benign clients and the warp scan flagged Shirt, Sandal and Bag, whose triggers moved one or two clients
-   outside the cluster as much; taken as the target (the first version, no check), screening for Shirt left out
-   benign clients for 60 rounds while the backdoor reached ASR 1.0. Round 2's cluster was three attackers and a
-   benign client, the warp scan flagged Coat, and its outliers were that benign client and two of the attackers
-   (scores 0.39, 0.50, 0.36; the third attacker 0.16): a check that asked only for outliers inside the cluster took
-   it, and a second flag of the same label (a confirmation count) took it at round 4. In round 4 the cluster was the
-   three attackers, NC flagged the target, and its outliers were them and one benign client (a rule asking for the
-   cluster exactly missed it). A cluster of one client is never singled out (seed 3, round 1: NC flagged three labels
-   on one benign client's model, whose trigger for Shirt moved that client alone, and Shirt was taken; a lone
-   attacker is found with another or once the global model holds its backdoor). A flag is also the target when the
-   global model holds its trigger (`fl_defense.screening.held_by_global`): once the global model learnt the backdoor
-   every client answers it and no cluster stands out. Measured on the hard setting, seed 2: the backdoor was planted
-   by round 8 (global ASR 0.82) while no scan had flagged the target yet, then NC flagged it in rounds 9, 10, 13 and
-   14 with no outlier; the first version of this test asked the round's median client for 0.5 of the clean images
-   beyond the reference and got 0.46, 0.21, 0.50 (refused) and 0.53 (round 14). The global model the round started
-   from answered it 0.53, 0.40, 0.51 and 0.54 beyond the reference, and every false flag of seeds 0-2 up to each
-   seed's detection (17, all but one from the warp scan) at most 0.23 (Coat in seed 2's round 13, on a global model
-   of ASR 0.99; Dress 0.21 in seed 1's round 5, ASR 0.53), 15 of them at most 0.10; the level, 0.4, lies between (set
-   on these scans; seeds 3 and 4 were run after). Also when scans in `STREAK` rounds in a row flag it with the global
-   model answering half that level (`fl_defense.screening.held_by_global_streak`). And, with `continuous-retest` in a
-   round every client took part in, when its trigger moved some of the cluster's clients and nobody else without
-   singling the cluster out (`partly_singles_out`) and, in the next round, moves some of those clients and nobody else
-   again (`_retest`, `stands_out_again`): a lone attacker grouped with a benign client. Measured with 1 of the default
-   setting's 10 clients attacking in rounds 11-20 (a probe, seed 0, at d1022eb): round 12's scan flagged the target on
-   the cluster [attacker, benign client], its trigger moved the attacker 0.47 (the round's median client 0.09) and not
-   its partner, the cluster rule refused it, and deployed ASR reached 0.447 by round 20; with the re-test (record:
+   other skewed clients as much. Measured on the hard setting, seed 0 (the rule was set there; seeds 1-4 were run
+   after): the round-1 cluster was two benign clients and the warp scan flagged Shirt, Sandal and Bag, whose triggers
+   moved one or two clients outside the cluster as much; taken as the target (the first version, no check), screening
+   for Shirt left out benign clients for 60 rounds while the backdoor reached ASR 1.0. Round 2's cluster was three
+   attackers and a benign client, the warp scan flagged Coat, and its outliers were that benign client and two of the
+   attackers (scores 0.39, 0.50, 0.36; the third attacker 0.16): a check that asked only for outliers inside the cluster
+   took it, and a second flag of the same label (a confirmation count) took it at round 4. In round 4 the cluster was
+   the three attackers, NC flagged the target, and its outliers were them and one benign client (a rule asking for the
+   cluster exactly missed it). A cluster of one client is never singled out (seed 3, round 1: NC flagged three labels on
+   one benign client's model, whose trigger for Shirt moved that client alone, and Shirt was taken; a lone attacker is
+   found with another or once the global model holds its backdoor). A flag is also the target when the global model
+   holds its trigger (`fl_defense.screening.held_by_global`): once the global model learnt the backdoor every client
+   answers it and no cluster stands out. Measured on the hard setting, seed 2: the backdoor was planted by round 8
+   (global ASR 0.82) while no scan had flagged the target yet, then NC flagged it in rounds 9, 10, 13 and 14 with no
+   outlier; the first version of this test asked the round's median client for 0.5 of the clean images beyond the
+   reference and got 0.46, 0.21, 0.50 (refused) and 0.53 (round 14). The global model the round started from answered it
+   0.53, 0.40, 0.51 and 0.54 beyond the reference, and every false flag of seeds 0-2 up to each seed's detection (17,
+   all but one from the warp scan) at most 0.23 (Coat in seed 2's round 13, on a global model of ASR 0.99; Dress 0.21 in
+   seed 1's round 5, ASR 0.53), 15 of them at most 0.10; the level, 0.4, lies between (set on these scans; seeds 3 and 4
+   were run after). Also when scans in `STREAK` rounds in a row flag it with the global model answering half that level
+   (`fl_defense.screening.held_by_global_streak`). And, with `continuous-retest` in a round every client took part in,
+   when its trigger moved some of the cluster's clients and nobody else without singling the cluster out
+   (`partly_singles_out`) and, in the next round, moves some of those clients and nobody else again (`_retest`,
+   `stands_out_again`): a lone attacker grouped with a benign client. Measured with 1 of the default setting's 10
+   clients attacking in rounds 11-20 (a probe, seed 0, at d1022eb): round 12's scan flagged the target on the cluster
+   [attacker, benign client], its trigger moved the attacker 0.47 (the round's median client 0.09) and not its partner,
+   the cluster rule refused it, and deployed ASR reached 0.447 by round 20; with the re-test (record:
    benchmarks/runs/probes/lone-attacker-retest-s0) round 13 scored the attacker 0.47 again, nobody else beyond the
    margin, took the target, purified and left the attacker out from then on, deployed ASR at most 0.026 (at two other
-   seeds no scan flagged the target on a cluster holding the attacker, and nothing was re-tested). With clients
-   sampled the next round's clients are others, and the hard setting's partial flags were mostly not the target
+   seeds no scan flagged the target on a cluster holding the attacker, and nothing was re-tested). With clients sampled
+   the next round's clients are others, and the hard setting's partial flags were mostly not the target
    (`partly_singles_out`): no re-test there;
 2. once a trigger is known: every client's model is scored by how far the trigger moves the clean set toward
    its label, and the outliers, and clients left out before that score above half the margin, are left out
